@@ -22,7 +22,7 @@ Rules every backend obeys (``versionkit.testing`` checks them all):
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -96,6 +96,35 @@ class Backend(abc.ABC):
         items = list(record.get(key) or [])
         items.append(item)
         self.update(number, {key: items})
+
+    def modify(self, number: int, change: Callable[[Record], Mapping[str, Any]]) -> None:
+        """Read-modify-write one record: merge ``change(record)`` into its top-level keys.
+
+        ``change`` gets a copy of the current record and returns the patch to merge
+        (it may be called more than once by a backend that retries). The default is
+        ``get`` + ``update`` and is NOT atomic; a backend whose records are written by
+        more than one process at once overrides it to run under its lock or in one
+        transaction, so two writers changing the same key (merging metrics, editing
+        the checkpoint list) never lose each other's writes.
+        """
+        record = self.get(number)
+        if record is None:
+            from versionkit.errors import VersionNotFoundError
+
+            raise VersionNotFoundError(f"version {number} does not exist in {self.describe()}")
+        patch = change(record)
+        if patch:
+            self.update(number, patch)
+
+    def repair(self, floor: int) -> dict[str, Any]:
+        """Rebuild unreadable state where the backend can; never lowers ``next_number``.
+
+        ``floor`` is one above the highest ``version_N`` folder on disk. The default
+        only raises ``next_number`` to ``floor``; backends that keep state in files
+        override it to rebuild what they can and set aside what they cannot read.
+        Returns a JSON-able report (``{"next_number": N, ...}``).
+        """
+        return {"next_number": self.raise_next_number(floor), "actions": []}
 
     def describe(self) -> str:
         """A short human name for messages: the URI without any password."""

@@ -1,0 +1,122 @@
+"""An in-process backend for tests and notebooks: ``memory`` or ``memory://name``.
+
+Every ``MemoryBackend`` with the same store name and experiment key shares one store
+(a class-level dict), so two ``Registry`` objects in one process see each other's
+versions. Nothing is shared with other processes and nothing survives the process.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from versionkit.backends.base import Backend, Record
+from versionkit.errors import BackendError, VersionNotFoundError
+
+__all__ = ["MemoryBackend"]
+
+
+@dataclass
+class _Store:
+    next: int = 0
+    records: dict[int, Record] = field(default_factory=dict)
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+
+def _check_number(number: int) -> None:
+    if isinstance(number, bool) or not isinstance(number, int) or number < 0:
+        raise VersionNotFoundError(
+            f"version {number!r} is not a valid version number (expected an integer >= 0)"
+        )
+
+
+def _jsonable_copy(value: Mapping[str, Any], what: str) -> Record:
+    # A JSON round trip both copies and enforces the contract's JSON-able records, so a
+    # test that passes here does not fail later on a file or SQL backend.
+    try:
+        result = json.loads(json.dumps(dict(value)))
+    except (TypeError, ValueError) as exc:
+        raise BackendError(f"{what} is not JSON-able: {exc}") from exc
+    assert isinstance(result, dict)
+    return result
+
+
+class MemoryBackend(Backend):
+    """Process-local, thread-safe registry store; ``memory://name`` picks a named store."""
+
+    schemes: ClassVar[tuple[str, ...]] = ("memory",)
+    _stores: ClassVar[dict[tuple[str, str], _Store]] = {}
+    _stores_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, uri: str, root: Path, experiment: str) -> None:
+        super().__init__(uri, root, experiment)
+        self.name = uri.split("://", 1)[1].strip("/") if "://" in uri else ""
+        key = (self.name, experiment)
+        with MemoryBackend._stores_lock:
+            store = MemoryBackend._stores.get(key)
+            if store is None:
+                store = MemoryBackend._stores[key] = _Store()
+        self._store = store
+
+    @classmethod
+    def reset(cls, name: str | None = None) -> None:
+        """Forget every store (or only those of store ``name``); for test isolation."""
+        with cls._stores_lock:
+            for key in [k for k in cls._stores if name is None or k[0] == name]:
+                del cls._stores[key]
+
+    def allocate(self, floor: int, record: Mapping[str, Any]) -> int:
+        data = _jsonable_copy(record, "record")
+        with self._store.lock:
+            number = max(self._store.next, floor)
+            data["version"] = number
+            self._store.records[number] = data
+            self._store.next = number + 1
+        return number
+
+    def get(self, number: int) -> Record | None:
+        _check_number(number)
+        with self._store.lock:
+            record = self._store.records.get(number)
+            return copy.deepcopy(record) if record is not None else None
+
+    def list(self) -> list[Record]:
+        with self._store.lock:
+            return [copy.deepcopy(self._store.records[n]) for n in sorted(self._store.records)]
+
+    def update(self, number: int, patch: Mapping[str, Any]) -> None:
+        patch = dict(patch)
+        self.modify(number, lambda _record: patch)
+
+    def modify(self, number: int, change: Callable[[Record], Mapping[str, Any]]) -> None:
+        _check_number(number)
+        with self._store.lock:
+            record = self._store.records.get(number)
+            if record is None:
+                raise VersionNotFoundError(f"version {number} does not exist in {self.describe()}")
+            patch = change(copy.deepcopy(record))
+            if not patch:
+                return
+            merged = {**record, **_jsonable_copy(patch, f"update of version {number}")}
+            merged["version"] = number
+            self._store.records[number] = merged
+
+    def append(self, number: int, key: str, item: Any) -> None:
+        self.modify(number, lambda record: {key: [*(record.get(key) or []), item]})
+
+    def next_number(self) -> int:
+        with self._store.lock:
+            return self._store.next
+
+    def raise_next_number(self, at_least: int) -> int:
+        with self._store.lock:
+            self._store.next = max(self._store.next, at_least)
+            return self._store.next
+
+    def describe(self) -> str:
+        return f"memory registry {self.name or 'default'!r}"
