@@ -1,0 +1,178 @@
+"""Autoregressive (AR) FractalGen level: a causal LlamaGen-style transformer over patches.
+
+The sequence is ``[condition, patch_0, ..., patch_{L-2}]``; the output at position ``i``
+is the condition handed to the next level for patch ``i`` (raster order). Positions carry
+a learned embedding plus a 2D rotary embedding (zero frequency on the condition token).
+
+Sampling embeds each new token once and extends a per-block key/value cache, instead of
+re-embedding and re-attending the whole prefix at every step as the reference does.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from fractalgen.model.blocks import KVCache, LlamaBlock, init_weights, rope_2d_table
+from fractalgen.model.common import NextLevel, patchify, unpatchify
+from fractalgen.model.pixel import channel_stats, normalize_channels
+
+__all__ = ["ARLevel"]
+
+
+class ARLevel(nn.Module):
+    """One causal level over a square grid of ``seq_len`` patches."""
+
+    def __init__(
+        self,
+        *,
+        seq_len: int,
+        patch_size: int,
+        in_channels: int,
+        cond_dim: int,
+        embed_dim: int,
+        num_blocks: int,
+        num_heads: int,
+        dropout: float = 0.1,
+        grad_checkpointing: bool = False,
+    ) -> None:
+        """Create the level.
+
+        Args:
+            seq_len: Number of patches (a square).
+            patch_size: Side of a patch in pixels.
+            in_channels: Image channels.
+            cond_dim: Width of the incoming condition.
+            embed_dim: Transformer width.
+            num_blocks: Transformer depth.
+            num_heads: Attention heads (head width a multiple of 4).
+            dropout: Residual and feed-forward dropout (the reference's 0.1; no dropout on
+                attention probabilities, as in the reference).
+            grad_checkpointing: Recompute block activations in backward to save memory.
+        """
+        super().__init__()
+        self.seq_len = seq_len
+        self.patch_size = patch_size
+        self.in_channels = in_channels
+        self.grad_checkpointing = grad_checkpointing
+        self.use_kv_cache = True  # sampling switch; tests compare both paths
+        self.patch_emb = nn.Linear(in_channels * patch_size**2, embed_dim)
+        self.patch_emb_ln = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.pos_embed = nn.Parameter(torch.zeros(1, seq_len + 1, embed_dim))
+        self.cond_emb = nn.Linear(cond_dim, embed_dim)
+        self.blocks = nn.ModuleList(
+            [LlamaBlock(embed_dim, num_heads, dropout=dropout) for _ in range(num_blocks)]
+        )
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        grid = round(seq_len**0.5)
+        self.register_buffer(
+            "rope", rope_2d_table(grid, embed_dim // num_heads, num_prefix=1), persistent=False
+        )
+        mean, std = channel_stats(in_channels)
+        self.register_buffer("pix_mean", mean, persistent=False)
+        self.register_buffer("pix_std", std, persistent=False)
+        nn.init.normal_(self.pos_embed, std=0.02)
+        self.apply(init_weights)
+
+    def _embed(self, cond: Tensor, patches: Tensor) -> Tensor:
+        """Embed ``[cond, patches...]``: cond (N, cd), patches (N, n, D) -> (N, 1 + n, d)."""
+        tokens = [self.cond_emb(cond).unsqueeze(1)]
+        if patches.shape[1] > 0:
+            norm = normalize_channels(patches, self.pix_mean, self.pix_std)
+            tokens.append(self.patch_emb(norm))
+        x = torch.cat(tokens, dim=1)
+        return self.patch_emb_ln(x + self.pos_embed[:, : x.shape[1]])
+
+    def _run(self, x: Tensor) -> Tensor:
+        rope = self.rope[: x.shape[1]]
+        for block in self.blocks:
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(block, x, rope, use_reentrant=False)
+            else:
+                x = block(x, rope)
+        return self.norm(x)
+
+    def forward(
+        self, imgs: Tensor, cond: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Training/evaluation pass: every patch goes down to the next level.
+
+        Args:
+            imgs: Images (N, C, H, W) in [0, 1].
+            cond: Conditions (N, k, cond_dim); the first is used.
+            generator: Unused (the AR level draws nothing); kept for the level contract.
+
+        Returns:
+            Patches (N L, C, p, p), their conditions (N L, 1, d), and no auxiliary loss.
+        """
+        del generator
+        patches = patchify(imgs, self.patch_size)
+        n = patches.shape[0]
+        # The last patch's token would only feed a position past the end: skip it.
+        x = self._run(self._embed(cond[:, 0], patches[:, :-1]))
+        p = self.patch_size
+        child = patches.reshape(n * self.seq_len, self.in_channels, p, p)
+        return child, x.reshape(n * self.seq_len, 1, -1), None
+
+    def sample(
+        self,
+        cond: Tensor,
+        *,
+        num_iter: int,
+        cfg: float,
+        cfg_schedule: str,
+        guided: bool,
+        temperature: float,
+        generator: torch.Generator | None,
+        next_level: NextLevel,
+    ) -> Tensor:
+        """Generate patches in raster order, one per step (``num_iter`` is ignored).
+
+        Args:
+            cond: Conditions (N2, k, cond_dim); doubled [class; null] when ``guided``.
+            num_iter: Ignored: an AR level always takes ``seq_len`` steps.
+            cfg: Guidance scale at this level.
+            cfg_schedule: ``"linear"`` ramps guidance as ``1 + (cfg - 1)(i + 1) / L``;
+                ``"constant"`` uses ``cfg`` throughout.
+            guided: Whether the batch is doubled for classifier-free guidance.
+            temperature: Passed down (divides the pixel logits).
+            generator: Passed down.
+            next_level: Samples the patches of the next level.
+
+        Returns:
+            Images (N, C, H, W) in [0, 1].
+        """
+        del num_iter, temperature, generator
+        n2 = cond.shape[0]
+        n = n2 // 2 if guided else n2
+        dim = self.in_channels * self.patch_size**2
+        patches = cond.new_zeros(n, self.seq_len, dim, dtype=torch.float32)
+        caches = [KVCache() for _ in self.blocks]
+        c0 = cond[:, 0]
+        for step in range(self.seq_len):
+            if self.use_kv_cache:
+                if step == 0:
+                    x = self._embed(c0, patches[:, :0])
+                else:
+                    prev = patches[:, step - 1 : step]
+                    if guided:
+                        prev = torch.cat([prev, prev], dim=0)
+                    tok = self.patch_emb(normalize_channels(prev, self.pix_mean, self.pix_std))
+                    x = self.patch_emb_ln(tok + self.pos_embed[:, step : step + 1])
+                rope = self.rope[step : step + 1]
+                for block, cache in zip(self.blocks, caches, strict=True):
+                    x = block(x, rope, cache, step, self.seq_len)
+                h = self.norm(x)[:, -1]
+            else:
+                prefix = patches[:, :step]
+                if guided:
+                    prefix = torch.cat([prefix, prefix], dim=0)
+                h = self._run(self._embed(c0, prefix))[:, -1]
+            if cfg_schedule == "linear":
+                cfg_iter = 1 + (cfg - 1) * (step + 1) / self.seq_len
+            else:
+                cfg_iter = cfg
+            sampled = next_level(h.unsqueeze(1), cfg_iter)
+            patches[:, step] = sampled.reshape(n, dim).to(patches.dtype)
+        return unpatchify(patches, self.patch_size, self.in_channels)

@@ -1,0 +1,325 @@
+"""Transformer building blocks shared by the FractalGen levels.
+
+Two block families, as in the reference implementation:
+
+* ``ViTBlock``: pre-norm bidirectional (or causal) ViT block with LayerNorm (eps 1e-6),
+  qkv bias, GELU MLP with ratio 4; used by the MAR levels and the pixel head.
+* ``LlamaBlock``: pre-norm causal block with RMSNorm, bias-free projections, 2D rotary
+  position embedding and a SwiGLU feed-forward; used by the AR levels. It supports a
+  key/value cache so that autoregressive sampling embeds each new token exactly once.
+
+Every attention goes through ``torch.nn.functional.scaled_dot_product_attention``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "Attention",
+    "KVCache",
+    "LlamaBlock",
+    "Mlp",
+    "RMSNorm",
+    "SwiGLU",
+    "ViTBlock",
+    "init_weights",
+    "rope_2d_table",
+    "apply_rope",
+    "swiglu_hidden_dim",
+]
+
+
+def init_weights(module: nn.Module) -> None:
+    """Reference initialisation for one module (use with ``nn.Module.apply``).
+
+    Linear layers get xavier-uniform weights and zero bias, LayerNorms weight 1 and bias 0.
+    Embedding tables, position embeddings and mask tokens are set by their owners.
+    """
+    if isinstance(module, nn.Linear):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        if module.weight is not None:
+            nn.init.ones_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square normalisation, computed in fp32 and cast back to the input dtype."""
+
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        """Create the norm.
+
+        Args:
+            dim: Size of the last dimension.
+            eps: Added to the mean square before the reciprocal square root.
+        """
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Normalise ``x`` over its last dimension."""
+        xf = x.float()
+        normed = xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        return normed.type_as(x) * self.weight
+
+
+def swiglu_hidden_dim(dim: int, multiple_of: int = 256) -> int:
+    """Hidden size of the reference SwiGLU: ``int(8 * dim / 3)`` rounded up to ``multiple_of``."""
+    hidden = int(2 * (4 * dim) / 3)
+    return hidden if hidden % multiple_of == 0 else hidden + multiple_of - hidden % multiple_of
+
+
+class SwiGLU(nn.Module):
+    """SwiGLU feed-forward ``w2(silu(w1 x) * w3 x)`` without biases, then dropout."""
+
+    def __init__(self, dim: int, dropout: float = 0.0) -> None:
+        """Create the feed-forward.
+
+        Args:
+            dim: Model width.
+            dropout: Dropout on the output.
+        """
+        super().__init__()
+        hidden = swiglu_hidden_dim(dim)
+        self.w1 = nn.Linear(dim, hidden, bias=False)
+        self.w3 = nn.Linear(dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, dim, bias=False)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Apply the feed-forward."""
+        return self.dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
+
+
+class Mlp(nn.Module):
+    """ViT MLP: ``fc2(drop(gelu(fc1 x)))`` then dropout."""
+
+    def __init__(self, dim: int, hidden: int, dropout: float = 0.0) -> None:
+        """Create the MLP.
+
+        Args:
+            dim: Input and output width.
+            hidden: Hidden width.
+            dropout: Dropout after the activation and after ``fc2``.
+        """
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.drop1 = nn.Dropout(dropout)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop2 = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Apply the MLP."""
+        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a fused qkv projection (ViT style, fused SDPA kernel)."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        *,
+        qkv_bias: bool = True,
+        attn_dropout: float = 0.0,
+        proj_dropout: float = 0.0,
+    ) -> None:
+        """Create the attention.
+
+        Args:
+            dim: Model width (divisible by ``num_heads``).
+            num_heads: Number of heads.
+            qkv_bias: Whether the qkv projection has a bias.
+            attn_dropout: Dropout on attention probabilities (training only).
+            proj_dropout: Dropout after the output projection.
+        """
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.attn_dropout = attn_dropout
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_dropout)
+
+    def forward(self, x: Tensor, *, causal: bool = False) -> Tensor:
+        """Attend over the sequence ``x`` of shape (B, N, D)."""
+        b, n, d = x.shape
+        qkv = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        out = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.attn_dropout if self.training else 0.0, is_causal=causal
+        )
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, d)))
+
+
+class ViTBlock(nn.Module):
+    """Pre-norm transformer block: LayerNorm(eps 1e-6), attention, LayerNorm, GELU MLP."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        *,
+        mlp_ratio: float = 4.0,
+        attn_dropout: float = 0.0,
+        proj_dropout: float = 0.0,
+        causal: bool = False,
+    ) -> None:
+        """Create the block.
+
+        Args:
+            dim: Model width.
+            num_heads: Attention heads.
+            mlp_ratio: MLP hidden width over ``dim``.
+            attn_dropout: Dropout on attention probabilities.
+            proj_dropout: Dropout after the attention projection and in the MLP.
+            causal: Causal (pixel head) instead of bidirectional (MAR) attention.
+        """
+        super().__init__()
+        self.causal = causal
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(
+            dim, num_heads, qkv_bias=True, attn_dropout=attn_dropout, proj_dropout=proj_dropout
+        )
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), proj_dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Apply the block to (B, N, D)."""
+        x = x + self.attn(self.norm1(x), causal=self.causal)
+        return x + self.mlp(self.norm2(x))
+
+
+def rope_2d_table(grid: int, head_dim: int, *, base: float = 10000.0, num_prefix: int = 1) -> Tensor:
+    """Cosine/sine table of the reference's 2D rotary embedding.
+
+    The first half of each head's rotated pairs encodes the row, the second half the column;
+    ``num_prefix`` leading (condition) tokens get zero frequency, i.e. no rotation.
+
+    Args:
+        grid: Side of the square token grid.
+        head_dim: Per-head width (a multiple of 4).
+        base: RoPE base.
+        num_prefix: Number of leading condition tokens.
+
+    Returns:
+        Float tensor (num_prefix + grid², head_dim // 2, 2) of (cos, sin).
+    """
+    half = head_dim // 2
+    freqs = 1.0 / (base ** (torch.arange(0, half, 2)[: half // 2].float() / half))
+    t = torch.arange(grid, dtype=torch.float32)
+    f = torch.outer(t, freqs)
+    angles = torch.cat(
+        [f[:, None, :].expand(-1, grid, -1), f[None, :, :].expand(grid, -1, -1)], dim=-1
+    ).flatten(0, 1)
+    table = torch.stack([torch.cos(angles), torch.sin(angles)], dim=-1)
+    prefix = torch.stack(
+        [torch.ones(num_prefix, head_dim // 2), torch.zeros(num_prefix, head_dim // 2)], dim=-1
+    )
+    return torch.cat([prefix, table], dim=0)
+
+
+def apply_rope(x: Tensor, table: Tensor) -> Tensor:
+    """Rotate adjacent pairs of ``x`` (B, H, N, hd) by ``table`` (N, hd // 2, 2), in fp32."""
+    xf = x.float().unflatten(-1, (-1, 2))
+    cos, sin = table[..., 0], table[..., 1]
+    x0, x1 = xf[..., 0], xf[..., 1]
+    out = torch.stack([x0 * cos - x1 * sin, x1 * cos + x0 * sin], dim=-1)
+    return out.flatten(-2).type_as(x)
+
+
+class KVCache:
+    """Per-block key/value buffers for incremental causal decoding (one slot per position)."""
+
+    def __init__(self) -> None:
+        """Create an empty cache; :meth:`LlamaBlock.forward` fills it position by position."""
+        self.k: Tensor | None = None
+        self.v: Tensor | None = None
+
+    def update(self, pos: int, k: Tensor, v: Tensor, max_len: int) -> tuple[Tensor, Tensor]:
+        """Write ``k``/``v`` (B, H, n, hd) at ``pos`` and return every cached position so far."""
+        if self.k is None or self.v is None:
+            b, h, _, hd = k.shape
+            self.k = k.new_zeros(b, h, max_len, hd)
+            self.v = v.new_zeros(b, h, max_len, hd)
+        n = k.shape[2]
+        self.k[:, :, pos : pos + n] = k
+        self.v[:, :, pos : pos + n] = v
+        return self.k[:, :, : pos + n], self.v[:, :, : pos + n]
+
+
+class LlamaBlock(nn.Module):
+    """Causal LlamaGen-style block: RMSNorm, bias-free qkv + RoPE attention, SwiGLU.
+
+    As in the reference, attention probabilities get no dropout; the attention output
+    and the feed-forward output get ``dropout``.
+    """
+
+    def __init__(self, dim: int, num_heads: int, *, dropout: float = 0.0) -> None:
+        """Create the block.
+
+        Args:
+            dim: Model width.
+            num_heads: Attention heads (``dim / num_heads`` a multiple of 4 for 2D RoPE).
+            dropout: Residual dropout after attention and feed-forward.
+        """
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.attention_norm = RMSNorm(dim)
+        self.wqkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.wo = nn.Linear(dim, dim, bias=False)
+        self.resid_dropout = nn.Dropout(dropout)
+        self.ffn_norm = RMSNorm(dim)
+        self.feed_forward = SwiGLU(dim, dropout)
+
+    def _attend(
+        self, x: Tensor, rope: Tensor, cache: KVCache | None, pos: int, max_len: int
+    ) -> Tensor:
+        b, n, d = x.shape
+        qkv = self.wqkv(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        q = apply_rope(q, rope)
+        k = apply_rope(k, rope)
+        if cache is None:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            keys, values = cache.update(pos, k, v, max_len)
+            # n new queries at positions pos..pos+n-1 see every key up to their own position.
+            mask = None
+            if n > 1:
+                mask = torch.ones(n, pos + n, dtype=torch.bool, device=x.device).tril(pos)
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+        return self.resid_dropout(self.wo(out.transpose(1, 2).reshape(b, n, d)))
+
+    def forward(
+        self,
+        x: Tensor,
+        rope: Tensor,
+        cache: KVCache | None = None,
+        pos: int = 0,
+        max_len: int = 0,
+    ) -> Tensor:
+        """Apply the block.
+
+        Args:
+            x: Tokens (B, n, D) at positions ``pos .. pos + n - 1``.
+            rope: RoPE table rows for those positions (n, hd // 2, 2).
+            cache: None for a whole causal sequence; else the cache to extend.
+            pos: Position of the first token of ``x`` (cache mode).
+            max_len: Sequence length the cache must hold (cache mode).
+
+        Returns:
+            Tokens (B, n, D).
+        """
+        h = x + self._attend(self.attention_norm(x), rope, cache, pos, max_len)
+        return h + self.feed_forward(self.ffn_norm(h))

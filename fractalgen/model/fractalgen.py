@@ -1,0 +1,510 @@
+"""FractalGen: a recursion of AR/MAR generators down to a per-pixel head.
+
+Level ``i`` models a ``img_size_list[i]`` square image as a grid of
+``(img_size_list[i] / img_size_list[i + 1])²`` patches and hands each patch, with its
+conditions, to level ``i + 1``; the last level is the :class:`PixelHead`. Level 0 holds
+the class embedding and a learned null class (the reference's "fake latent").
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from fractalgen.model.ar import ARLevel
+from fractalgen.model.common import NextLevel
+from fractalgen.model.mar import MARLevel
+from fractalgen.model.pixel import PixelHead
+
+__all__ = [
+    "FractalGen",
+    "build_model",
+    "fractalar_in64",
+    "fractalmar_base_in256",
+    "fractalmar_huge_in256",
+    "fractalmar_in64",
+    "fractalmar_large_in256",
+]
+
+_GENERATOR_TYPES = ("ar", "mar")
+_CFG_SCHEDULES = ("linear", "constant")
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+class FractalGen(nn.Module):
+    """Fractal generative model over images with any channel count and class count.
+
+    Inputs are float images in [0, 1]; each pixel channel is modelled as an 8-bit value.
+    ``num_classes=0`` makes an unconditional model (only the null class exists).
+    """
+
+    def __init__(
+        self,
+        *,
+        img_size_list: Sequence[int],
+        embed_dim_list: Sequence[int],
+        num_blocks_list: Sequence[int],
+        num_heads_list: Sequence[int],
+        generator_type_list: Sequence[str],
+        in_channels: int = 3,
+        num_classes: int = 1000,
+        label_drop_prob: float = 0.1,
+        attn_dropout: float = 0.1,
+        proj_dropout: float = 0.1,
+        num_conds: int | None = None,
+        guiding_pixel: bool = False,
+        r_weight: float = 5.0,
+        grad_checkpointing: bool = False,
+    ) -> None:
+        """Build the levels.
+
+        Args:
+            img_size_list: Image side per level, decreasing, each divisible by the next,
+                ending in 1 (the pixel), e.g. ``(64, 4, 1)``.
+            embed_dim_list: Width per level; the last is the pixel head's.
+            num_blocks_list: Depth per level; the last is the pixel head's.
+            num_heads_list: Attention heads per level; the last is the pixel head's.
+            generator_type_list: ``"ar"`` or ``"mar"`` for each level above the pixel head
+                (one fewer entry than ``img_size_list``).
+            in_channels: Image channels (1 grayscale, 3 RGB, any count works).
+            num_classes: Number of classes; 0 for an unconditional model.
+            label_drop_prob: Training probability of replacing a label by the null class.
+            attn_dropout: Attention-probability dropout of MAR levels (AR levels, like the
+                reference's LlamaGen blocks, use none).
+            proj_dropout: Dropout after projections / feed-forwards of AR and MAR levels.
+            num_conds: Condition tokens of each MAR level; None means the reference's 5.
+                (AR levels always take one condition.)
+            guiding_pixel: Levels below the first predict each patch's mean colour first.
+            r_weight: Training weight of the first channel in the pixel loss.
+            grad_checkpointing: Recompute block activations in backward to save memory.
+
+        Raises:
+            ValueError: If the lists are inconsistent (the message names the problem).
+        """
+        super().__init__()
+        sizes = [int(s) for s in img_size_list]
+        types = [str(t).lower() for t in generator_type_list]
+        n_levels = len(sizes) - 1
+        _check(n_levels >= 1, f"img_size_list needs at least 2 sizes (e.g. [8, 1]), got {sizes}")
+        _check(sizes[-1] == 1, f"img_size_list must end in 1 (a pixel), got {sizes}")
+        for name, lst in (
+            ("embed_dim_list", embed_dim_list),
+            ("num_blocks_list", num_blocks_list),
+            ("num_heads_list", num_heads_list),
+        ):
+            _check(
+                len(lst) == len(sizes),
+                f"{name} must have one entry per img_size_list entry ({len(sizes)}), "
+                f"got {len(lst)}: {list(lst)}",
+            )
+        _check(
+            len(types) == n_levels,
+            f"generator_type_list must have {n_levels} entries (one per level above the pixel "
+            f"head, i.e. len(img_size_list) - 1), got {len(types)}: {list(generator_type_list)}",
+        )
+        for i in range(n_levels):
+            _check(
+                sizes[i] > sizes[i + 1] and sizes[i] % sizes[i + 1] == 0,
+                f"img_size_list must decrease with each size divisible by the next, "
+                f"got {sizes} ({sizes[i]} then {sizes[i + 1]})",
+            )
+            _check(
+                types[i] in _GENERATOR_TYPES,
+                f"generator_type_list[{i}] must be 'ar' or 'mar', got {generator_type_list[i]!r}",
+            )
+        dims = [int(d) for d in embed_dim_list]
+        heads = [int(h) for h in num_heads_list]
+        blocks = [int(b) for b in num_blocks_list]
+        for i, (d, h) in enumerate(zip(dims, heads, strict=True)):
+            _check(d > 0 and h > 0, f"embed_dim_list and num_heads_list must be positive, got "
+                   f"{dims} and {heads}")
+            _check(d % h == 0, f"embed_dim_list[{i}]={d} is not divisible by num_heads_list[{i}]={h}")
+            if i < n_levels and types[i] == "ar":
+                _check(
+                    (d // h) % 4 == 0,
+                    f"AR level {i}: head width embed_dim/num_heads = {d // h} must be a multiple "
+                    "of 4 for the 2D rotary embedding",
+                )
+        _check(all(b >= 0 for b in blocks), f"num_blocks_list must be >= 0, got {blocks}")
+        _check(in_channels >= 1, f"in_channels must be >= 1, got {in_channels}")
+        _check(num_classes >= 0, f"num_classes must be >= 0 (0 = unconditional), got {num_classes}")
+        _check(0.0 <= label_drop_prob <= 1.0, f"label_drop_prob must be in [0, 1], got "
+               f"{label_drop_prob}")
+        _check(num_conds is None or num_conds >= 1, f"num_conds must be >= 1, got {num_conds}")
+
+        self.img_size_list = tuple(sizes)
+        self.generator_type_list = tuple(types)
+        self.in_channels = in_channels
+        self.num_classes = num_classes
+        self.label_drop_prob = label_drop_prob
+        self.num_conds = num_conds
+        self.config: dict[str, Any] = {
+            "img_size_list": list(sizes),
+            "embed_dim_list": dims,
+            "num_blocks_list": blocks,
+            "num_heads_list": heads,
+            "generator_type_list": types,
+            "in_channels": in_channels,
+            "num_classes": num_classes,
+            "label_drop_prob": label_drop_prob,
+            "attn_dropout": attn_dropout,
+            "proj_dropout": proj_dropout,
+            "num_conds": num_conds,
+            "guiding_pixel": guiding_pixel,
+            "r_weight": r_weight,
+            "grad_checkpointing": grad_checkpointing,
+        }
+
+        self.class_emb = nn.Embedding(num_classes, dims[0]) if num_classes > 0 else None
+        self.fake_latent = nn.Parameter(torch.zeros(1, dims[0]))
+        if self.class_emb is not None:
+            nn.init.normal_(self.class_emb.weight, std=0.02)
+        nn.init.normal_(self.fake_latent, std=0.02)
+
+        levels: list[nn.Module] = []
+        for i in range(n_levels):
+            common: dict[str, Any] = {
+                "seq_len": (sizes[i] // sizes[i + 1]) ** 2,
+                "patch_size": sizes[i + 1],
+                "in_channels": in_channels,
+                "cond_dim": dims[i - 1] if i > 0 else dims[0],
+                "embed_dim": dims[i],
+                "num_blocks": blocks[i],
+                "num_heads": heads[i],
+                "grad_checkpointing": grad_checkpointing,
+            }
+            if types[i] == "ar":
+                levels.append(ARLevel(dropout=proj_dropout, **common))
+            else:
+                levels.append(
+                    MARLevel(
+                        attn_dropout=attn_dropout,
+                        proj_dropout=proj_dropout,
+                        num_conds=5 if num_conds is None else num_conds,
+                        guiding_pixel=guiding_pixel and i > 0,
+                        **common,
+                    )
+                )
+        self.levels = nn.ModuleList(levels)
+        self.pixel_head = PixelHead(
+            cond_dim=dims[-2],
+            width=dims[-1],
+            depth=blocks[-1],
+            num_heads=heads[-1],
+            in_channels=in_channels,
+            r_weight=r_weight,
+        )
+        first = self.levels[0]
+        self._top_conds = first.num_conds if isinstance(first, MARLevel) else 1
+
+    # ------------------------------------------------------------------ helpers
+
+    def _check_generator(self, generator: torch.Generator | None) -> None:
+        dev = self.fake_latent.device
+        if generator is not None and generator.device.type != dev.type:
+            raise ValueError(
+                f"generator is on {generator.device} but the model is on {dev}; create it "
+                f"with torch.Generator(device={str(dev)!r}).manual_seed(seed)"
+            )
+
+    def _check_images(self, imgs: Tensor) -> None:
+        size = self.img_size_list[0]
+        expected = (self.in_channels, size, size)
+        if imgs.dim() != 4 or tuple(imgs.shape[1:]) != expected:
+            raise ValueError(
+                f"FractalGen expects images of shape (B, {expected[0]}, {expected[1]}, "
+                f"{expected[2]}) with values in [0, 1], got shape {tuple(imgs.shape)}"
+            )
+        if not imgs.is_floating_point():
+            raise ValueError(f"FractalGen expects float images in [0, 1], got dtype {imgs.dtype}")
+
+    def _class_cond(
+        self, labels: Tensor | None, batch: int, *, drop: bool, generator: torch.Generator | None
+    ) -> Tensor:
+        """Level-0 condition vectors (batch, d0): class embedding or the null class."""
+        null = self.fake_latent.expand(batch, -1)
+        if labels is None:
+            return null
+        if self.class_emb is None:
+            raise ValueError(
+                "this model is unconditional (num_classes=0): pass labels=None, not labels"
+            )
+        emb = self.class_emb(labels)
+        if drop and self.label_drop_prob > 0:
+            u = torch.rand(batch, device=emb.device, generator=generator)
+            emb = torch.where((u < self.label_drop_prob).unsqueeze(1), null.to(emb.dtype), emb)
+        return emb
+
+    def _loss(self, imgs: Tensor, cond0: Tensor, generator: torch.Generator | None) -> Tensor:
+        cond = cond0.unsqueeze(1).expand(-1, self._top_conds, -1)
+        x = imgs
+        aux: list[Tensor] = []
+        for level in self.levels:
+            x, cond, extra = level(x, cond, generator)
+            if extra is not None:
+                aux.append(extra)
+        loss: Tensor = self.pixel_head(x.reshape(x.shape[0], self.in_channels), cond, generator)
+        for extra in aux:
+            loss = loss + extra
+        return loss
+
+    # ------------------------------------------------------------------ public API
+
+    def forward(self, imgs: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Loss in nats per dimension (scalar).
+
+        Training mode: labels are replaced by the null class with ``label_drop_prob``,
+        MAR levels mask a truncated-normal ratio, and the pixel loss weights the first
+        channel by ``r_weight``. Evaluation mode: labels are used as given, MAR levels mask
+        a uniform count, and the pixel loss is the plain channel mean.
+
+        Args:
+            imgs: Float images (B, C, H, W) in [0, 1].
+            labels: Long class labels (B,), or None for the null class.
+
+        Returns:
+            Scalar loss (plus the guiding-pixel losses when enabled).
+        """
+        self._check_images(imgs)
+        cond0 = self._class_cond(labels, imgs.shape[0], drop=self.training, generator=None)
+        return self._loss(imgs, cond0, None)
+
+    def nll_bpd(self, imgs: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+        """Validation negative log-likelihood in bits per dimension (scalar).
+
+        Follows the reference's evaluation: evaluation mode, null class, plain channel mean,
+        and for MAR levels a uniformly drawn number of masked patches in a random order
+        (an unbiased one-sample estimate of the any-order likelihood). That estimate is
+        random; pass ``generator`` (on the model's device) for a reproducible value.
+
+        Args:
+            imgs: Float images (B, C, H, W) in [0, 1].
+            generator: Optional RNG for the masks, orders and rounding noise.
+
+        Returns:
+            Scalar mean NLL in bits per dimension.
+        """
+        self._check_images(imgs)
+        self._check_generator(generator)
+        was_training = self.training
+        self.eval()
+        try:
+            cond0 = self._class_cond(None, imgs.shape[0], drop=False, generator=None)
+            loss = self._loss(imgs, cond0, generator)
+        finally:
+            self.train(was_training)
+        return loss / math.log(2)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        batch_size: int,
+        labels: Tensor | None = None,
+        *,
+        num_iter_list: Sequence[int],
+        cfg: float = 1.0,
+        cfg_schedule: str = "linear",
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Generate images (runs in evaluation mode; the module's mode is restored).
+
+        Args:
+            batch_size: Number of images.
+            labels: Long class labels (batch_size,), or None for unconditional samples.
+            num_iter_list: Steps per level (MAR: unmasking steps; AR levels always take one
+                step per patch), one entry per level above the pixel head.
+            cfg: Classifier-free guidance scale; 1 disables it. Guidance doubles the batch
+                (class, null class) and mixes pixel logits as ``uncond + cfg·(cond − uncond)``.
+                Ignored without labels.
+            cfg_schedule: ``"linear"`` (guidance ramps up over the top level's steps) or
+                ``"constant"``.
+            temperature: Sampling temperature; pixel logits are DIVIDED by it (the
+                reference multiplies), so < 1 is sharper and > 1 more diverse.
+            generator: Optional RNG on the model's device, for reproducible samples.
+
+        Returns:
+            uint8 images (batch_size, C, H, W) with values 0..255.
+        """
+        n_levels = len(self.levels)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        iters = [int(i) for i in num_iter_list]
+        if len(iters) != n_levels or any(i < 1 for i in iters):
+            raise ValueError(
+                f"num_iter_list needs {n_levels} positive entries (one per level above the "
+                f"pixel head), got {list(num_iter_list)}"
+            )
+        if cfg_schedule not in _CFG_SCHEDULES:
+            raise ValueError(f"cfg_schedule must be 'linear' or 'constant', got {cfg_schedule!r}")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0 (logits are divided by it), got "
+                             f"{temperature}")
+        self._check_generator(generator)
+        dev = self.fake_latent.device
+        if labels is not None:
+            if self.class_emb is None:
+                raise ValueError(
+                    "this model is unconditional (num_classes=0): sample with labels=None"
+                )
+            labels = torch.as_tensor(labels).to(dev)
+            if labels.shape != (batch_size,):
+                raise ValueError(
+                    f"labels must have shape ({batch_size},), got {tuple(labels.shape)}"
+                )
+            lo, hi = int(labels.min()), int(labels.max())
+            if lo < 0 or hi >= self.num_classes:
+                raise ValueError(
+                    f"labels must be in 0..{self.num_classes - 1}, got values {lo}..{hi}"
+                )
+        guided = labels is not None and cfg != 1.0
+        cond0 = self._class_cond(labels, batch_size, drop=False, generator=None)
+        if guided:
+            cond0 = torch.cat([cond0, self.fake_latent.expand(batch_size, -1)], dim=0)
+        cond = cond0.unsqueeze(1).expand(-1, self._top_conds, -1)
+
+        def make_next(i: int) -> NextLevel:
+            if i == n_levels:
+
+                def pixel(c: Tensor, cfg_i: float) -> Tensor:
+                    px = self.pixel_head.sample(
+                        c, cfg=cfg_i, guided=guided, temperature=temperature, generator=generator
+                    )
+                    return px.reshape(-1, self.in_channels, 1, 1)
+
+                return pixel
+            below = make_next(i + 1)
+            level = self.levels[i]
+
+            def run(c: Tensor, cfg_i: float) -> Tensor:
+                out: Tensor = level.sample(
+                    c,
+                    num_iter=iters[i],
+                    cfg=cfg_i,
+                    cfg_schedule=cfg_schedule if i == 0 else "constant",
+                    guided=guided,
+                    temperature=temperature,
+                    generator=generator,
+                    next_level=below,
+                )
+                return out
+
+            return run
+
+        was_training = self.training
+        self.eval()
+        try:
+            imgs = make_next(0)(cond, float(cfg))
+        finally:
+            self.train(was_training)
+        return (imgs.float() * 255).round().clamp(0, 255).to(torch.uint8)
+
+
+# ---------------------------------------------------------------------- factories
+
+
+def fractalar_in64(**kwargs: Any) -> FractalGen:
+    """FractalAR for ImageNet 64 (AR levels (64, 4, 1); 3 channels, 1000 classes)."""
+    return FractalGen(
+        img_size_list=(64, 4, 1),
+        embed_dim_list=(1024, 512, 128),
+        num_blocks_list=(32, 8, 3),
+        num_heads_list=(16, 8, 4),
+        generator_type_list=("ar", "ar"),
+        **kwargs,
+    )
+
+
+def fractalmar_in64(**kwargs: Any) -> FractalGen:
+    """FractalMAR for ImageNet 64 (MAR levels (64, 4, 1), 5 conditions): 432.00M params."""
+    return FractalGen(
+        img_size_list=(64, 4, 1),
+        embed_dim_list=(1024, 512, 128),
+        num_blocks_list=(32, 8, 3),
+        num_heads_list=(16, 8, 4),
+        generator_type_list=("mar", "mar"),
+        **kwargs,
+    )
+
+
+def _in256(dims: tuple[int, ...], blocks: tuple[int, ...], heads: tuple[int, ...],
+           kwargs: dict[str, Any]) -> FractalGen:
+    kwargs.setdefault("guiding_pixel", True)
+    return FractalGen(
+        img_size_list=(256, 16, 4, 1),
+        embed_dim_list=dims,
+        num_blocks_list=blocks,
+        num_heads_list=heads,
+        generator_type_list=("mar", "mar", "mar"),
+        **kwargs,
+    )
+
+
+def fractalmar_base_in256(**kwargs: Any) -> FractalGen:
+    """FractalMAR-B for ImageNet 256 (guiding pixel on): 186.30M params."""
+    return _in256((768, 384, 192, 64), (24, 6, 3, 1), (12, 6, 3, 4), kwargs)
+
+
+def fractalmar_large_in256(**kwargs: Any) -> FractalGen:
+    """FractalMAR-L for ImageNet 256 (guiding pixel on)."""
+    return _in256((1024, 512, 256, 64), (32, 8, 4, 1), (16, 8, 4, 4), kwargs)
+
+
+def fractalmar_huge_in256(**kwargs: Any) -> FractalGen:
+    """FractalMAR-H for ImageNet 256 (guiding pixel on)."""
+    return _in256((1280, 640, 320, 64), (40, 10, 5, 1), (16, 8, 4, 4), kwargs)
+
+
+_MODEL_KEYS = (
+    "img_size_list",
+    "embed_dim_list",
+    "num_blocks_list",
+    "num_heads_list",
+    "generator_type_list",
+    "label_drop_prob",
+    "attn_dropout",
+    "proj_dropout",
+    "num_conds",
+    "guiding_pixel",
+    "r_weight",
+    "grad_checkpointing",
+)
+
+
+def build_model(model_cfg: Mapping[str, Any], *, in_channels: int, num_classes: int) -> FractalGen:
+    """Build a :class:`FractalGen` from the ``model`` section of the training config.
+
+    Args:
+        model_cfg: Mapping with the keys of ``TrainConfig.model`` (a pydantic model's
+            ``model_dump()`` or the model itself also works).
+        in_channels: Image channels (from the data).
+        num_classes: Number of classes (from the data; 0 = unconditional).
+
+    Returns:
+        The model, freshly initialised.
+
+    Raises:
+        ValueError: On unknown keys or inconsistent values, naming the ``model.`` field.
+    """
+    dump = getattr(model_cfg, "model_dump", None)
+    cfg: dict[str, Any] = dict(dump() if callable(dump) else model_cfg)
+    unknown = sorted(set(cfg) - set(_MODEL_KEYS))
+    if unknown:
+        raise ValueError(
+            f"unknown model config keys {unknown}; expected some of {list(_MODEL_KEYS)}"
+        )
+    missing = [k for k in _MODEL_KEYS[:5] if k not in cfg]
+    if missing:
+        raise ValueError(f"model config is missing {missing}")
+    try:
+        return FractalGen(in_channels=in_channels, num_classes=num_classes, **cfg)
+    except ValueError as exc:
+        raise ValueError(f"invalid model config: {exc}") from None

@@ -1,0 +1,175 @@
+"""The pixel head ("PixelLoss" in the reference): a tiny causal transformer over channels.
+
+For one pixel with ``C`` channels the head runs a causal transformer over the tokens
+``[condition, v_0, ..., v_{C-2}]`` (the reference's ``[cond, R, G, B]`` generalised; the
+last channel's token is dropped because, under causal attention, no logit depends on it).
+Position ``i`` predicts channel ``i`` as a 256-way categorical whose logits are the dot
+product with that channel's codebook (weight-tied to the token embedding) plus a bias.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fractalgen.model.blocks import ViTBlock, init_weights
+
+__all__ = ["PixelHead", "channel_stats", "normalize_channels"]
+
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def channel_stats(channels: int) -> tuple[Tensor, Tensor]:
+    """Per-channel (mean, std) used to normalise pixel inputs of the embeddings.
+
+    Three channels use the ImageNet statistics, as the reference does; any other channel
+    count uses the average of the three for every channel.
+
+    Args:
+        channels: Number of image channels.
+
+    Returns:
+        Two float tensors of shape (channels,).
+    """
+    if channels == 3:
+        return torch.tensor(_IMAGENET_MEAN), torch.tensor(_IMAGENET_STD)
+    mean = sum(_IMAGENET_MEAN) / 3
+    std = sum(_IMAGENET_STD) / 3
+    return torch.full((channels,), mean), torch.full((channels,), std)
+
+
+def normalize_channels(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """Normalise ``x`` (..., C * k) laid out channel-major, with per-channel ``mean``/``std``."""
+    c = mean.shape[0]
+    xv = x.unflatten(-1, (c, -1))
+    return ((xv - mean[:, None].to(x.dtype)) / std[:, None].to(x.dtype)).flatten(-2)
+
+
+class PixelHead(nn.Module):
+    """Autoregressive 8-bit model of one pixel's channels given a condition vector."""
+
+    def __init__(
+        self,
+        *,
+        cond_dim: int,
+        width: int,
+        depth: int,
+        num_heads: int,
+        in_channels: int,
+        r_weight: float = 5.0,
+    ) -> None:
+        """Create the head.
+
+        Args:
+            cond_dim: Width of the incoming condition (the level above's embed dim).
+            width: Transformer width.
+            depth: Number of causal blocks.
+            num_heads: Attention heads.
+            in_channels: Channels per pixel (1 grayscale, 3 RGB, any other count works).
+            r_weight: Training weight of the first channel's loss; the loss is
+                ``(r_weight * L_0 + L_1 + ... + L_{C-1}) / (r_weight + C - 1)``.
+        """
+        super().__init__()
+        self.in_channels = in_channels
+        self.r_weight = r_weight
+        self.cond_proj = nn.Linear(cond_dim, width)
+        # One 256-entry codebook per channel; also the output projection of that channel.
+        self.codebook = nn.Parameter(torch.zeros(in_channels, 256, width))
+        self.logit_bias = nn.Parameter(torch.zeros(in_channels, 256))
+        self.ln = nn.LayerNorm(width, eps=1e-6)
+        self.blocks = nn.ModuleList(
+            [ViTBlock(width, num_heads, mlp_ratio=4.0, causal=True) for _ in range(depth)]
+        )
+        self.norm = nn.LayerNorm(width, eps=1e-6)
+        nn.init.normal_(self.codebook, std=0.02)
+        self.apply(init_weights)
+
+    def logits(self, cond: Tensor, values: Tensor) -> Tensor:
+        """Logits of channels ``0 .. j`` given the condition and the first ``j`` channel values.
+
+        Args:
+            cond: Condition vectors (N, cond_dim).
+            values: Known 8-bit values (N, j) as long, ``0 <= j < C``.
+
+        Returns:
+            fp32 logits (N, j + 1, 256).
+        """
+        j = values.shape[1]
+        x = self.cond_proj(cond).unsqueeze(1)
+        if j > 0:
+            chan = torch.arange(j, device=values.device)
+            x = torch.cat([x, self.codebook[chan, values].to(x.dtype)], dim=1)
+        x = self.ln(x)
+        for block in self.blocks:
+            x = block(x)
+        x = self.norm(x)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            out = torch.einsum("njw,jvw->njv", x.float(), self.codebook[: j + 1].float())
+            return out + self.logit_bias[: j + 1].float()
+
+    def forward(self, target: Tensor, cond: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Mean cross-entropy (nats) of the pixels ``target`` given their conditions.
+
+        The 8-bit target is ``round(255 * target + 0.01 * N(0, 1))`` as in the reference
+        (the tiny noise breaks the ties of round-half-to-even). Training mode weights the
+        first channel by ``r_weight``; evaluation mode is the plain channel mean.
+
+        Args:
+            target: Pixel values (N, C) in [0, 1].
+            cond: Conditions (N, k, cond_dim); only the first (the patch's own) is used.
+            generator: Optional RNG for the rounding noise (on the model's device).
+
+        Returns:
+            Scalar loss.
+        """
+        noise = torch.randn(
+            target.shape, device=target.device, dtype=torch.float32, generator=generator
+        )
+        values = (target.float() * 255 + 0.01 * noise).round().clamp_(0, 255).long()
+        logits = self.logits(cond[:, 0], values[:, :-1])
+        ce = F.cross_entropy(logits.flatten(0, 1), values.flatten(), reduction="none")
+        ce = ce.view(values.shape)
+        if self.training and self.in_channels > 1:
+            w = torch.ones(self.in_channels, device=ce.device)
+            w[0] = self.r_weight
+            return (ce * w).sum(1).mean() / w.sum()
+        return ce.mean()
+
+    def sample(
+        self,
+        cond: Tensor,
+        *,
+        cfg: float,
+        guided: bool,
+        temperature: float,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Sample one pixel per condition, channel by channel.
+
+        Args:
+            cond: Conditions (M, k, cond_dim); when ``guided`` the first half is the
+                class-conditional batch and the second half the null-class batch.
+            cfg: Guidance scale: logits are ``uncond + cfg * (cond - uncond)``.
+            guided: Whether ``cond`` holds the doubled classifier-free-guidance batch.
+            temperature: Logits are DIVIDED by it (the reference multiplies).
+            generator: Optional RNG on the model's device.
+
+        Returns:
+            Pixel values (M or M / 2, C) in [0, 1], multiples of 1/255.
+        """
+        c = cond[:, 0]
+        n = c.shape[0] // 2 if guided else c.shape[0]
+        values = torch.zeros(n, self.in_channels, dtype=torch.long, device=c.device)
+        for i in range(self.in_channels):
+            known = values[:, :i]
+            if guided:
+                known = torch.cat([known, known], dim=0)
+            logits = self.logits(c, known)[:, i] / temperature
+            if guided:
+                cond_logits, uncond_logits = logits[:n], logits[n:]
+                logits = uncond_logits + cfg * (cond_logits - uncond_logits)
+            probs = torch.softmax(logits, dim=-1)
+            values[:, i] = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        return values.float() / 255
