@@ -1,0 +1,49 @@
+"""The contract suite against the memory backend, plus its store naming."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from versionkit.backends import open_backend
+from versionkit.backends.base import Backend
+from versionkit.backends.memory import MemoryBackend
+from versionkit.testing import BackendContractSuite
+
+
+@pytest.fixture
+def backend(tmp_path: Path) -> Iterator[Callable[..., Backend]]:
+    store = f"t{id(tmp_path)}"
+
+    def make(name: str = "exp") -> Backend:
+        return MemoryBackend(f"memory://{store}", tmp_path / name, name)
+
+    yield make
+    MemoryBackend.reset(store)
+
+
+class TestMemoryBackend(BackendContractSuite):
+    shares_across_processes = False
+
+
+def test_named_stores_are_separate(tmp_path: Path) -> None:
+    a = open_backend("memory://one", tmp_path, "exp")
+    b = open_backend("memory://two", tmp_path, "exp")
+    again = open_backend("memory://one", tmp_path, "exp")
+    try:
+        assert isinstance(a, MemoryBackend)
+        a.allocate(0, {})
+        assert b.next_number() == 0
+        assert again.next_number() == 1
+    finally:
+        MemoryBackend.reset("one")
+        MemoryBackend.reset("two")
+
+
+def test_reset_forgets(tmp_path: Path) -> None:
+    a = open_backend("memory://gone", tmp_path, "exp")
+    a.allocate(0, {})
+    MemoryBackend.reset("gone")
+    assert open_backend("memory://gone", tmp_path, "exp").next_number() == 0
