@@ -46,7 +46,9 @@ def test_state_layout(fb: FileBackend) -> None:
     assert not [p for p in state.rglob("*.tmp")], "no temp file is left behind"
 
 
-def test_open_backend_picks_file_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_open_backend_picks_file_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("VERSIONKIT_BACKEND", raising=False)
     assert isinstance(open_backend(None, tmp_path, "x"), FileBackend)
     assert isinstance(open_backend("file://", tmp_path, "x"), FileBackend)

@@ -139,7 +139,7 @@ def redact_uri(uri: str) -> str:
     scheme, sep, rest = uri.partition("://")
     if not sep or "@" not in rest:
         return uri
-    creds, at, host = rest.rpartition("@")
+    creds, _at, host = rest.rpartition("@")
     if ":" in creds:
         user = creds.split(":", 1)[0]
         return f"{scheme}://{user}:***@{host}"
