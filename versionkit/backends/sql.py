@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, NoReturn, TypeVar
+from urllib.parse import parse_qsl
 
 import sqlalchemy as sa
 from sqlalchemy import event, exc
@@ -65,8 +66,7 @@ TABLE_PREFIX = "versionkit_"
 _MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
 
 _ATTEMPTS = 5  # tries of one write before giving up on conflicts
-_BUSY_TIMEOUT_S = 60.0  # SQLite: how long a writer waits for the write lock
-_LOCK_TIMEOUT_MS = 60_000  # PostgreSQL: how long a writer waits for a row lock
+_LOCK_TIMEOUT_S = 60.0  # default wait for SQLite's write lock or a PostgreSQL row lock
 _CONNECT_TIMEOUT_S = 10  # PostgreSQL: how long a connection attempt may take
 _MAX_NUMBER = 2**62  # far below BIGINT's limit, so number + 1 never overflows
 _ADVISORY_KEY = 0x766B5F73636865  # pg_advisory_xact_lock key serialising table setup
@@ -124,6 +124,9 @@ def _parse_uri(uri: str) -> tuple[URL, str | None]:
     url = url.set(drivername=f"{backend}+{driver}")
 
     experiment = url.query.get("experiment")
+    raw_query = parse_qsl(uri.partition("?")[2], keep_blank_values=True)
+    if experiment is None and any(key == "experiment" for key, _ in raw_query):
+        experiment = ""  # SQLAlchemy drops blank values; an empty name is still a mistake
     if isinstance(experiment, tuple):
         raise BackendError(f"registry URI {shown!r} gives ?experiment= more than once")
     if experiment is not None and not experiment.strip():
@@ -165,7 +168,7 @@ def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
-        cursor.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_S * 1000)}")
+        cursor.execute(f"PRAGMA busy_timeout = {int(_LOCK_TIMEOUT_S * 1000)}")
         # WAL: readers (versionkit list, a dashboard) never block the writers.
         cursor.execute("PRAGMA journal_mode = WAL")
         # FULL: every commit is fsynced, so a number handed out survives power loss.
@@ -175,8 +178,11 @@ def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _on_sqlite_begin(conn: Connection) -> None:
-    mode = "IMMEDIATE" if conn.get_execution_options().get("versionkit_write") else "DEFERRED"
-    conn.exec_driver_sql(f"BEGIN {mode}")
+    options = conn.get_execution_options()
+    busy_ms = options.get("versionkit_busy_ms")
+    if busy_ms is not None:
+        conn.exec_driver_sql(f"PRAGMA busy_timeout = {int(busy_ms)}")
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get("versionkit_write") else "BEGIN")
 
 
 def _create_engine(url: URL) -> Engine:
@@ -184,7 +190,7 @@ def _create_engine(url: URL) -> Engine:
         # NullPool: no SQLite handle stays open between calls, so none is ever carried
         # across fork() (SQLite forbids using one in the child), and open costs ~0.1 ms.
         engine = sa.create_engine(
-            url, poolclass=NullPool, connect_args={"timeout": _BUSY_TIMEOUT_S}
+            url, poolclass=NullPool, connect_args={"timeout": _LOCK_TIMEOUT_S}
         )
         event.listen(engine, "connect", _on_sqlite_connect)
         event.listen(engine, "begin", _on_sqlite_begin)
@@ -200,7 +206,8 @@ def _create_engine(url: URL) -> Engine:
     if isinstance(options, tuple):
         options = " ".join(options)
     if "lock_timeout" not in options:
-        connect_args["options"] = f"{options} -c lock_timeout={_LOCK_TIMEOUT_MS}".strip()
+        lock_ms = int(_LOCK_TIMEOUT_S * 1000)
+        connect_args["options"] = f"{options} -c lock_timeout={lock_ms}".strip()
     return sa.create_engine(
         url, pool_pre_ping=True, pool_size=2, max_overflow=8, connect_args=connect_args
     )
@@ -290,12 +297,17 @@ class SQLBackend(Backend):
 
     schemes: ClassVar[tuple[str, ...]] = ("sqlite", "postgresql", "postgres")
 
-    def __init__(self, uri: str, root: Path, experiment: str) -> None:
+    def __init__(
+        self, uri: str, root: Path, experiment: str, *, lock_timeout: float = _LOCK_TIMEOUT_S
+    ) -> None:
         url, override = _parse_uri(uri)
         super().__init__(uri, root, override if override is not None else experiment)
         self._url = url
         self._dialect = url.get_backend_name()
         self._closed = False
+        #: Seconds a write waits for another writer's lock before ``LockTimeout``
+        #: (``Registry(lock_timeout=...)`` sets it); negative: wait forever.
+        self.lock_timeout = lock_timeout
 
     def describe(self) -> str:
         return f"SQL registry {redact_uri(self.uri)}"
@@ -313,10 +325,20 @@ class SQLBackend(Backend):
 
     @contextmanager
     def _transaction(self, engine: Engine, *, write: bool) -> Iterator[Connection]:
+        wait_ms = int(self.lock_timeout * 1000) if self.lock_timeout >= 0 else None
         with engine.connect() as conn:
             if write:
                 conn.execution_options(versionkit_write=True)
+                if self._dialect == "sqlite" and self.lock_timeout != _LOCK_TIMEOUT_S:
+                    # 2**31 - 1: SQLite's largest busy timeout, as good as forever here.
+                    conn.execution_options(
+                        versionkit_busy_ms=2**31 - 1 if wait_ms is None else wait_ms
+                    )
             with conn.begin():
+                if write and self._dialect == "postgresql" and self.lock_timeout != _LOCK_TIMEOUT_S:
+                    # 0 means "no limit" to PostgreSQL, so a zero wait becomes 1 ms.
+                    setting = "0" if wait_ms is None else f"{max(wait_ms, 1)}ms"
+                    conn.execute(sa.select(sa.func.set_config("lock_timeout", setting, True)))
                 yield conn
 
     def _fail(self, err: exc.SQLAlchemyError, action: str) -> NoReturn:
@@ -329,7 +351,7 @@ class SQLBackend(Backend):
             if "locked" in lowered or "busy" in lowered:
                 raise LockTimeout(
                     f"{where}: the database stayed locked by another writer for more than "
-                    f"{_BUSY_TIMEOUT_S:g} s while trying to {action}"
+                    f"{self.lock_timeout:g} s while trying to {action}"
                 ) from err
             if "not a database" in lowered or "malformed" in lowered:
                 raise CorruptStateError(
@@ -345,7 +367,7 @@ class SQLBackend(Backend):
             if state == "55P03":
                 raise LockTimeout(
                     f"{where}: a row stayed locked by another client for more than "
-                    f"{_LOCK_TIMEOUT_MS / 1000:g} s while trying to {action}"
+                    f"{self.lock_timeout:g} s while trying to {action}"
                 ) from err
             connecting = state is None or state[:2] in ("08", "28", "3D")
             if connecting and isinstance(err, (exc.OperationalError, exc.InterfaceError)):
@@ -475,8 +497,7 @@ class SQLBackend(Backend):
 
     def _not_found(self, number: int) -> VersionNotFoundError:
         return VersionNotFoundError(
-            f"version {number} does not exist in {self.describe()} "
-            f"(experiment {self.experiment!r})"
+            f"version {number} does not exist in {self.describe()} (experiment {self.experiment!r})"
         )
 
     # -- the primitives --------------------------------------------------------------

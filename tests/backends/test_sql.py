@@ -1,0 +1,508 @@
+"""The SQL backend (SQLite and PostgreSQL): SQL-specific behaviour in one process.
+
+PostgreSQL tests need ``VERSIONKIT_TEST_POSTGRES`` (``.ci/run`` sets it, e.g.
+``postgresql://postgres@127.0.0.1:5432/test``) and skip with that reason when it is
+unset. Each test module works in its own freshly created PostgreSQL schema, dropped at
+the end, and each test uses its own experiment key, so runs never collide.
+Multi-process behaviour (16 writers, SIGKILL, fork) is in ``tests/test_sql_processes.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy.pool import NullPool
+
+from versionkit.backends import open_backend, resolve_backend_class
+from versionkit.backends import sql as sqlmod
+from versionkit.backends.sql import SCHEMA_VERSION, SQLBackend
+from versionkit.errors import (
+    BackendError,
+    CorruptStateError,
+    LockTimeout,
+    VersionNotFoundError,
+)
+
+PG_ENV = "VERSIONKIT_TEST_POSTGRES"
+
+
+def sa_url(uri: str) -> str:
+    """A registry URI as SQLAlchemy wants it (psycopg 3 driver, no ?experiment=)."""
+    scheme, _, rest = uri.partition("://")
+    if scheme in ("postgresql", "postgres"):
+        return f"postgresql+psycopg://{rest}"
+    return uri
+
+
+@pytest.fixture
+def pg_uri() -> Iterator[str]:
+    """A PostgreSQL registry URI whose tables live in a schema of this test's own."""
+    base = os.environ.get(PG_ENV)
+    if not base:
+        pytest.skip(f"PostgreSQL tests need ${PG_ENV} (e.g. postgresql://postgres@127.0.0.1/test)")
+    schema = f"vk_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(sa_url(base), poolclass=NullPool)
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    sep = "&" if "?" in base else "?"
+    try:
+        yield f"{base}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        # Backends a test left open still pool connections into the schema: end them.
+        for key in [k for k in sqlmod._engines if schema in k]:
+            sqlmod._dispose_engine(key)
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/registry.db"
+    value = request.getfixturevalue("pg_uri")
+    assert isinstance(value, str)
+    return value
+
+
+@pytest.fixture
+def backend(uri: str, tmp_path: Path) -> Iterator[SQLBackend]:
+    b = SQLBackend(uri, tmp_path, f"exp-{uuid.uuid4().hex}")
+    yield b
+    b.close()
+
+
+def raw_engine(b: SQLBackend) -> sa.Engine:
+    """A separate engine on the backend's database, for poking at the tables directly."""
+    return sa.create_engine(sqlmod._parse_uri(b.uri)[0], poolclass=NullPool)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        assert isinstance(port, int)
+        return port
+
+
+# -- numbers -------------------------------------------------------------------------
+
+
+def test_allocate_counts_from_zero_and_respects_the_floor(backend: SQLBackend) -> None:
+    assert backend.next_number() == 0
+    assert backend.allocate(0, {"a": 1}) == 0
+    assert backend.allocate(0, {"a": 2}) == 1
+    assert backend.allocate(7, {"a": 3}) == 7
+    assert backend.allocate(2, {"a": 4}) == 8
+    assert backend.next_number() == 9
+    assert [r["version"] for r in backend.list()] == [0, 1, 7, 8]
+    assert backend.get(7) == {"a": 3, "version": 7}
+    assert backend.get(3) is None
+
+
+ops = st.lists(
+    st.tuples(st.sampled_from(["allocate", "raise"]), st.integers(min_value=0, max_value=40)),
+    max_size=12,
+)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(ops=ops)
+def test_numbers_follow_the_contract_model(uri: str, tmp_path: Path, ops: list[Any]) -> None:
+    b = SQLBackend(uri, tmp_path, f"exp-{uuid.uuid4().hex}")
+    model_next, taken = 0, []
+    for op, value in ops:
+        if op == "allocate":
+            n = b.allocate(value, {"floor": value})
+            assert n == max(model_next, value)
+            taken.append(n)
+            model_next = n + 1
+        else:
+            assert b.raise_next_number(value) == max(model_next, value)
+            model_next = max(model_next, value)
+        assert b.next_number() == model_next
+    assert [r["version"] for r in b.list()] == taken == sorted(set(taken))
+
+
+def test_numbers_are_not_reused_after_rows_are_deleted(backend: SQLBackend) -> None:
+    for _ in range(3):
+        backend.allocate(0, {})
+    engine = raw_engine(backend)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.delete(sqlmod._versions).where(sqlmod._versions.c.experiment == backend.experiment)
+        )
+    engine.dispose()
+    assert backend.list() == []
+    assert backend.allocate(0, {}) == 3
+
+
+def test_rows_written_behind_the_counter_are_stepped_over(backend: SQLBackend) -> None:
+    assert backend.allocate(0, {}) == 0
+    engine = raw_engine(backend)
+    with engine.begin() as conn:
+        for n in (1, 2):
+            conn.execute(
+                sa.insert(sqlmod._versions).values(
+                    experiment=backend.experiment, number=n, record=json.dumps({"version": n})
+                )
+            )
+    engine.dispose()
+    assert backend.allocate(0, {"mine": True}) == 3
+    assert backend.get(3) == {"mine": True, "version": 3}
+    assert backend.next_number() == 4
+
+
+def test_experiments_in_one_database_count_separately(uri: str, tmp_path: Path) -> None:
+    a = SQLBackend(uri, tmp_path / "a", f"a-{uuid.uuid4().hex}")
+    b = SQLBackend(uri, tmp_path / "b", f"b-{uuid.uuid4().hex}")
+    assert [a.allocate(0, {}), a.allocate(0, {}), b.allocate(0, {})] == [0, 1, 0]
+    assert [r["version"] for r in b.list()] == [0]
+    assert (a.next_number(), b.next_number()) == (2, 1)
+
+
+def test_experiment_query_parameter_shares_one_experiment(uri: str, tmp_path: Path) -> None:
+    name = f"shared-{uuid.uuid4().hex}"
+    sep = "&" if "?" in uri else "?"
+    # Two machines mounting the same filesystem at different paths.
+    one = SQLBackend(f"{uri}{sep}experiment={name}", tmp_path / "mnt1", "/mnt1/outputs/x")
+    two = SQLBackend(f"{uri}{sep}experiment={name}", tmp_path / "mnt2", "/nfs/outputs/x")
+    assert one.experiment == two.experiment == name
+    assert one.allocate(0, {"host": "one"}) == 0
+    assert two.allocate(0, {"host": "two"}) == 1
+    assert [r["host"] for r in one.list()] == ["one", "two"]
+    other = SQLBackend(uri, tmp_path / "mnt1", "/mnt1/outputs/x")
+    assert other.next_number() == 0
+
+
+# -- records -------------------------------------------------------------------------
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**53), max_value=2**53)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    record=st.dictionaries(
+        st.text(max_size=10).filter(lambda k: k != "version"), json_values, max_size=6
+    )
+)
+def test_records_round_trip_exactly(backend: SQLBackend, record: dict[str, Any]) -> None:
+    n = backend.allocate(0, record)
+    assert backend.get(n) == {**record, "version": n}
+    assert backend.list()[-1] == {**record, "version": n}
+
+
+def test_nan_and_infinite_metrics_survive(backend: SQLBackend) -> None:
+    n = backend.allocate(0, {"metrics": {"val_loss": float("nan"), "best": float("inf")}})
+    got = backend.get(n)
+    assert got is not None
+    assert math.isnan(got["metrics"]["val_loss"]) and got["metrics"]["best"] == math.inf
+
+
+def test_returned_records_are_copies(backend: SQLBackend) -> None:
+    backend.allocate(0, {"tags": ["a"]})
+    got = backend.get(0)
+    assert got is not None
+    got["tags"].append("b")
+    backend.list()[0]["tags"].append("c")
+    assert backend.get(0) == {"tags": ["a"], "version": 0}
+
+
+def test_update_merges_top_level_keys(backend: SQLBackend) -> None:
+    backend.allocate(0, {"status": "running", "metrics": {"a": 1.0}})
+    backend.update(0, {"status": "completed", "ended_at": "t"})
+    assert backend.get(0) == {
+        "status": "completed",
+        "metrics": {"a": 1.0},
+        "ended_at": "t",
+        "version": 0,
+    }
+
+
+def test_modify_gets_a_copy_and_merges_its_patch(backend: SQLBackend) -> None:
+    backend.allocate(0, {"metrics": {"a": 1.0}})
+    seen: list[dict[str, Any]] = []
+
+    def change(record: dict[str, Any]) -> dict[str, Any]:
+        seen.append(record)
+        return {"metrics": {**record["metrics"], "b": 2.0}}
+
+    backend.modify(0, change)
+    assert backend.get(0) == {"metrics": {"a": 1.0, "b": 2.0}, "version": 0}
+    backend.modify(0, lambda record: {})
+    assert backend.get(0) == {"metrics": {"a": 1.0, "b": 2.0}, "version": 0}
+    assert seen == [{"metrics": {"a": 1.0}, "version": 0}]
+
+
+def test_an_exception_in_modify_changes_nothing(backend: SQLBackend) -> None:
+    backend.allocate(0, {"x": 1})
+
+    def boom(record: dict[str, Any]) -> dict[str, Any]:
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        backend.modify(0, boom)
+    assert backend.get(0) == {"x": 1, "version": 0}
+    backend.update(0, {"x": 2})  # the row lock was released
+    assert backend.get(0) == {"x": 2, "version": 0}
+
+
+def test_append_creates_then_extends_a_list(backend: SQLBackend) -> None:
+    backend.allocate(0, {})
+    backend.append(0, "checkpoints", {"path": "a.ckpt"})
+    backend.append(0, "checkpoints", {"path": "b.ckpt"})
+    assert backend.get(0) == {"checkpoints": [{"path": "a.ckpt"}, {"path": "b.ckpt"}], "version": 0}
+
+
+@pytest.mark.parametrize("number", [1, -1, True, 2**70])
+def test_writes_to_unknown_versions_raise(backend: SQLBackend, number: Any) -> None:
+    backend.allocate(0, {})
+    with pytest.raises(VersionNotFoundError, match="version"):
+        backend.update(number, {"a": 1})
+    with pytest.raises(VersionNotFoundError):
+        backend.append(number, "k", 1)
+    assert backend.next_number() == 1
+
+
+def test_records_that_are_not_json_are_refused(backend: SQLBackend) -> None:
+    with pytest.raises(BackendError, match="not JSON-able"):
+        backend.allocate(0, {"path": Path("x")})
+    assert backend.next_number() == 0
+    backend.allocate(0, {})
+    with pytest.raises(BackendError, match="not JSON-able"):
+        backend.update(0, {"s": {1, 2}})
+    with pytest.raises(BackendError, match="not JSON-able"):
+        backend.append(0, "k", object())
+
+
+@pytest.mark.parametrize("floor", [-1, 2**63, 1.5])
+def test_bad_floors_are_refused(backend: SQLBackend, floor: Any) -> None:
+    with pytest.raises(BackendError, match="floor"):
+        backend.allocate(floor, {})
+
+
+def test_an_unreadable_record_is_corrupt_state_not_a_reset(backend: SQLBackend) -> None:
+    backend.allocate(0, {})
+    engine = raw_engine(backend)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.update(sqlmod._versions)
+            .where(sqlmod._versions.c.experiment == backend.experiment)
+            .values(record="{not json")
+        )
+    engine.dispose()
+    with pytest.raises(CorruptStateError, match="version 0"):
+        backend.get(0)
+    with pytest.raises(CorruptStateError):
+        backend.list()
+    with pytest.raises(CorruptStateError):
+        backend.update(0, {"a": 1})
+    assert backend.allocate(0, {}) == 1
+
+
+# -- the table layout ----------------------------------------------------------------
+
+
+def set_schema_version(b: SQLBackend, value: str) -> None:
+    engine = raw_engine(b)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.update(sqlmod._meta)
+            .where(sqlmod._meta.c.key == "schema_version")
+            .values(value=value)
+        )
+    engine.dispose()
+
+
+def test_tables_are_created_on_first_use_with_the_schema_version(backend: SQLBackend) -> None:
+    backend.next_number()
+    engine = raw_engine(backend)
+    with engine.connect() as conn:
+        names = set(sa.inspect(conn).get_table_names())
+        version = conn.execute(sa.select(sqlmod._meta.c.value)).scalar_one()
+    engine.dispose()
+    assert {"versionkit_meta", "versionkit_experiments", "versionkit_versions"} <= names
+    assert version == str(SCHEMA_VERSION)
+
+
+def test_a_database_from_a_newer_versionkit_is_refused(
+    backend: SQLBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend.allocate(0, {})
+    set_schema_version(backend, str(SCHEMA_VERSION + 1))
+    monkeypatch.setattr(sqlmod, "_ready", set())  # as a fresh process would see it
+    fresh = SQLBackend(backend.uri, backend.root, backend.experiment)
+    with pytest.raises(BackendError, match=r"newer versionkit .*upgrade versionkit") as info:
+        fresh.list()
+    assert f"schema version {SCHEMA_VERSION + 1}" in str(info.value)
+    assert "\n" not in str(info.value)
+    with pytest.raises(BackendError, match="newer versionkit"):
+        fresh.allocate(0, {})
+
+
+def test_a_garbled_schema_version_is_corrupt_state(
+    backend: SQLBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend.allocate(0, {})
+    set_schema_version(backend, "banana")
+    monkeypatch.setattr(sqlmod, "_ready", set())
+    with pytest.raises(CorruptStateError, match="banana"):
+        SQLBackend(backend.uri, backend.root, backend.experiment).list()
+
+
+def test_an_older_layout_is_upgraded_once(
+    backend: SQLBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend.allocate(0, {"kept": True})
+    calls: list[int] = []
+
+    def to_v2(conn: sa.Connection) -> None:
+        calls.append(1)
+        conn.execute(sa.insert(sqlmod._meta).values(key="upgraded", value="yes"))
+
+    monkeypatch.setattr(sqlmod, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    monkeypatch.setattr(sqlmod, "_MIGRATIONS", {SCHEMA_VERSION: to_v2})
+    for _ in range(2):  # two fresh processes: the second finds it done
+        monkeypatch.setattr(sqlmod, "_ready", set())
+        upgraded = SQLBackend(backend.uri, backend.root, backend.experiment)
+        assert upgraded.get(0) == {"kept": True, "version": 0}
+    assert calls == [1]
+    engine = raw_engine(backend)
+    with engine.connect() as conn:
+        meta = dict(conn.execute(sa.select(sqlmod._meta.c.key, sqlmod._meta.c.value)).all())
+    engine.dispose()
+    assert meta == {"schema_version": str(SCHEMA_VERSION + 1), "upgraded": "yes"}
+
+
+# -- URIs and connection errors ------------------------------------------------------
+
+
+def test_the_scheme_table_picks_this_backend(tmp_path: Path) -> None:
+    for scheme in ("sqlite", "postgresql", "postgres"):
+        assert resolve_backend_class(f"{scheme}://x/y") is SQLBackend
+    b = open_backend(f"sqlite:///{tmp_path}/r.db", tmp_path, "exp")
+    assert isinstance(b, SQLBackend)
+    assert b.allocate(0, {}) == 0
+
+
+def test_postgres_scheme_is_an_alias_that_uses_psycopg(tmp_path: Path) -> None:
+    b = SQLBackend("postgres://u:pw@db.example:5433/reg?experiment=e1", tmp_path, "root")
+    assert b._url.drivername == "postgresql+psycopg"
+    assert b.experiment == "e1"
+    assert "experiment" not in b._url.query
+    assert b.describe() == "SQL registry postgres://u:***@db.example:5433/reg?experiment=e1"
+
+
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        ("sqlite://", "names no SQLite file"),
+        ("sqlite:///:memory:", "names no SQLite file"),
+        ("postgresql://user@host", "names no database"),
+        ("mysql://user@host/db", "expected sqlite:///"),
+        ("sqlite:///{tmp}/r.db?experiment=", "empty ?experiment="),
+        ("sqlite:///{tmp}/r.db?experiment=a&experiment=b", "more than once"),
+        ("sqlite:///{tmp}/no/such/folder/r.db", "does not exist; create it first"),
+        ("sqlite:///{tmp}", "is a folder"),
+    ],
+)
+def test_bad_uris_say_what_was_expected(tmp_path: Path, uri: str, expected: str) -> None:
+    uri = uri.replace("{tmp}", str(tmp_path))
+    with pytest.raises(BackendError, match="registry") as info:
+        SQLBackend(uri, tmp_path, "exp")
+    assert expected in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_a_sqlite_file_that_is_not_a_database_is_corrupt_state(tmp_path: Path) -> None:
+    path = tmp_path / "registry.db"
+    path.write_bytes(b"this is not sqlite, just some text that is long enough" * 100)
+    with pytest.raises(CorruptStateError, match="not a readable SQLite database"):
+        SQLBackend(f"sqlite:///{path}", tmp_path, "exp").next_number()
+    assert path.read_bytes().startswith(b"this is not sqlite")
+
+
+def test_an_unreachable_server_is_one_line_without_the_password(tmp_path: Path) -> None:
+    uri = f"postgresql://postgres:s3cr3t-pw@127.0.0.1:{free_port()}/test"
+    b = SQLBackend(uri, tmp_path, "exp")
+    with pytest.raises(BackendError) as info:
+        b.allocate(0, {})
+    message = str(info.value)
+    assert message.startswith("cannot connect to SQL registry postgresql://postgres:***@127.0.0.1:")
+    assert "refused" in message.lower()
+    assert "s3cr3t-pw" not in message and "\n" not in message
+
+
+@pytest.mark.postgres
+def test_a_missing_database_is_named_clearly(pg_uri: str, tmp_path: Path) -> None:
+    wrong = pg_uri.split("?")[0].rsplit("/", 1)[0] + f"/no_such_db_{uuid.uuid4().hex[:8]}"
+    with pytest.raises(
+        BackendError, match=r"cannot connect to SQL registry .*no_such_db_.* does not exist"
+    ):
+        SQLBackend(wrong, tmp_path, "exp").list()
+
+
+@pytest.mark.postgres
+def test_an_unknown_user_is_named_clearly(pg_uri: str, tmp_path: Path) -> None:
+    scheme, _, rest = pg_uri.partition("://")
+    wrong = f"{scheme}://nobody_{uuid.uuid4().hex[:6]}:pw@{rest.split('@', 1)[1]}"
+    with pytest.raises(BackendError, match="cannot connect") as info:
+        SQLBackend(wrong, tmp_path, "exp").list()
+    assert "nobody_" in str(info.value) and ":pw@" not in str(info.value)
+
+
+def test_a_held_write_lock_times_out_clearly(backend: SQLBackend, uri: str) -> None:
+    backend.allocate(0, {})
+    engine = raw_engine(backend)
+    with engine.connect() as conn:
+        if backend._dialect == "sqlite":
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            conn.execute(
+                sa.select(sqlmod._versions.c.number)
+                .where(sqlmod._versions.c.experiment == backend.experiment)
+                .with_for_update()
+            )
+        backend.lock_timeout = 0.2
+        with pytest.raises(LockTimeout, match=r"more than 0.2 s while trying to update version 0"):
+            backend.update(0, {"a": 1})
+        conn.rollback()
+    engine.dispose()
+    backend.update(0, {"a": 1})
+    assert backend.get(0) == {"a": 1, "version": 0}
+
+
+def test_close_ends_this_backend_but_not_others_on_the_same_database(backend: SQLBackend) -> None:
+    other = SQLBackend(backend.uri, backend.root, backend.experiment)
+    backend.allocate(0, {})
+    backend.close()
+    backend.close()  # twice is harmless
+    with pytest.raises(BackendError, match="was closed"):
+        backend.list()
+    assert other.allocate(0, {}) == 1
+    other.close()
