@@ -25,9 +25,9 @@ __all__ = [
     "RMSNorm",
     "SwiGLU",
     "ViTBlock",
+    "apply_rope",
     "init_weights",
     "rope_2d_table",
-    "apply_rope",
     "swiglu_hidden_dim",
 ]
 
@@ -199,7 +199,9 @@ class ViTBlock(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-def rope_2d_table(grid: int, head_dim: int, *, base: float = 10000.0, num_prefix: int = 1) -> Tensor:
+def rope_2d_table(
+    grid: int, head_dim: int, *, base: float = 10000.0, num_prefix: int = 1
+) -> Tensor:
     """Cosine/sine table of the reference's 2D rotary embedding.
 
     The first half of each head's rotated pairs encodes the row, the second half the column;

@@ -24,7 +24,7 @@ def patchify(imgs: Tensor, patch: int) -> Tensor:
 def unpatchify(x: Tensor, patch: int, channels: int) -> Tensor:
     """Inverse of :func:`patchify` for a square grid of patches."""
     n, seq, _ = x.shape
-    g = int(round(seq**0.5))
+    g = round(seq**0.5)
     x = x.reshape(n, g, g, channels, patch, patch).permute(0, 3, 1, 4, 2, 5)
     return x.reshape(n, channels, g * patch, g * patch)
 

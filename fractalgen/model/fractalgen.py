@@ -124,9 +124,13 @@ class FractalGen(nn.Module):
         heads = [int(h) for h in num_heads_list]
         blocks = [int(b) for b in num_blocks_list]
         for i, (d, h) in enumerate(zip(dims, heads, strict=True)):
-            _check(d > 0 and h > 0, f"embed_dim_list and num_heads_list must be positive, got "
-                   f"{dims} and {heads}")
-            _check(d % h == 0, f"embed_dim_list[{i}]={d} is not divisible by num_heads_list[{i}]={h}")
+            _check(
+                d > 0 and h > 0,
+                f"embed_dim_list and num_heads_list must be positive, got {dims} and {heads}",
+            )
+            _check(
+                d % h == 0, f"embed_dim_list[{i}]={d} is not divisible by num_heads_list[{i}]={h}"
+            )
             if i < n_levels and types[i] == "ar":
                 _check(
                     (d // h) % 4 == 0,
@@ -136,8 +140,10 @@ class FractalGen(nn.Module):
         _check(all(b >= 0 for b in blocks), f"num_blocks_list must be >= 0, got {blocks}")
         _check(in_channels >= 1, f"in_channels must be >= 1, got {in_channels}")
         _check(num_classes >= 0, f"num_classes must be >= 0 (0 = unconditional), got {num_classes}")
-        _check(0.0 <= label_drop_prob <= 1.0, f"label_drop_prob must be in [0, 1], got "
-               f"{label_drop_prob}")
+        _check(
+            0.0 <= label_drop_prob <= 1.0,
+            f"label_drop_prob must be in [0, 1], got {label_drop_prob}",
+        )
         _check(num_conds is None or num_conds >= 1, f"num_conds must be >= 1, got {num_conds}")
 
         self.img_size_list = tuple(sizes)
@@ -346,8 +352,9 @@ class FractalGen(nn.Module):
         if cfg_schedule not in _CFG_SCHEDULES:
             raise ValueError(f"cfg_schedule must be 'linear' or 'constant', got {cfg_schedule!r}")
         if not temperature > 0:
-            raise ValueError(f"temperature must be > 0 (logits are divided by it), got "
-                             f"{temperature}")
+            raise ValueError(
+                f"temperature must be > 0 (logits are divided by it), got {temperature}"
+            )
         self._check_generator(generator)
         dev = self.fake_latent.device
         if labels is not None:
@@ -435,8 +442,9 @@ def fractalmar_in64(**kwargs: Any) -> FractalGen:
     )
 
 
-def _in256(dims: tuple[int, ...], blocks: tuple[int, ...], heads: tuple[int, ...],
-           kwargs: dict[str, Any]) -> FractalGen:
+def _in256(
+    dims: tuple[int, ...], blocks: tuple[int, ...], heads: tuple[int, ...], kwargs: dict[str, Any]
+) -> FractalGen:
     kwargs.setdefault("guiding_pixel", True)
     return FractalGen(
         img_size_list=(256, 16, 4, 1),

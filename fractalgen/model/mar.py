@@ -291,10 +291,7 @@ class MARLevel(nn.Module):
                 pred2 = pred
             rows = torch.arange(n2, device=dev).repeat_interleave(pred.shape[1])
             conds = self.gather_conds(out, rows, pred2.reshape(-1))
-            if cfg_schedule == "linear":
-                cfg_iter = 1 + (cfg - 1) * (seq - mask_len) / seq
-            else:
-                cfg_iter = cfg
+            cfg_iter = 1 + (cfg - 1) * (seq - mask_len) / seq if cfg_schedule == "linear" else cfg
             sampled = next_level(conds, cfg_iter).reshape(n, -1, dim).to(patches.dtype)
             patches.scatter_(1, pred.unsqueeze(-1).expand(-1, -1, dim), sampled)
             mask.scatter_(1, pred, False)

@@ -109,7 +109,9 @@ class PixelHead(nn.Module):
             out = torch.einsum("njw,jvw->njv", x.float(), self.codebook[: j + 1].float())
             return out + self.logit_bias[: j + 1].float()
 
-    def forward(self, target: Tensor, cond: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def forward(
+        self, target: Tensor, cond: Tensor, generator: torch.Generator | None = None
+    ) -> Tensor:
         """Mean cross-entropy (nats) of the pixels ``target`` given their conditions.
 
         The 8-bit target is ``round(255 * target + 0.01 * N(0, 1))`` as in the reference
