@@ -1,10 +1,11 @@
-"""The SQL backend (SQLite and PostgreSQL): SQL-specific behaviour in one process.
+"""The SQL backend on SQLite and PostgreSQL: the contract suite, then SQL specifics.
 
 PostgreSQL tests need ``VERSIONKIT_TEST_POSTGRES`` (``.ci/run`` sets it, e.g.
 ``postgresql://postgres@127.0.0.1:5432/test``) and skip with that reason when it is
-unset. Each test module works in its own freshly created PostgreSQL schema, dropped at
-the end, and each test uses its own experiment key, so runs never collide.
-Multi-process behaviour (16 writers, SIGKILL, fork) is in ``tests/test_sql_processes.py``.
+unset. Each test works in its own freshly created PostgreSQL schema, dropped at the
+end, and on its own experiment keys, so runs never collide.
+Heavier multi-process behaviour (16 writers, SIGKILL, fork, concurrent first use) is in
+``tests/test_sql_processes.py``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import math
 import os
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from sqlalchemy.pool import NullPool
 
 from versionkit.backends import open_backend, resolve_backend_class
 from versionkit.backends import sql as sqlmod
+from versionkit.backends.base import Backend
 from versionkit.backends.sql import SCHEMA_VERSION, SQLBackend
 from versionkit.errors import (
     BackendError,
@@ -33,6 +35,7 @@ from versionkit.errors import (
     LockTimeout,
     VersionNotFoundError,
 )
+from versionkit.testing import BackendContractSuite
 
 PG_ENV = "VERSIONKIT_TEST_POSTGRES"
 
@@ -77,10 +80,32 @@ def uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def backend(uri: str, tmp_path: Path) -> Iterator[SQLBackend]:
+def store(uri: str, tmp_path: Path) -> Iterator[SQLBackend]:
+    """One SQL backend on a fresh experiment key."""
     b = SQLBackend(uri, tmp_path, f"exp-{uuid.uuid4().hex}")
     yield b
     b.close()
+
+
+@pytest.fixture
+def backend(uri: str, tmp_path: Path) -> Iterator[Callable[..., Backend]]:
+    """The contract suite's factory: same name, same experiment key in the database."""
+    prefix = uuid.uuid4().hex[:8]
+    made: list[Backend] = []
+
+    def make(name: str = "exp") -> Backend:
+        made.append(SQLBackend(uri, tmp_path / name, f"{prefix}-{name}"))
+        return made[-1]
+
+    yield make
+    for b in made:
+        b.close()
+
+
+class TestSQLBackendContract(BackendContractSuite):
+    """The whole backend contract, on SQLite and on PostgreSQL (the ``uri`` parameter)."""
+
+    processes = 8
 
 
 def raw_engine(b: SQLBackend) -> sa.Engine:
@@ -99,16 +124,16 @@ def free_port() -> int:
 # -- numbers -------------------------------------------------------------------------
 
 
-def test_allocate_counts_from_zero_and_respects_the_floor(backend: SQLBackend) -> None:
-    assert backend.next_number() == 0
-    assert backend.allocate(0, {"a": 1}) == 0
-    assert backend.allocate(0, {"a": 2}) == 1
-    assert backend.allocate(7, {"a": 3}) == 7
-    assert backend.allocate(2, {"a": 4}) == 8
-    assert backend.next_number() == 9
-    assert [r["version"] for r in backend.list()] == [0, 1, 7, 8]
-    assert backend.get(7) == {"a": 3, "version": 7}
-    assert backend.get(3) is None
+def test_allocate_counts_from_zero_and_respects_the_floor(store: SQLBackend) -> None:
+    assert store.next_number() == 0
+    assert store.allocate(0, {"a": 1}) == 0
+    assert store.allocate(0, {"a": 2}) == 1
+    assert store.allocate(7, {"a": 3}) == 7
+    assert store.allocate(2, {"a": 4}) == 8
+    assert store.next_number() == 9
+    assert [r["version"] for r in store.list()] == [0, 1, 7, 8]
+    assert store.get(7) == {"a": 3, "version": 7}
+    assert store.get(3) is None
 
 
 ops = st.lists(
@@ -137,33 +162,33 @@ def test_numbers_follow_the_contract_model(uri: str, tmp_path: Path, ops: list[A
     assert [r["version"] for r in b.list()] == taken == sorted(set(taken))
 
 
-def test_numbers_are_not_reused_after_rows_are_deleted(backend: SQLBackend) -> None:
+def test_numbers_are_not_reused_after_rows_are_deleted(store: SQLBackend) -> None:
     for _ in range(3):
-        backend.allocate(0, {})
-    engine = raw_engine(backend)
+        store.allocate(0, {})
+    engine = raw_engine(store)
     with engine.begin() as conn:
         conn.execute(
-            sa.delete(sqlmod._versions).where(sqlmod._versions.c.experiment == backend.experiment)
+            sa.delete(sqlmod._versions).where(sqlmod._versions.c.experiment == store.experiment)
         )
     engine.dispose()
-    assert backend.list() == []
-    assert backend.allocate(0, {}) == 3
+    assert store.list() == []
+    assert store.allocate(0, {}) == 3
 
 
-def test_rows_written_behind_the_counter_are_stepped_over(backend: SQLBackend) -> None:
-    assert backend.allocate(0, {}) == 0
-    engine = raw_engine(backend)
+def test_rows_written_behind_the_counter_are_stepped_over(store: SQLBackend) -> None:
+    assert store.allocate(0, {}) == 0
+    engine = raw_engine(store)
     with engine.begin() as conn:
         for n in (1, 2):
             conn.execute(
                 sa.insert(sqlmod._versions).values(
-                    experiment=backend.experiment, number=n, record=json.dumps({"version": n})
+                    experiment=store.experiment, number=n, record=json.dumps({"version": n})
                 )
             )
     engine.dispose()
-    assert backend.allocate(0, {"mine": True}) == 3
-    assert backend.get(3) == {"mine": True, "version": 3}
-    assert backend.next_number() == 4
+    assert store.allocate(0, {"mine": True}) == 3
+    assert store.get(3) == {"mine": True, "version": 3}
+    assert store.next_number() == 4
 
 
 def test_experiments_in_one_database_count_separately(uri: str, tmp_path: Path) -> None:
@@ -211,32 +236,32 @@ json_values = st.recursive(
         st.text(max_size=10).filter(lambda k: k != "version"), json_values, max_size=6
     )
 )
-def test_records_round_trip_exactly(backend: SQLBackend, record: dict[str, Any]) -> None:
-    n = backend.allocate(0, record)
-    assert backend.get(n) == {**record, "version": n}
-    assert backend.list()[-1] == {**record, "version": n}
+def test_records_round_trip_exactly(store: SQLBackend, record: dict[str, Any]) -> None:
+    n = store.allocate(0, record)
+    assert store.get(n) == {**record, "version": n}
+    assert store.list()[-1] == {**record, "version": n}
 
 
-def test_nan_and_infinite_metrics_survive(backend: SQLBackend) -> None:
-    n = backend.allocate(0, {"metrics": {"val_loss": float("nan"), "best": float("inf")}})
-    got = backend.get(n)
+def test_nan_and_infinite_metrics_survive(store: SQLBackend) -> None:
+    n = store.allocate(0, {"metrics": {"val_loss": float("nan"), "best": float("inf")}})
+    got = store.get(n)
     assert got is not None
     assert math.isnan(got["metrics"]["val_loss"]) and got["metrics"]["best"] == math.inf
 
 
-def test_returned_records_are_copies(backend: SQLBackend) -> None:
-    backend.allocate(0, {"tags": ["a"]})
-    got = backend.get(0)
+def test_returned_records_are_copies(store: SQLBackend) -> None:
+    store.allocate(0, {"tags": ["a"]})
+    got = store.get(0)
     assert got is not None
     got["tags"].append("b")
-    backend.list()[0]["tags"].append("c")
-    assert backend.get(0) == {"tags": ["a"], "version": 0}
+    store.list()[0]["tags"].append("c")
+    assert store.get(0) == {"tags": ["a"], "version": 0}
 
 
-def test_update_merges_top_level_keys(backend: SQLBackend) -> None:
-    backend.allocate(0, {"status": "running", "metrics": {"a": 1.0}})
-    backend.update(0, {"status": "completed", "ended_at": "t"})
-    assert backend.get(0) == {
+def test_update_merges_top_level_keys(store: SQLBackend) -> None:
+    store.allocate(0, {"status": "running", "metrics": {"a": 1.0}})
+    store.update(0, {"status": "completed", "ended_at": "t"})
+    assert store.get(0) == {
         "status": "completed",
         "metrics": {"a": 1.0},
         "ended_at": "t",
@@ -244,85 +269,85 @@ def test_update_merges_top_level_keys(backend: SQLBackend) -> None:
     }
 
 
-def test_modify_gets_a_copy_and_merges_its_patch(backend: SQLBackend) -> None:
-    backend.allocate(0, {"metrics": {"a": 1.0}})
+def test_modify_gets_a_copy_and_merges_its_patch(store: SQLBackend) -> None:
+    store.allocate(0, {"metrics": {"a": 1.0}})
     seen: list[dict[str, Any]] = []
 
     def change(record: dict[str, Any]) -> dict[str, Any]:
         seen.append(record)
         return {"metrics": {**record["metrics"], "b": 2.0}}
 
-    backend.modify(0, change)
-    assert backend.get(0) == {"metrics": {"a": 1.0, "b": 2.0}, "version": 0}
-    backend.modify(0, lambda record: {})
-    assert backend.get(0) == {"metrics": {"a": 1.0, "b": 2.0}, "version": 0}
+    store.modify(0, change)
+    assert store.get(0) == {"metrics": {"a": 1.0, "b": 2.0}, "version": 0}
+    store.modify(0, lambda record: {})
+    assert store.get(0) == {"metrics": {"a": 1.0, "b": 2.0}, "version": 0}
     assert seen == [{"metrics": {"a": 1.0}, "version": 0}]
 
 
-def test_an_exception_in_modify_changes_nothing(backend: SQLBackend) -> None:
-    backend.allocate(0, {"x": 1})
+def test_an_exception_in_modify_changes_nothing(store: SQLBackend) -> None:
+    store.allocate(0, {"x": 1})
 
     def boom(record: dict[str, Any]) -> dict[str, Any]:
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
-        backend.modify(0, boom)
-    assert backend.get(0) == {"x": 1, "version": 0}
-    backend.update(0, {"x": 2})  # the row lock was released
-    assert backend.get(0) == {"x": 2, "version": 0}
+        store.modify(0, boom)
+    assert store.get(0) == {"x": 1, "version": 0}
+    store.update(0, {"x": 2})  # the row lock was released
+    assert store.get(0) == {"x": 2, "version": 0}
 
 
-def test_append_creates_then_extends_a_list(backend: SQLBackend) -> None:
-    backend.allocate(0, {})
-    backend.append(0, "checkpoints", {"path": "a.ckpt"})
-    backend.append(0, "checkpoints", {"path": "b.ckpt"})
-    assert backend.get(0) == {"checkpoints": [{"path": "a.ckpt"}, {"path": "b.ckpt"}], "version": 0}
+def test_append_creates_then_extends_a_list(store: SQLBackend) -> None:
+    store.allocate(0, {})
+    store.append(0, "checkpoints", {"path": "a.ckpt"})
+    store.append(0, "checkpoints", {"path": "b.ckpt"})
+    assert store.get(0) == {"checkpoints": [{"path": "a.ckpt"}, {"path": "b.ckpt"}], "version": 0}
 
 
 @pytest.mark.parametrize("number", [1, -1, True, 2**70])
-def test_writes_to_unknown_versions_raise(backend: SQLBackend, number: Any) -> None:
-    backend.allocate(0, {})
+def test_writes_to_unknown_versions_raise(store: SQLBackend, number: Any) -> None:
+    store.allocate(0, {})
     with pytest.raises(VersionNotFoundError, match="version"):
-        backend.update(number, {"a": 1})
+        store.update(number, {"a": 1})
     with pytest.raises(VersionNotFoundError):
-        backend.append(number, "k", 1)
-    assert backend.next_number() == 1
+        store.append(number, "k", 1)
+    assert store.next_number() == 1
 
 
-def test_records_that_are_not_json_are_refused(backend: SQLBackend) -> None:
+def test_records_that_are_not_json_are_refused(store: SQLBackend) -> None:
     with pytest.raises(BackendError, match="not JSON-able"):
-        backend.allocate(0, {"path": Path("x")})
-    assert backend.next_number() == 0
-    backend.allocate(0, {})
+        store.allocate(0, {"path": Path("x")})
+    assert store.next_number() == 0
+    store.allocate(0, {})
     with pytest.raises(BackendError, match="not JSON-able"):
-        backend.update(0, {"s": {1, 2}})
+        store.update(0, {"s": {1, 2}})
     with pytest.raises(BackendError, match="not JSON-able"):
-        backend.append(0, "k", object())
+        store.append(0, "k", object())
 
 
 @pytest.mark.parametrize("floor", [-1, 2**63, 1.5])
-def test_bad_floors_are_refused(backend: SQLBackend, floor: Any) -> None:
+def test_bad_floors_are_refused(store: SQLBackend, floor: Any) -> None:
     with pytest.raises(BackendError, match="floor"):
-        backend.allocate(floor, {})
+        store.allocate(floor, {})
 
 
-def test_an_unreadable_record_is_corrupt_state_not_a_reset(backend: SQLBackend) -> None:
-    backend.allocate(0, {})
-    engine = raw_engine(backend)
+def test_an_unreadable_record_is_corrupt_state_not_a_reset(store: SQLBackend) -> None:
+    store.allocate(0, {})
+    engine = raw_engine(store)
     with engine.begin() as conn:
         conn.execute(
             sa.update(sqlmod._versions)
-            .where(sqlmod._versions.c.experiment == backend.experiment)
+            .where(sqlmod._versions.c.experiment == store.experiment)
             .values(record="{not json")
         )
     engine.dispose()
     with pytest.raises(CorruptStateError, match="version 0"):
-        backend.get(0)
+        store.get(0)
     with pytest.raises(CorruptStateError):
-        backend.list()
+        store.list()
     with pytest.raises(CorruptStateError):
-        backend.update(0, {"a": 1})
-    assert backend.allocate(0, {}) == 1
+        store.update(0, {"a": 1})
+    assert store.allocate(0, {}) == 1
 
 
 # -- the table layout ----------------------------------------------------------------
@@ -339,9 +364,9 @@ def set_schema_version(b: SQLBackend, value: str) -> None:
     engine.dispose()
 
 
-def test_tables_are_created_on_first_use_with_the_schema_version(backend: SQLBackend) -> None:
-    backend.next_number()
-    engine = raw_engine(backend)
+def test_tables_are_created_on_first_use_with_the_schema_version(store: SQLBackend) -> None:
+    store.next_number()
+    engine = raw_engine(store)
     with engine.connect() as conn:
         names = set(sa.inspect(conn).get_table_names())
         version = conn.execute(sa.select(sqlmod._meta.c.value)).scalar_one()
@@ -351,12 +376,12 @@ def test_tables_are_created_on_first_use_with_the_schema_version(backend: SQLBac
 
 
 def test_a_database_from_a_newer_versionkit_is_refused(
-    backend: SQLBackend, monkeypatch: pytest.MonkeyPatch
+    store: SQLBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    backend.allocate(0, {})
-    set_schema_version(backend, str(SCHEMA_VERSION + 1))
+    store.allocate(0, {})
+    set_schema_version(store, str(SCHEMA_VERSION + 1))
     monkeypatch.setattr(sqlmod, "_ready", set())  # as a fresh process would see it
-    fresh = SQLBackend(backend.uri, backend.root, backend.experiment)
+    fresh = SQLBackend(store.uri, store.root, store.experiment)
     with pytest.raises(BackendError, match=r"newer versionkit .*upgrade versionkit") as info:
         fresh.list()
     assert f"schema version {SCHEMA_VERSION + 1}" in str(info.value)
@@ -366,19 +391,19 @@ def test_a_database_from_a_newer_versionkit_is_refused(
 
 
 def test_a_garbled_schema_version_is_corrupt_state(
-    backend: SQLBackend, monkeypatch: pytest.MonkeyPatch
+    store: SQLBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    backend.allocate(0, {})
-    set_schema_version(backend, "banana")
+    store.allocate(0, {})
+    set_schema_version(store, "banana")
     monkeypatch.setattr(sqlmod, "_ready", set())
     with pytest.raises(CorruptStateError, match="banana"):
-        SQLBackend(backend.uri, backend.root, backend.experiment).list()
+        SQLBackend(store.uri, store.root, store.experiment).list()
 
 
 def test_an_older_layout_is_upgraded_once(
-    backend: SQLBackend, monkeypatch: pytest.MonkeyPatch
+    store: SQLBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    backend.allocate(0, {"kept": True})
+    store.allocate(0, {"kept": True})
     calls: list[int] = []
 
     def to_v2(conn: sa.Connection) -> None:
@@ -389,10 +414,10 @@ def test_an_older_layout_is_upgraded_once(
     monkeypatch.setattr(sqlmod, "_MIGRATIONS", {SCHEMA_VERSION: to_v2})
     for _ in range(2):  # two fresh processes: the second finds it done
         monkeypatch.setattr(sqlmod, "_ready", set())
-        upgraded = SQLBackend(backend.uri, backend.root, backend.experiment)
+        upgraded = SQLBackend(store.uri, store.root, store.experiment)
         assert upgraded.get(0) == {"kept": True, "version": 0}
     assert calls == [1]
-    engine = raw_engine(backend)
+    engine = raw_engine(store)
     with engine.connect() as conn:
         meta = dict(conn.execute(sa.select(sqlmod._meta.c.key, sqlmod._meta.c.value)).all())
     engine.dispose()
@@ -476,33 +501,33 @@ def test_an_unknown_user_is_named_clearly(pg_uri: str, tmp_path: Path) -> None:
     assert "nobody_" in str(info.value) and ":pw@" not in str(info.value)
 
 
-def test_a_held_write_lock_times_out_clearly(backend: SQLBackend, uri: str) -> None:
-    backend.allocate(0, {})
-    engine = raw_engine(backend)
+def test_a_held_write_lock_times_out_clearly(store: SQLBackend, uri: str) -> None:
+    store.allocate(0, {})
+    engine = raw_engine(store)
     with engine.connect() as conn:
-        if backend._dialect == "sqlite":
+        if store._dialect == "sqlite":
             conn.exec_driver_sql("BEGIN IMMEDIATE")
         else:
             conn.execute(
                 sa.select(sqlmod._versions.c.number)
-                .where(sqlmod._versions.c.experiment == backend.experiment)
+                .where(sqlmod._versions.c.experiment == store.experiment)
                 .with_for_update()
             )
-        backend.lock_timeout = 0.2
+        store.lock_timeout = 0.2
         with pytest.raises(LockTimeout, match=r"more than 0.2 s while trying to update version 0"):
-            backend.update(0, {"a": 1})
+            store.update(0, {"a": 1})
         conn.rollback()
     engine.dispose()
-    backend.update(0, {"a": 1})
-    assert backend.get(0) == {"a": 1, "version": 0}
+    store.update(0, {"a": 1})
+    assert store.get(0) == {"a": 1, "version": 0}
 
 
-def test_close_ends_this_backend_but_not_others_on_the_same_database(backend: SQLBackend) -> None:
-    other = SQLBackend(backend.uri, backend.root, backend.experiment)
-    backend.allocate(0, {})
-    backend.close()
-    backend.close()  # twice is harmless
+def test_close_ends_this_backend_but_not_others_on_the_same_database(store: SQLBackend) -> None:
+    other = SQLBackend(store.uri, store.root, store.experiment)
+    store.allocate(0, {})
+    store.close()
+    store.close()  # twice is harmless
     with pytest.raises(BackendError, match="was closed"):
-        backend.list()
+        store.list()
     assert other.allocate(0, {}) == 1
     other.close()
