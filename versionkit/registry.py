@@ -272,9 +272,8 @@ class VersionInfo:
 
     def to_json(self) -> dict[str, Any]:
         """The record plus ``display_status``, ``dead`` and the two folders, JSON-able."""
-        out = dict(self.record)
-        out["version"] = self.version
-        out["status"] = self.display_status
+        out: dict[str, Any] = {"version": self.version, "status": self.display_status}
+        out.update((k, v) for k, v in self.record.items() if k not in ("version", "status"))
         out["recorded_status"] = self.status
         out["dead"] = self.is_dead
         out["checkpoint_dir"] = str(self.checkpoint_dir)
