@@ -30,6 +30,14 @@ _EXPORTS: dict[str, str] = {
     "dump_config": "versionkit.config",
     "config_hash": "versionkit.config",
     "register_migration": "versionkit.config",
+    "ConfigSection": "versionkit.config",
+    "ControlFlag": "versionkit.config",
+    "FieldError": "versionkit.config",
+    "MISSING": "versionkit.config",
+    "load_yaml_config": "versionkit.config",
+    "diff_configs": "versionkit.config",
+    "config_to_flags": "versionkit.config",
+    "json_schema": "versionkit.config",
     "Registry": "versionkit.registry",
     "VersionInfo": "versionkit.registry",
     "CheckpointInfo": "versionkit.registry",
@@ -54,11 +62,19 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from versionkit.backends import register_backend
     from versionkit.backends.base import Backend
     from versionkit.config import (
+        MISSING,
         ConfigModel,
+        ConfigSection,
+        ControlFlag,
+        FieldError,
         LoadedConfig,
         config_hash,
+        config_to_flags,
+        diff_configs,
         dump_config,
+        json_schema,
         load_config,
+        load_yaml_config,
         register_migration,
     )
     from versionkit.registry import CheckpointInfo, Registry, VersionInfo

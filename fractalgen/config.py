@@ -1,0 +1,349 @@
+"""The training config of fractalgen (``TrainConfig``) and its command line.
+
+The defaults train a small FractalMAR on the bundled scikit-learn digits on a CPU, so
+``python main.py --max_steps 100`` works with no config file. Every field can be set in
+a YAML file (``--config FILE``) or with a flag (``--trainer.max_steps 100`` or, when the
+name is unique, ``--max_steps 100``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, NonNegativeInt, PositiveInt, field_validator, model_validator
+
+from versionkit.config import (
+    ConfigModel,
+    ConfigSection,
+    ControlFlag,
+    FieldError,
+    LoadedConfig,
+    load_config,
+)
+
+__all__ = [
+    "CONTROLS",
+    "DataConfig",
+    "ExperimentConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "SamplingConfig",
+    "TrainConfig",
+    "TrainerConfig",
+    "parse_train_args",
+]
+
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*\Z")
+
+
+class ExperimentConfig(ConfigSection):
+    """Where a run's versions, checkpoints and logs go."""
+
+    name: str = Field(
+        "fractalgen",
+        description="Experiment folder name under output_root (a plain name: letters, "
+        "digits, '_', '-', '.', '+'; no '/' or '..').",
+    )
+    output_root: Path = Field(
+        Path("outputs"),
+        description="Folder that holds every experiment: output_root/name/{checkpoints,logs}.",
+    )
+    seed: NonNegativeInt = Field(0, description="Random seed for data split, init and training.")
+    registry: str | None = Field(
+        None,
+        description="Version registry backend URI (file, memory, sqlite:///x.db, "
+        "postgresql://...); null: $VERSIONKIT_BACKEND, else the file backend.",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        if value in (".", "..") or not _NAME.match(value):
+            raise ValueError(
+                "expected a plain folder name (letters, digits, '_', '-', '.', '+'; "
+                "no '/', '\\', spaces or '..')"
+            )
+        return value
+
+
+class DataConfig(ConfigSection):
+    """The data set and its loaders."""
+
+    dataset: Literal["digits", "folder"] = Field(
+        "digits",
+        description="digits: scikit-learn's bundled 8x8 digits (no download); folder: an "
+        "image folder at data.path (one sub-folder per class).",
+    )
+    path: Path | None = Field(None, description="Image folder root; required for 'folder'.")
+    channels: Literal[1, 3] = Field(1, description="Image channels: 1 (gray) or 3 (RGB).")
+    num_classes: PositiveInt = Field(10, description="Number of class labels.")
+    val_fraction: float = Field(
+        0.1, gt=0.0, lt=1.0, description="Fraction of the data held out for validation."
+    )
+    train_batch_size: PositiveInt = Field(64, description="Training batch size per device.")
+    val_batch_size: PositiveInt = Field(256, description="Validation batch size per device.")
+    num_workers: NonNegativeInt = Field(0, description="DataLoader worker processes.")
+
+    @model_validator(mode="after")
+    def _path_for_folder(self) -> DataConfig:
+        if self.dataset == "folder" and self.path is None:
+            raise FieldError("dataset 'folder' needs data.path (the image folder)", "path")
+        return self
+
+
+class ModelConfig(ConfigSection):
+    """The fractal of generators; one entry per level (the last level is the pixel head)."""
+
+    img_size_list: list[PositiveInt] = Field(
+        [8, 2, 1],
+        description="Patch size per level, from the whole image down to 1 pixel; each "
+        "divides the one before.",
+    )
+    embed_dim_list: list[PositiveInt] = Field([64, 32, 16], description="Width per level.")
+    num_blocks_list: list[PositiveInt] = Field(
+        [2, 1, 1], description="Transformer blocks per level."
+    )
+    num_heads_list: list[PositiveInt] = Field(
+        [4, 2, 2], description="Attention heads per level; each divides that level's width."
+    )
+    generator_type_list: list[Literal["ar", "mar"]] = Field(
+        ["mar", "mar"],
+        description="Generator per level above the pixel head: ar (causal) or mar (masked).",
+    )
+    num_conds: PositiveInt | None = Field(
+        None, description="Condition tokens per MAR level; null: 1 for ar, 5 for mar."
+    )
+    guiding_pixel: bool = Field(
+        False, description="Predict each patch's mean colour first (levels above 0)."
+    )
+    label_drop_prob: float = Field(
+        0.1, ge=0.0, le=1.0, description="Probability of replacing a label by the null class."
+    )
+    attn_dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Attention dropout.")
+    proj_dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Projection dropout.")
+    r_weight: float = Field(
+        5.0, gt=0.0, description="Training loss weight of the first channel in the pixel head."
+    )
+    grad_checkpointing: bool = Field(False, description="Trade compute for memory.")
+
+    @model_validator(mode="after")
+    def _levels_agree(self) -> ModelConfig:
+        sizes = self.img_size_list
+        levels = len(sizes)
+        if levels < 2:
+            raise FieldError(
+                f"img_size_list needs at least 2 levels (image size ... 1), given {sizes}",
+                "img_size_list",
+            )
+        if sizes[-1] != 1:
+            raise FieldError(
+                f"img_size_list must end with 1 (single pixels), given {sizes}", "img_size_list"
+            )
+        for i in range(levels - 1):
+            if sizes[i + 1] >= sizes[i] or sizes[i] % sizes[i + 1]:
+                raise FieldError(
+                    f"img_size_list[{i + 1}]={sizes[i + 1]} must be smaller than and divide "
+                    f"img_size_list[{i}]={sizes[i]}, given {sizes}",
+                    "img_size_list",
+                )
+        for name in ("embed_dim_list", "num_blocks_list", "num_heads_list"):
+            values = getattr(self, name)
+            if len(values) != levels:
+                raise FieldError(
+                    f"{name} needs one entry per level of img_size_list ({levels}), "
+                    f"given {len(values)}: {values}",
+                    name,
+                )
+        if len(self.generator_type_list) != levels - 1:
+            raise FieldError(
+                f"generator_type_list needs one entry per level above the pixel head "
+                f"({levels - 1}), given {len(self.generator_type_list)}: "
+                f"{self.generator_type_list}",
+                "generator_type_list",
+            )
+        pairs = zip(self.embed_dim_list, self.num_heads_list, strict=True)
+        for i, (dim, heads) in enumerate(pairs):
+            if dim % heads:
+                raise FieldError(
+                    f"num_heads_list[{i}]={heads} must divide embed_dim_list[{i}]={dim}",
+                    "num_heads_list",
+                    "embed_dim_list",
+                )
+        return self
+
+
+class OptimConfig(ConfigSection):
+    """AdamW with linear warm-up then cosine decay, stepped every iteration."""
+
+    lr: float | None = Field(
+        None, gt=0.0, description="Peak learning rate; null: base_lr * global_batch / 256."
+    )
+    base_lr: float = Field(5e-5, gt=0.0, description="Learning rate per 256 images.")
+    weight_decay: float = Field(
+        0.05, ge=0.0, description="AdamW weight decay (not on biases and 1-D parameters)."
+    )
+    betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas.")
+    warmup_steps: NonNegativeInt = Field(100, description="Linear warm-up steps.")
+    min_lr: float = Field(0.0, ge=0.0, description="Learning rate at the end of the cosine.")
+    grad_clip: float | None = Field(
+        3.0, gt=0.0, description="Gradient norm clip; null: no clipping."
+    )
+    ema_decay: float | None = Field(
+        None, gt=0.0, lt=1.0, description="EMA of the weights (e.g. 0.9999); null: no EMA."
+    )
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in value):
+            raise ValueError("expected two numbers in [0, 1)")
+        return value
+
+
+class TrainerConfig(ConfigSection):
+    """The Lightning Trainer's schedule and hardware."""
+
+    max_steps: PositiveInt = Field(3000, description="Training steps (optimizer updates).")
+    val_every_n_steps: PositiveInt = Field(
+        500, description="Validate (and checkpoint) every N steps, and at the last step."
+    )
+    save_top_k: int = Field(
+        3, ge=-1, description="Keep the k best checkpoints by val_loss (-1: all) plus last.ckpt."
+    )
+    log_every_n_steps: PositiveInt = Field(10, description="Log training scalars every N steps.")
+    accelerator: str = Field("auto", description="Lightning accelerator: auto, cpu, gpu, mps.")
+    devices: int | str = Field(
+        1, description="Devices per node: a count, -1 (all), 'auto' or a list like '0,1'."
+    )
+    num_nodes: PositiveInt = Field(1, description="Machines (multi-node DDP).")
+    strategy: str = Field("auto", description="Lightning strategy: auto, ddp, ddp_spawn, ...")
+    precision: Literal["64-true", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true"] = (
+        Field("32-true", description="Lightning precision.")
+    )
+    limit_val_batches: int | float | None = Field(
+        None,
+        ge=0,
+        description="Validation batches per check: a count (int) or fraction (float); "
+        "null: all.",
+    )
+
+    @field_validator("devices")
+    @classmethod
+    def _devices(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1 and value != -1:
+            raise ValueError("expected a positive count, -1 (all), 'auto' or '0,1'")
+        return value
+
+    @field_validator("limit_val_batches")
+    @classmethod
+    def _fraction(cls, value: int | float | None) -> int | float | None:
+        if isinstance(value, float) and value > 1.0:
+            raise ValueError("a fraction must be at most 1.0 (use an int for a batch count)")
+        return value
+
+
+class SamplingConfig(ConfigSection):
+    """Sampling for the validation image grid (inference.py takes its own flags)."""
+
+    num_iter_list: list[PositiveInt] = Field(
+        [4, 4], description="Sampling steps per generator level (one per level above pixels)."
+    )
+    cfg: float = Field(1.0, ge=0.0, description="Classifier-free guidance scale; 1.0: none.")
+    cfg_schedule: Literal["linear", "constant"] = Field(
+        "linear", description="Guidance schedule at the top level."
+    )
+    temperature: float = Field(
+        1.0, gt=0.0, description="Divides the pixel logits (lower: sharper samples)."
+    )
+    num_images: PositiveInt = Field(16, description="Images in the validation grid.")
+
+
+class TrainConfig(ConfigModel):
+    """Everything a fractalgen training run needs; saved as config.yaml with each version."""
+
+    SCHEMA_VERSION = 1
+
+    experiment: ExperimentConfig = Field(default_factory=ExperimentConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+
+    @model_validator(mode="after")
+    def _across_sections(self) -> TrainConfig:
+        levels = len(self.model.img_size_list)
+        if len(self.sampling.num_iter_list) != levels - 1:
+            raise FieldError(
+                f"sampling.num_iter_list needs one entry per generator level "
+                f"({levels - 1}, from model.img_size_list {self.model.img_size_list}), "
+                f"given {len(self.sampling.num_iter_list)}: {self.sampling.num_iter_list}",
+                "sampling.num_iter_list",
+                "model.img_size_list",
+            )
+        return self
+
+
+CONTROLS: tuple[ControlFlag, ...] = (
+    ControlFlag(
+        "print_config",
+        "print the resolved config as YAML and exit",
+        takes_value=False,
+        default=False,
+    ),
+    ControlFlag(
+        "resume",
+        "continue a run in the same version: a .ckpt file, a version folder, an experiment "
+        "root or 'latest'; its saved config.yaml is used unless --config is given",
+        takes_value=True,
+        default=None,
+    ),
+)
+
+_DESCRIPTION = (
+    "Train FractalGen with PyTorch Lightning. Each run gets a new version_N under "
+    "experiment.output_root/experiment.name, with its checkpoints, TensorBoard logs and "
+    "resolved config.yaml."
+)
+
+
+def parse_train_args(
+    argv: Sequence[str] | None = None,
+    *,
+    resolve_resume_config: Callable[[str], Path | None] | None = None,
+    prog: str = "main.py",
+) -> LoadedConfig[TrainConfig]:
+    """Parse the trainer's command line into a validated :class:`TrainConfig`.
+
+    Args:
+        argv: the arguments (default ``sys.argv[1:]``).
+        resolve_resume_config: maps a ``--resume`` target to its saved config.yaml; when
+            ``--resume`` is given without ``--config``, that file is the config file.
+        prog: program name shown by ``--help``.
+
+    Returns:
+        The config, its file and text, the override flags, and the controls
+        ``print_config`` (bool) and ``resume`` (str or None).
+
+    Raises:
+        versionkit.errors.ConfigError: any mistake in the flags, file or values.
+        SystemExit: after printing ``--help``.
+    """
+
+    def default_file(controls: dict[str, Any]) -> Path | None:
+        target = controls.get("resume")
+        if target is None or resolve_resume_config is None:
+            return None
+        return resolve_resume_config(str(target))
+
+    return load_config(
+        TrainConfig,
+        argv,
+        prog=prog,
+        description=_DESCRIPTION,
+        controls=CONTROLS,
+        default_config_file=default_file,
+    )

@@ -1,0 +1,496 @@
+"""Private YAML reader and canonical writer used by :mod:`versionkit.config`.
+
+Reading follows YAML 1.2's core schema (``1e-4`` is a float; only ``true``/``false``
+are booleans, ``yes``/``no``/``on``/``off`` stay strings), accepts only plain data
+(mappings, sequences, strings, numbers, booleans, null), rejects duplicate keys, and
+records where every value came from so that errors can say ``file:line:col``.
+It builds values straight from the parser's event stream without recursion, so very
+deep nesting and alias bombs fail fast with a clear message instead of exhausting the
+stack or memory.
+
+Writing produces one canonical text per value (see :func:`emit`), which is what makes
+a config hash stable.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator, Sequence
+from functools import lru_cache
+from typing import Any
+
+import yaml
+from yaml.events import (
+    AliasEvent,
+    DocumentStartEvent,
+    Event,
+    MappingEndEvent,
+    MappingStartEvent,
+    ScalarEvent,
+    SequenceEndEvent,
+    SequenceStartEvent,
+)
+
+from versionkit.errors import ConfigError
+
+_CParser: Any
+try:
+    from yaml import cyaml
+
+    _CParser = cyaml.CParser  # type: ignore[attr-defined]
+except (ImportError, AttributeError):  # pragma: no cover - PyYAML wheels ship libyaml
+    _CParser = None
+
+__all__ = [
+    "MAX_BYTES",
+    "MAX_DEPTH",
+    "MAX_NODES",
+    "Loc",
+    "Mark",
+    "emit",
+    "flow",
+    "format_float",
+    "format_scalar",
+    "format_str",
+    "parse_yaml",
+    "resolve_plain",
+]
+
+Loc = tuple[str | int, ...]
+Mark = tuple[int, int]  # 1-based (line, column)
+
+MAX_DEPTH = 100  # nesting levels; real configs use fewer than ten
+MAX_NODES = 200_000  # values after expanding aliases
+MAX_BYTES = 16 * 1024 * 1024
+
+_TAG = "tag:yaml.org,2002:"
+_NULLS = frozenset({"", "~", "null", "Null", "NULL"})
+_TRUES = frozenset({"true", "True", "TRUE"})
+_FALSES = frozenset({"false", "False", "FALSE"})
+_INT10 = re.compile(r"[-+]?[0-9]+\Z")
+_INT8 = re.compile(r"0o[0-7]+\Z")
+_INT16 = re.compile(r"0x[0-9a-fA-F]+\Z")
+_FLOAT = re.compile(r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?\Z")
+_INF = re.compile(r"[-+]?\.(?:inf|Inf|INF)\Z")
+_NAN = re.compile(r"\.(?:nan|NaN|NAN)\Z")
+_NUMBER_START = frozenset("0123456789+-.")
+
+_NOT_A_VALUE = object()
+
+
+class _Unresolvable(ValueError):
+    pass
+
+
+def resolve_plain(text: str) -> Any:
+    """Return the YAML 1.2 core-schema value of an unquoted scalar.
+
+    Args:
+        text: the scalar exactly as written, without quotes.
+
+    Returns:
+        ``None``, a bool, an int, a float, or ``text`` itself when it is a string.
+    """
+    if text in _NULLS:
+        return None
+    if text in _TRUES:
+        return True
+    if text in _FALSES:
+        return False
+    first = text[0]
+    if first in _NUMBER_START:
+        if _INT10.match(text):
+            try:
+                return int(text, 10)
+            except ValueError as exc:  # more digits than Python converts
+                raise _Unresolvable(f"integer {text[:20]}... is too long") from exc
+        if _FLOAT.match(text):
+            return float(text)
+        if _INF.match(text):
+            return -math.inf if first == "-" else math.inf
+        if _INT8.match(text):
+            return int(text[2:], 8)
+        if _INT16.match(text):
+            return int(text[2:], 16)
+    if _NAN.match(text):
+        return math.nan
+    return text
+
+
+def _explicit(tag: str, text: str) -> Any:
+    """Construct a scalar with an explicit standard tag (``!!str 5``)."""
+    kind = tag[len(_TAG) :] if tag.startswith(_TAG) else None
+    if kind == "str":
+        return text
+    value = resolve_plain(text)
+    if kind == "null" and value is None:
+        return None
+    if kind == "bool" and isinstance(value, bool):
+        return value
+    if kind == "int" and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if kind in ("null", "bool", "int", "float"):
+        raise _Unresolvable(f"{text!r} is not a valid !!{kind}")
+    raise _Unresolvable(
+        f"the tag {tag!r} is not allowed: configs are loaded safely and may only hold "
+        "mappings, lists, strings, numbers, booleans and null"
+    )
+
+
+class _Frame:
+    __slots__ = ("anchor", "container", "key", "key_marks", "path", "size", "start")
+
+    def __init__(self, container: Any, path: Loc, anchor: str | None, start: Mark) -> None:
+        self.container = container
+        self.start = start
+        self.path = path
+        self.anchor = anchor
+        self.key: Any = _NOT_A_VALUE
+        self.key_marks: dict[str, Mark] = {}
+        self.size = 1
+
+
+def _events(text: str) -> Iterator[Event]:
+    parser: Any = _CParser(text) if _CParser is not None else _PyParser(text)
+    try:
+        while True:
+            event = parser.get_event()
+            if event is None:
+                return
+            yield event
+    finally:
+        parser.dispose()
+
+
+class _PyParser(yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser):
+    # Pure-Python event source when libyaml is missing; the parser is a state machine,
+    # so it never recurses however deep the document nests.
+    def __init__(self, stream: str) -> None:
+        yaml.reader.Reader.__init__(self, stream)
+        yaml.scanner.Scanner.__init__(self)
+        yaml.parser.Parser.__init__(self)
+
+    def dispose(self) -> None:
+        self.states = []
+        self.state = None
+
+
+def _mark(event: Event) -> Mark:
+    m: Any = event.start_mark
+    return (m.line + 1, m.column + 1)
+
+
+def _where(source: str, mark: Mark) -> str:
+    return f"{source}:{mark[0]}:{mark[1]}"
+
+
+def parse_yaml(text: str, source: str) -> tuple[Any, dict[Loc, Mark], bool]:
+    """Parse one YAML document safely, recording where every value starts.
+
+    Args:
+        text: the YAML text.
+        source: what to call it in error messages (a file path or a flag).
+
+    Returns:
+        ``(value, locations, empty)``: the plain Python value, a map from each value's
+        path (mapping keys and list indices) to the 1-based (line, column) of its key or
+        item, and whether the text held no document at all.
+
+    Raises:
+        ConfigError: malformed YAML, a disallowed tag, a duplicate key, a non-string key,
+            several documents, nesting deeper than ``MAX_DEPTH`` or more than
+            ``MAX_NODES`` values after expanding aliases.
+    """
+    if len(text) > MAX_BYTES:
+        raise ConfigError(f"{source}: config text is {len(text)} bytes; the limit is {MAX_BYTES}")
+    locs: dict[Loc, Mark] = {}
+    anchors: dict[str, tuple[Any, int]] = {}
+    stack: list[_Frame] = []
+    root: Any = _NOT_A_VALUE
+    documents = 0
+    total = 0
+
+    def add(value: Any, mark: Mark, size: int, anchor: str | None) -> None:
+        nonlocal root
+        if anchor is not None:
+            anchors[anchor] = (value, size)
+        if not stack:
+            root = value
+            locs[()] = mark
+            return
+        frame = stack[-1]
+        frame.size += size
+        container = frame.container
+        if isinstance(container, list):
+            locs[(*frame.path, len(container))] = mark
+            container.append(value)
+        elif frame.key is _NOT_A_VALUE:
+            if not isinstance(value, str):
+                kind = "null" if value is None else type(value).__name__
+                raise ConfigError(
+                    f"{_where(source, mark)}: mapping keys must be strings, got {value!r} "
+                    f"({kind}); quote it if it is a name"
+                )
+            if value in frame.key_marks:
+                first = frame.key_marks[value]
+                raise ConfigError(
+                    f"{_where(source, mark)}: duplicate key {value!r} "
+                    f"(first at line {first[0]}, again at line {mark[0]})"
+                )
+            frame.key_marks[value] = mark
+            frame.key = value
+        else:
+            container[frame.key] = value
+            locs[(*frame.path, frame.key)] = frame.key_marks[frame.key]
+            frame.key = _NOT_A_VALUE
+
+    def child_path() -> Loc:
+        if not stack:
+            return ()
+        frame = stack[-1]
+        if isinstance(frame.container, list):
+            return (*frame.path, len(frame.container))
+        if frame.key is _NOT_A_VALUE:
+            raise ConfigError(
+                f"{_where(source, mark)}: mapping keys must be plain strings, "
+                "not lists or mappings"
+            )
+        return (*frame.path, frame.key)
+
+    mark: Mark = (1, 1)
+    try:
+        for event in _events(text):
+            if isinstance(event, DocumentStartEvent):
+                documents += 1
+                if documents > 1:
+                    raise ConfigError(
+                        f"{_where(source, _mark(event))}: several YAML documents ('---'); "
+                        "a config file holds exactly one mapping"
+                    )
+                continue
+            if not isinstance(
+                event,
+                (ScalarEvent, SequenceStartEvent, MappingStartEvent, SequenceEndEvent,
+                 MappingEndEvent, AliasEvent),
+            ):
+                continue
+            mark = _mark(event)
+            if isinstance(event, ScalarEvent):
+                total += 1
+                tag = event.tag
+                try:
+                    if tag is None or tag == "!":
+                        value = resolve_plain(event.value) if event.implicit[0] else event.value
+                    else:
+                        value = _explicit(tag, event.value)
+                except _Unresolvable as exc:
+                    raise ConfigError(f"{_where(source, mark)}: {exc}") from None
+                add(value, mark, 1, event.anchor)
+            elif isinstance(event, (SequenceStartEvent, MappingStartEvent)):
+                tag = event.tag
+                expected = "seq" if isinstance(event, SequenceStartEvent) else "map"
+                if tag is not None and tag != "!" and tag != _TAG + expected:
+                    raise ConfigError(
+                        f"{_where(source, mark)}: the tag {tag!r} is not allowed: configs are "
+                        "loaded safely and may only hold mappings, lists, strings, numbers, "
+                        "booleans and null"
+                    )
+                if len(stack) >= MAX_DEPTH:
+                    raise ConfigError(
+                        f"{_where(source, mark)}: nesting deeper than {MAX_DEPTH} levels; "
+                        "a config this deep is almost certainly a mistake"
+                    )
+                total += 1
+                path = child_path()
+                container: Any = [] if expected == "seq" else {}
+                stack.append(_Frame(container, path, event.anchor, mark))
+            elif isinstance(event, (SequenceEndEvent, MappingEndEvent)):
+                frame = stack.pop()
+                add(frame.container, frame.start, frame.size, frame.anchor)
+            else:  # AliasEvent
+                if event.anchor not in anchors:
+                    raise ConfigError(f"{_where(source, mark)}: unknown alias *{event.anchor}")
+                value, size = anchors[event.anchor]
+                total += size
+                if total > MAX_NODES:
+                    break
+                child_path()  # an alias used as a key is refused like any non-string key
+                add(value, mark, size, None)
+            if total > MAX_NODES:
+                break
+    except yaml.MarkedYAMLError as exc:
+        pm = exc.problem_mark
+        where = f"{source}:{pm.line + 1}:{pm.column + 1}" if pm is not None else source
+        detail = exc.problem or "malformed YAML"
+        context = f" ({exc.context})" if exc.context else ""
+        raise ConfigError(f"{where}: invalid YAML: {detail}{context}") from None
+    except yaml.reader.ReaderError as exc:
+        raise ConfigError(
+            f"{source}: invalid YAML: character {exc.character!r} at offset "
+            f"{exc.position} is not allowed ({exc.reason})"
+        ) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: invalid YAML: {exc}") from None
+    if total > MAX_NODES:
+        raise ConfigError(
+            f"{_where(source, mark)}: more than {MAX_NODES} values after expanding aliases "
+            "(an alias bomb?); refusing to load"
+        )
+    if root is _NOT_A_VALUE:
+        return None, locs, True
+    return root, locs, False
+
+
+# ---------------------------------------------------------------- writing
+
+_PLAIN = re.compile(r"[A-Za-z0-9_./][A-Za-z0-9_./+-]*\Z")
+_YAML11 = yaml.resolver.Resolver()
+_ESCAPES = {
+    "\0": "\\0",
+    "\a": "\\a",
+    "\b": "\\b",
+    "\t": "\\t",
+    "\n": "\\n",
+    "\v": "\\v",
+    "\f": "\\f",
+    "\r": "\\r",
+    "\x1b": "\\e",
+    '"': '\\"',
+    "\\": "\\\\",
+}
+
+
+def _escape_char(ch: str) -> str:
+    known = _ESCAPES.get(ch)
+    if known is not None:
+        return known
+    o = ord(ch)
+    if 0x20 <= o <= 0x7E or (
+        o >= 0xA0
+        and not 0xD800 <= o <= 0xDFFF
+        and o not in (0x2028, 0x2029, 0xFEFF, 0xFFFE, 0xFFFF)
+    ):
+        return ch
+    if o <= 0xFF:
+        return f"\\x{o:02x}"
+    return f"\\u{o:04x}"
+
+
+@lru_cache(maxsize=4096)
+def format_str(text: str) -> str:
+    """Write a string as a YAML scalar: plain when every YAML reader agrees it is that
+    string (YAML 1.2 and 1.1 alike), double-quoted with escapes otherwise."""
+    if (
+        _PLAIN.match(text)
+        and isinstance(resolve_plain(text), str)
+        and _YAML11.resolve(yaml.ScalarNode, text, (True, False)) == _TAG + "str"  # type: ignore[no-untyped-call]
+    ):
+        return text
+    return '"' + "".join(_escape_char(ch) for ch in text) + '"'
+
+
+def format_float(value: float) -> str:
+    """Shortest text that reads back as exactly this float, in every YAML version.
+
+    ``repr`` round-trips exactly; a mantissa without a dot gets ``.0`` (``1.0e-05``)
+    because YAML 1.1 readers need the dot to see a float.
+    """
+    if value != value:
+        return ".nan"
+    if value == math.inf:
+        return ".inf"
+    if value == -math.inf:
+        return "-.inf"
+    text = repr(value)
+    if "e" in text:
+        mantissa, exponent = text.split("e")
+        if "." not in mantissa:
+            mantissa += ".0"
+        return f"{mantissa}e{exponent}"
+    return text
+
+
+def format_scalar(value: Any) -> str:
+    """Canonical YAML text of None, a bool, an int, a float or a str."""
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return format_float(value)
+    if isinstance(value, str):
+        return format_str(value)
+    raise TypeError(f"cannot write {type(value).__name__} to YAML")
+
+
+def _is_flow(value: Any) -> bool:
+    if isinstance(value, dict):
+        return not value
+    if isinstance(value, list):
+        return all(_is_flow(v) for v in value)
+    return True
+
+
+def flow(value: Any) -> str:
+    """One-line (flow style) YAML text of a plain value: ``[1, 2]``, ``{a: 1}``."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{format_str(k)}: {flow(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(flow(v) for v in value) + "]"
+    return format_scalar(value)
+
+
+def _emit_map(value: dict[str, Any], indent: int, out: list[str]) -> None:
+    pad = " " * indent
+    for key, item in value.items():
+        name = format_str(key)
+        if _is_flow(item):
+            out.append(f"{pad}{name}: {flow(item)}")
+        else:
+            out.append(f"{pad}{name}:")
+            if isinstance(item, dict):
+                _emit_map(item, indent + 2, out)
+            else:
+                _emit_seq(item, indent + 2, out)
+
+
+def _emit_seq(value: list[Any], indent: int, out: list[str]) -> None:
+    pad = " " * indent
+    for item in value:
+        if _is_flow(item):
+            out.append(f"{pad}- {flow(item)}")
+        elif isinstance(item, dict):
+            start = len(out)
+            _emit_map(item, indent + 2, out)
+            out[start] = f"{pad}- {out[start][indent + 2 :]}"
+        else:
+            out.append(f"{pad}-")
+            _emit_seq(item, indent + 2, out)
+
+
+def emit(value: dict[str, Any], header: Sequence[str] = ()) -> str:
+    """Canonical block-style YAML of a plain mapping (keys kept in the given order).
+
+    Args:
+        value: a mapping of str to plain values (dict, list, None, bool, int, float, str).
+        header: lines written first as ``# `` comments (a line may hold newlines).
+
+    Returns:
+        The text, ending with a newline.
+    """
+    out: list[str] = []
+    for line in header:
+        for part in str(line).splitlines() or [""]:
+            out.append(f"# {part}".rstrip())
+    if value:
+        _emit_map(value, 0, out)
+    else:
+        out.append("{}")
+    return "\n".join(out) + "\n"

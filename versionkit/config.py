@@ -1,0 +1,694 @@
+"""Typed config schemas: load from YAML and flags, validate, dump, hash, diff, migrate.
+
+A schema is a :class:`ConfigModel` (pydantic v2) whose nested sections are
+:class:`ConfigSection` subclasses. Values come from the schema's defaults, then a YAML
+file (``--config FILE``), then command-line flags, and every user mistake is one
+:class:`~versionkit.errors.ConfigError` naming the field, where the value came from,
+what was expected and what was given.
+
+Example::
+
+    class Train(ConfigModel):
+        lr: float = Field(1e-3, gt=0, description="learning rate")
+
+    loaded = load_config(Train, ["--config", "run.yaml", "--lr", "3e-4"])
+    text = dump_config(loaded.config)        # canonical YAML; config_hash() hashes it
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import enum
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePath
+from typing import Any, ClassVar, Generic, TypeVar, get_args, get_origin
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from versionkit._flags import ControlFlag, format_help, parse_args
+from versionkit._types import (
+    Coercer,
+    convert_flag,
+    item_type,
+    leaf_index,
+    loc_text,
+    make_coercer,
+    model_of,
+    strip,
+)
+from versionkit._yaml import MAX_BYTES, Loc, Mark, emit, flow, format_str, parse_yaml
+from versionkit.errors import ConfigError
+
+__all__ = [
+    "MISSING",
+    "ConfigModel",
+    "ConfigSection",
+    "ControlFlag",
+    "FieldError",
+    "LoadedConfig",
+    "config_hash",
+    "config_to_flags",
+    "diff_configs",
+    "dump_config",
+    "json_schema",
+    "load_config",
+    "load_yaml_config",
+    "load_yaml_text",
+    "register_migration",
+    "to_plain",
+]
+
+C = TypeVar("C", bound="ConfigModel")
+F = TypeVar("F", bound=Callable[[dict[str, Any]], dict[str, Any]])
+
+
+class _Missing:
+    """The MISSING sentinel of :func:`diff_configs`: a key one side does not have."""
+
+    _instance: ClassVar[_Missing | None] = None
+
+    def __new__(cls) -> _Missing:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+    def __reduce__(self) -> str:
+        return "MISSING"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+MISSING: Any = _Missing()
+
+
+class FieldError(ValueError):
+    """A cross-field validation error that names the fields at fault.
+
+    Raise it from a model validator so that the error message can say where each
+    named field's value came from (file line or flag).
+
+    Args:
+        message: what is wrong and what was expected.
+        *fields: dotted field paths relative to the model that raised it.
+    """
+
+    def __init__(self, message: str, *fields: str) -> None:
+        super().__init__(message)
+        self.fields = fields
+
+
+_COERCERS: dict[type[BaseModel], dict[str, Coercer]] = {}
+
+
+def _coercers(cls: type[BaseModel]) -> dict[str, Coercer]:
+    found = _COERCERS.get(cls)
+    if found is None:
+        found = {}
+        for name, info in cls.model_fields.items():
+            coercer = make_coercer(info.annotation)
+            if coercer is not None:
+                found[name] = coercer
+        _COERCERS[cls] = found
+    return found
+
+
+def _coerce(cls: type[BaseModel], data: dict[str, Any]) -> dict[str, Any]:
+    changed: dict[str, Any] | None = None
+    for name, coercer in _coercers(cls).items():
+        if name in data:
+            old = data[name]
+            new = coercer(old)
+            if new is not old:
+                if changed is None:
+                    changed = dict(data)
+                changed[name] = new
+    return data if changed is None else changed
+
+
+def _models_in(tp: Any) -> list[type[BaseModel]]:
+    tp = strip(tp)
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return [tp]
+    found: list[type[BaseModel]] = []
+    for arg in get_args(tp):
+        found += _models_in(arg)
+    return found
+
+
+class ConfigSection(BaseModel):
+    """Base of a nested config section: rejects unknown keys, validates strictly.
+
+    Strict means YAML ``yes`` is not a boolean and ``"5"`` is not an int; lists are
+    still accepted for tuple fields, strings for paths and values for enums.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, protected_namespaces=())
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        extra = cls.model_config.get("extra")
+        if extra != "forbid":
+            raise TypeError(
+                f"{cls.__name__}: config models must reject unknown keys; "
+                f"remove extra={extra!r} from its model_config"
+            )
+        if not cls.__pydantic_complete__:
+            return
+        for name, info in cls.model_fields.items():
+            for model in _models_in(info.annotation):
+                if model.model_config.get("extra") != "forbid":
+                    raise TypeError(
+                        f"{cls.__name__}.{name}: {model.__name__} accepts unknown keys; "
+                        "derive it from versionkit.config.ConfigSection"
+                    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _vk_before(cls, data: Any) -> Any:
+        return _coerce(cls, data) if isinstance(data, dict) else data
+
+
+class ConfigModel(ConfigSection):
+    """Base of a top-level config schema: a :class:`ConfigSection` plus ``schema_version``.
+
+    Raise ``SCHEMA_VERSION`` in a subclass when fields are renamed or change meaning,
+    and register a migration (:func:`register_migration`) from the old version; older
+    saved configs are then migrated on load, newer ones are refused.
+    """
+
+    SCHEMA_VERSION: ClassVar[int] = 1
+    schema_version: int = Field(
+        default=1,
+        ge=1,
+        description="Version of this config's schema; older files are migrated on load.",
+    )
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        info = cls.model_fields["schema_version"]
+        if info.default != cls.SCHEMA_VERSION:
+            info = copy.copy(info)
+            info.default = cls.SCHEMA_VERSION
+            cls.__pydantic_fields__["schema_version"] = info
+            cls.model_rebuild(force=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _vk_before(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        if data.get("schema_version", cls.SCHEMA_VERSION) != cls.SCHEMA_VERSION:
+            data = _migrate(cls, data, cls.__name__)
+        return _coerce(cls, data)
+
+
+# ---------------------------------------------------------------- migrations
+
+_MIGRATIONS: dict[type[ConfigModel], dict[int, Callable[[dict[str, Any]], dict[str, Any]]]] = {}
+
+
+def register_migration(schema: type[ConfigModel], from_version: int) -> Callable[[F], F]:
+    """Register ``fn(data) -> data`` that turns a ``from_version`` config of ``schema``
+    into a ``from_version + 1`` one (it receives a deep copy of the plain dict).
+
+    Example::
+
+        @register_migration(TrainConfig, 1)
+        def rename_lr(data):
+            data["optim"]["base_lr"] = data["optim"].pop("blr")
+            return data
+    """
+    if from_version < 1:
+        raise ValueError(f"from_version must be >= 1, given {from_version}")
+
+    def decorate(fn: F) -> F:
+        table = _MIGRATIONS.setdefault(schema, {})
+        if from_version in table:
+            raise ValueError(
+                f"a migration of {schema.__name__} from version {from_version} is already "
+                f"registered ({table[from_version].__name__})"
+            )
+        table[from_version] = fn
+        return fn
+
+    return decorate
+
+
+def _migrate(schema: type[ConfigModel], data: dict[str, Any], source: str) -> dict[str, Any]:
+    current = schema.SCHEMA_VERSION
+    version = data.get("schema_version", current)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ConfigError(
+            f"{source}: schema_version: expected a positive integer, given {version!r}"
+        )
+    if version > current:
+        raise ConfigError(
+            f"{source}: schema_version {version} is newer than this program's "
+            f"{schema.__name__} (version {current}); upgrade the program or use a config "
+            f"written for version {current}"
+        )
+    table = _MIGRATIONS.get(schema, {})
+    while version < current:
+        fn = table.get(version)
+        if fn is None:
+            raise ConfigError(
+                f"{source}: this config has schema_version {version} but {schema.__name__} "
+                f"is at version {current}, and no migration from version {version} is "
+                "registered"
+            )
+        data = fn(copy.deepcopy(data))
+        if not isinstance(data, dict):
+            raise TypeError(f"migration {fn.__name__} returned {type(data).__name__}, not dict")
+        version += 1
+        data["schema_version"] = version
+    return data
+
+
+# ---------------------------------------------------------------- plain values, dump
+
+
+def to_plain(value: Any) -> Any:
+    """Turn a config (or any value in one) into plain YAML data: dicts in field order,
+    lists, str, int, float, bool, None. Paths become strings, enums their values,
+    tuples lists, sets sorted lists, dict keys sorted."""
+    if isinstance(value, BaseModel):
+        return {name: to_plain(getattr(value, name)) for name in type(value).model_fields}
+    if value is None or type(value) in (bool, int, float, str):
+        return value
+    if isinstance(value, enum.Enum):
+        return to_plain(value.value)
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted((to_plain(v) for v in value), key=flow)
+    if isinstance(value, Mapping):
+        items = []
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"config mapping keys must be strings, got {key!r}")
+            items.append((key, to_plain(item)))
+        return dict(sorted(items))
+    raise TypeError(f"cannot write a {type(value).__name__} to a config: {value!r}")
+
+
+def dump_config(config: ConfigModel, *, header: Sequence[str] = ()) -> str:
+    """The canonical YAML text of a config: every field in schema order, numbers
+    written so that they read back exactly (``5.0e-05``, ``-0.0``, ``.inf``).
+
+    Args:
+        config: the config.
+        header: lines written first as ``# `` comments (not part of the hash).
+    """
+    return emit(to_plain(config), header)
+
+
+def config_hash(config: ConfigModel) -> str:
+    """sha256 hex digest of the canonical dump (without header)."""
+    import hashlib
+
+    return hashlib.sha256(dump_config(config).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _flatten(value: Mapping[str, Any], prefix: str, out: dict[str, Any]) -> None:
+    for key, item in value.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(item, Mapping) and item:
+            _flatten(item, dotted, out)
+        else:
+            out[dotted] = item
+
+
+def _same(x: Any, y: Any) -> bool:
+    if type(x) is not type(y):
+        return False
+    if isinstance(x, float) and x != x:
+        return bool(y != y)
+    return bool(x == y)
+
+
+def diff_configs(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """What changed between two configs, as ``{dotted key: (old, new)}``.
+
+    Nested mappings are compared leaf by leaf; a key one side lacks shows
+    :data:`MISSING` on that side. Configs (models) are accepted too.
+    """
+    flat_a: dict[str, Any] = {}
+    flat_b: dict[str, Any] = {}
+    _flatten(to_plain(a) if isinstance(a, BaseModel) else a, "", flat_a)
+    _flatten(to_plain(b) if isinstance(b, BaseModel) else b, "", flat_b)
+    out: dict[str, tuple[Any, Any]] = {}
+    for key in [*flat_a, *(k for k in flat_b if k not in flat_a)]:
+        old = flat_a.get(key, MISSING)
+        new = flat_b.get(key, MISSING)
+        if not _same(old, new):
+            out[key] = (old, new)
+    return out
+
+
+_NULL_WORDS = frozenset({"null", "Null", "NULL", "~"})
+
+
+def _flag_text(tp: Any, value: Any) -> str:
+    if value is None:
+        return "null"
+    plain = to_plain(value)
+    if isinstance(plain, str):
+        try:
+            back = convert_flag(tp, plain, "--x")
+        except ConfigError:
+            back = MISSING
+        coercer = make_coercer(tp)
+        if coercer is not None:
+            back = coercer(back)
+        if type(back) is type(value) and back == value:
+            return plain  # raw text reads back as itself (str, path, enum, literal)
+    if isinstance(plain, str):
+        return format_str(plain) if format_str(plain).startswith('"') else f'"{plain}"'
+    return flow(plain)
+
+
+def config_to_flags(config: ConfigModel) -> list[str]:
+    """Flags (``--a.b=VALUE``) that, parsed by :func:`load_config`, rebuild ``config``."""
+    index = leaf_index(type(config))
+    flags: list[str] = []
+    nulled: list[tuple[str, ...]] = []
+    for dotted, section in index.sections.items():
+        del section
+        value: Any = config
+        path = tuple(dotted.split("."))
+        for part in path:
+            value = None if value is None else getattr(value, part)
+        if value is None and not any(path[: len(p)] == p for p in nulled):
+            nulled.append(path)
+            flags.append(f"--{dotted}=null")
+    for leaf in index.leaves.values():
+        if any(leaf.path[: len(p)] == p for p in nulled):
+            continue
+        value = config
+        for part in leaf.path:
+            value = getattr(value, part)
+        flags.append(f"--{leaf.dotted}={_flag_text(leaf.annotation, value)}")
+    return flags
+
+
+def json_schema(schema: type[ConfigModel]) -> dict[str, Any]:
+    """JSON Schema (draft 2020-12) of a config schema, for editors and validators."""
+    body = schema.model_json_schema(mode="validation")
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **body}
+
+
+# ---------------------------------------------------------------- errors
+
+
+@dataclass
+class _Sources:
+    file: str | None
+    locs: dict[Loc, Mark]
+    flags: dict[tuple[str, ...], str]
+
+    def where(self, loc: Loc, *, leaf_len: int) -> str:
+        for k in range(len(loc), 0, -1):
+            flag = self.flags.get(loc[:k])  # type: ignore[arg-type]
+            if flag is not None:
+                return f"from flag {flag}"
+        for k in range(len(loc), -1, -1):
+            mark = self.locs.get(loc[:k])
+            if mark is not None and (k >= leaf_len or k == len(loc)):
+                return f"at {self.file}:{mark[0]}:{mark[1]}"
+            if mark is not None:
+                break
+        if self.file is not None and not self.locs:
+            return f"in {self.file}"
+        return "schema default"
+
+
+def _clean_loc(schema: type[BaseModel], raw: tuple[Any, ...]) -> tuple[Loc, type[BaseModel]]:
+    # pydantic's loc also names union members ('int', 'list[int]'); keep only the path.
+    out: list[str | int] = []
+    tp: Any = schema
+    owner: type[BaseModel] = schema
+    for part in raw:
+        model = model_of(tp) if tp is not None else None
+        if model is not None and isinstance(part, str):
+            owner = model
+            out.append(part)
+            info = model.model_fields.get(part)
+            tp = info.annotation if info is not None else None
+        elif isinstance(part, int):
+            out.append(part)
+            tp = item_type(tp, part) if tp is not None else None
+        elif tp is None or isinstance(strip(tp), type) or get_origin(strip(tp)) is dict:
+            out.append(part)
+            tp = item_type(tp, 0) if tp is not None else None
+    return tuple(out), owner
+
+
+def _given(value: Any) -> str:
+    if isinstance(value, (dict, BaseModel)):
+        return ""
+    try:
+        text = repr(value) if isinstance(value, str) else flow(to_plain(value))
+    except TypeError:
+        text = repr(value)
+    return f", given {text[:77] + '...' if len(text) > 80 else text}"
+
+
+def _expected(msg: str) -> str:
+    if msg.startswith("Input should be "):
+        return "expected " + msg[len("Input should be ") :]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    if msg.startswith("Assertion failed, "):
+        msg = msg[len("Assertion failed, ") :]
+    return msg[:1].lower() + msg[1:] if msg[:2] != msg[:2].upper() else msg
+
+
+def _did_you_mean(key: str, owner: type[BaseModel], schema: type[BaseModel]) -> str:
+    names = [n for n in owner.model_fields if not (owner is schema and n == "schema_version")]
+    close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean '{close[0]}'?"
+    index = leaf_index(schema)
+    elsewhere = [leaf.dotted for leaf in index.bare.get(key, [])]
+    elsewhere += [s for s in index.sections if s.rsplit(".", 1)[-1] == key]
+    if elsewhere:
+        return f"; did you mean '{elsewhere[0]}'?"
+    return f"; valid fields here: {', '.join(names)}"
+
+
+def _map_errors(exc: ValidationError, schema: type[BaseModel], src: _Sources) -> ConfigError:
+    lines: dict[str, list[str]] = {}
+    for err in exc.errors(include_url=False):
+        loc, owner = _clean_loc(schema, err["loc"])
+        kind = err["type"]
+        dotted = loc_text(loc)
+        leaf_len = max((i + 1 for i, p in enumerate(loc) if isinstance(p, str)), default=0)
+        if kind == "extra_forbidden":
+            text = (f"unknown field ({src.where(loc, leaf_len=leaf_len)})"
+                    f"{_did_you_mean(str(loc[-1]), owner, schema)}")
+        elif kind == "missing":
+            text = f"required field is missing ({src.where(loc[:-1], leaf_len=0)})"
+        else:
+            text = _expected(str(err["msg"]))
+            if kind not in ("value_error", "assertion_error") or not isinstance(
+                err.get("input"), (dict, BaseModel)
+            ):
+                text += _given(err.get("input"))
+            cause = (err.get("ctx") or {}).get("error")
+            fields = getattr(cause, "fields", ())
+            if fields:
+                parts = []
+                for f in fields:
+                    sub: Loc = (*loc, *f.split("."))
+                    parts.append(f"{loc_text(sub)}: {src.where(sub, leaf_len=len(sub))}")
+                text += f" ({'; '.join(parts)})"
+            else:
+                text += f" ({src.where(loc, leaf_len=leaf_len)})"
+        lines.setdefault(dotted, []).append(text)
+    out = []
+    for dotted, texts in lines.items():
+        if len(texts) > 1 and all(t.startswith("expected ") for t in texts):
+            # one value that matched none of a union's members
+            heads = [t.split(", given", 1)[0].split(" (", 1)[0] for t in texts]
+            tail = texts[0][len(heads[0]) :]
+            texts = [heads[0] + "".join(" or " + h[len("expected ") :] for h in heads[1:]) + tail]
+        out += [f"{dotted}: {t}" if dotted else t for t in texts]
+    if len(out) == 1:
+        return ConfigError(out[0])
+    return ConfigError(f"{len(out)} problems in the config:\n  " + "\n  ".join(out))
+
+
+def _validate(schema: type[C], data: dict[str, Any], src: _Sources) -> C:
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        raise _map_errors(exc, schema, src) from None
+
+
+# ---------------------------------------------------------------- loading
+
+
+@dataclass
+class LoadedConfig(Generic[C]):
+    """A validated config and where it came from.
+
+    Attributes:
+        config: the validated config.
+        config_file: the file the config came from (None: defaults and flags only).
+        config_text: that file's verbatim text.
+        flags: the config-override flags exactly as given (program flags excluded).
+        controls: each :class:`ControlFlag`'s value by name.
+    """
+
+    config: C
+    config_file: Path | None
+    config_text: str | None
+    flags: list[str]
+    controls: dict[str, Any]
+
+
+def _read_text(path: Path) -> str:
+    try:
+        if path.is_dir():
+            raise ConfigError(f"config file {path} is a directory; expected a YAML file")
+        size = path.stat().st_size
+        if size > MAX_BYTES:
+            raise ConfigError(f"config file {path} is {size} bytes; the limit is {MAX_BYTES}")
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {raw[exc.start]:#04x} at offset "
+            f"{exc.start})"
+        ) from None
+
+
+def _parse_text(
+    schema: type[ConfigModel], text: str, source: str
+) -> tuple[dict[str, Any], dict[Loc, Mark]]:
+    value, locs, empty = parse_yaml(text, source)
+    if empty:
+        raise ConfigError(
+            f"{source}: the file is empty; expected a mapping of config fields "
+            "(key: value lines)"
+        )
+    if not isinstance(value, dict):
+        kind = "null" if value is None else type(value).__name__
+        kind = {"list": "list", "str": "string"}.get(kind, kind)
+        mark = locs.get((), (1, 1))
+        raise ConfigError(
+            f"{source}:{mark[0]}:{mark[1]}: the top level is a {kind}; expected a mapping "
+            "of config fields (key: value lines)"
+        )
+    if value.get("schema_version", schema.SCHEMA_VERSION) != schema.SCHEMA_VERSION:
+        value = _migrate(schema, value, source)
+        locs = {k: v for k, v in locs.items() if len(k) <= 1}
+    return value, locs
+
+
+def load_yaml_text(schema: type[C], text: str, *, source: str = "<config>") -> C:
+    """Validate YAML text against ``schema`` (migrations applied)."""
+    data, locs = _parse_text(schema, text, source)
+    return _validate(schema, data, _Sources(source, locs, {}))
+
+
+def load_yaml_config(schema: type[C], path: str | Path) -> C:
+    """Load and validate a YAML config file (migrations applied).
+
+    Raises:
+        ConfigError: the file is missing, not valid YAML, or not a valid config.
+    """
+    path = Path(path)
+    return load_yaml_text(schema, _read_text(path), source=str(path))
+
+
+def _set_in(data: dict[str, Any], path: tuple[str, ...], value: Any) -> dict[str, Any]:
+    # copy-on-write: YAML aliases may share dicts, so never mutate what the file gave
+    top = dict(data)
+    cur = top
+    for key in path[:-1]:
+        child = cur.get(key)
+        child = dict(child) if isinstance(child, dict) else {}
+        cur[key] = child
+        cur = child
+    cur[path[-1]] = value
+    return top
+
+
+def load_config(
+    schema: type[C],
+    argv: Sequence[str] | None = None,
+    *,
+    prog: str | None = None,
+    description: str | None = None,
+    controls: Sequence[ControlFlag] = (),
+    default_config_file: Callable[[dict[str, Any]], Path | None] | None = None,
+) -> LoadedConfig[C]:
+    """Build a config from defaults < ``--config FILE`` < flags.
+
+    Args:
+        schema: the :class:`ConfigModel` subclass.
+        argv: the arguments (default ``sys.argv[1:]``).
+        prog: program name for ``--help`` (default: ``sys.argv[0]``'s name).
+        description: a paragraph for ``--help``.
+        controls: program flags that are not config fields.
+        default_config_file: called with the control values when no ``--config`` is
+            given; the file it returns (if any) is used as the config file.
+
+    Returns:
+        The validated config, its file and text, the override flags and control values.
+
+    Raises:
+        ConfigError: any mistake in the flags, the file or the values.
+        SystemExit: ``--help`` was given (code 0, after printing the help).
+    """
+    args = sys.argv[1:] if argv is None else list(argv)
+    parsed = parse_args(schema, args, controls)
+    if parsed.help:
+        name = prog or Path(sys.argv[0] or "prog").name
+        sys.stdout.write(format_help(schema, prog=name, description=description,
+                                     controls=controls))
+        sys.stdout.flush()
+        raise SystemExit(0)
+    config_file = Path(parsed.config_file) if parsed.config_file is not None else None
+    if config_file is None and default_config_file is not None:
+        found = default_config_file(dict(parsed.controls))
+        config_file = Path(found) if found is not None else None
+    data: dict[str, Any] = {}
+    locs: dict[Loc, Mark] = {}
+    text = None
+    if config_file is not None:
+        text = _read_text(config_file)
+        data, locs = _parse_text(schema, text, str(config_file))
+    flag_src: dict[tuple[str, ...], str] = {}
+    for path, value, flag in parsed.overrides:
+        data = _set_in(data, path, value)
+        flag_src[path] = flag
+    config = _validate(schema, data, _Sources(
+        str(config_file) if config_file is not None else None, locs, flag_src))
+    return LoadedConfig(config, config_file, text, parsed.flags, parsed.controls)
+
