@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from versionkit.backends import open_backend
 from versionkit.backends.base import Backend, Record
-from versionkit.errors import ConfigError, RegistryError, VersionNotFoundError
+from versionkit.errors import RegistryError, VersionNotFoundError
 
 if TYPE_CHECKING:
     from versionkit.config import ConfigModel
@@ -703,7 +703,7 @@ class Registry:
         record = self._record(n)
         saved = self.checkpoint_dir(n) / "config.yaml"
         if schema is not None:
-            from versionkit.config import load_yaml_config
+            from versionkit.config import load_yaml_config, load_yaml_text
 
             if saved.is_file():
                 typed: C = load_yaml_config(schema, saved)
@@ -711,13 +711,12 @@ class Registry:
             data = record.get("config")
             if not isinstance(data, dict):
                 raise RegistryError(f"version {n} in {self.root} has no recorded config")
-            try:
-                validated: C = schema.model_validate(data)
-                return validated
-            except ValueError as exc:  # pydantic.ValidationError is a ValueError
-                raise ConfigError(
-                    f"the recorded config of version {n} does not fit {schema.__name__}: {exc}"
-                ) from exc
+            import yaml
+
+            # Through the YAML loader so that migrations and the usual error messages apply.
+            text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+            validated: C = load_yaml_text(schema, text, source=f"{self.root} version {n} record")
+            return validated
         data = record.get("config")
         if isinstance(data, dict):
             return data
