@@ -44,7 +44,6 @@ from sqlalchemy import event, exc
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import URL, Connection, Engine, make_url
-from sqlalchemy.pool import NullPool
 
 from versionkit.backends.base import Backend, Record, redact_uri
 from versionkit.errors import (
@@ -98,6 +97,10 @@ _versions = sa.Table(
 # a forked child must never talk over its parent's sockets (see ``_engine_for``).
 _engines: dict[str, tuple[Engine, int]] = {}
 _ready: set[str] = set()  # engine keys whose table layout this process has checked
+# Pools inherited through fork(), kept referenced so their connections are never closed
+# (nor garbage-collected) in the child: that would end the parent's PostgreSQL sessions
+# or let SQLite tidy up a WAL file that the parent is still using.
+_inherited_pools: list[Any] = []
 _engines_lock = threading.Lock()
 
 _T = TypeVar("_T")
@@ -187,11 +190,9 @@ def _on_sqlite_begin(conn: Connection) -> None:
 
 def _create_engine(url: URL) -> Engine:
     if url.get_backend_name() == "sqlite":
-        # NullPool: no SQLite handle stays open between calls, so none is ever carried
-        # across fork() (SQLite forbids using one in the child), and open costs ~0.1 ms.
-        engine = sa.create_engine(
-            url, poolclass=NullPool, connect_args={"timeout": _LOCK_TIMEOUT_S}
-        )
+        # Pooled (QueuePool): reopening the file for every call costs ~5x per allocation,
+        # as the last close of a WAL database checkpoints it.
+        engine = sa.create_engine(url, connect_args={"timeout": _LOCK_TIMEOUT_S})
         event.listen(engine, "connect", _on_sqlite_connect)
         event.listen(engine, "begin", _on_sqlite_begin)
         return engine
@@ -222,8 +223,9 @@ def _engine_for(url: URL) -> tuple[str, Engine]:
         if cached is not None and cached[1] == pid:
             return key, cached[0]
         if cached is not None:
-            # Forked child: drop the parent's pooled connections without closing them
-            # (closing would end the parent's sessions); this process opens its own.
+            # Forked child: set the parent's pooled connections aside untouched; this
+            # process opens its own.
+            _inherited_pools.append(cached[0].pool)
             cached[0].dispose(close=False)
             engine = cached[0]
         else:
@@ -235,8 +237,12 @@ def _engine_for(url: URL) -> tuple[str, Engine]:
 def _dispose_engine(key: str) -> None:
     with _engines_lock:
         cached = _engines.pop(key, None)
-    if cached is not None:
-        cached[0].dispose(close=cached[1] == os.getpid())
+    if cached is None:
+        return
+    engine, pid = cached
+    if pid != os.getpid():
+        _inherited_pools.append(engine.pool)
+    engine.dispose(close=pid == os.getpid())
 
 
 # -- errors -----------------------------------------------------------------------------
