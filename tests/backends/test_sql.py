@@ -28,7 +28,7 @@ from sqlalchemy.pool import NullPool
 from versionkit.backends import open_backend, resolve_backend_class
 from versionkit.backends import sql as sqlmod
 from versionkit.backends.base import Backend
-from versionkit.backends.sql import SCHEMA_VERSION, SQLBackend
+from versionkit.backends.sql import SCHEMA_VERSION, SQLBackend, SQLURIError
 from versionkit.errors import (
     BackendError,
     CorruptStateError,
@@ -458,10 +458,11 @@ def test_postgres_scheme_is_an_alias_that_uses_psycopg(tmp_path: Path) -> None:
 )
 def test_bad_uris_say_what_was_expected(tmp_path: Path, uri: str, expected: str) -> None:
     uri = uri.replace("{tmp}", str(tmp_path))
-    with pytest.raises(BackendError, match="registry") as info:
+    with pytest.raises(SQLURIError, match="registry") as info:
         SQLBackend(uri, tmp_path, "exp")
     assert expected in str(info.value)
     assert "\n" not in str(info.value)
+    assert isinstance(info.value, (BackendError, ValueError)) and info.value.exit_code == 2
 
 
 def test_a_sqlite_file_that_is_not_a_database_is_corrupt_state(tmp_path: Path) -> None:
@@ -481,6 +482,7 @@ def test_an_unreachable_server_is_one_line_without_the_password(tmp_path: Path) 
     assert message.startswith("cannot connect to SQL registry postgresql://postgres:***@127.0.0.1:")
     assert "refused" in message.lower()
     assert "s3cr3t-pw" not in message and "\n" not in message
+    assert info.value.exit_code == 1  # not a usage mistake: the server is down
 
 
 @pytest.mark.postgres

@@ -54,7 +54,7 @@ from versionkit.errors import (
     VersionNotFoundError,
 )
 
-__all__ = ["SCHEMA_VERSION", "TABLE_PREFIX", "SQLBackend"]
+__all__ = ["SCHEMA_VERSION", "TABLE_PREFIX", "SQLBackend", "SQLURIError"]
 
 #: Version of the table layout this code writes; a database at a higher one is refused.
 SCHEMA_VERSION = 1
@@ -106,6 +106,12 @@ _engines_lock = threading.Lock()
 _T = TypeVar("_T")
 
 
+class SQLURIError(BackendError, ValueError):
+    """A registry URI that cannot name a SQL registry (a usage mistake: CLIs exit 2)."""
+
+    exit_code = 2
+
+
 # -- URIs -------------------------------------------------------------------------------
 
 
@@ -116,13 +122,13 @@ def _parse_uri(uri: str) -> tuple[URL, str | None]:
     try:
         url = make_url(uri)
     except (exc.ArgumentError, ValueError) as err:
-        raise BackendError(f"invalid registry URI {shown!r}: {expected}") from err
+        raise SQLURIError(f"invalid registry URI {shown!r}: {expected}") from err
     backend, _, driver = url.drivername.partition("+")
     backend = backend.lower()
     if backend == "postgres":
         backend = "postgresql"
     if backend not in ("sqlite", "postgresql"):
-        raise BackendError(f"invalid registry URI {shown!r}: {expected}")
+        raise SQLURIError(f"invalid registry URI {shown!r}: {expected}")
     driver = driver or ("pysqlite" if backend == "sqlite" else "psycopg")
     url = url.set(drivername=f"{backend}+{driver}")
 
@@ -131,33 +137,34 @@ def _parse_uri(uri: str) -> tuple[URL, str | None]:
     if experiment is None and any(key == "experiment" for key, _ in raw_query):
         experiment = ""  # SQLAlchemy drops blank values; an empty name is still a mistake
     if isinstance(experiment, tuple):
-        raise BackendError(f"registry URI {shown!r} gives ?experiment= more than once")
+        raise SQLURIError(f"registry URI {shown!r} gives ?experiment= more than once")
     if experiment is not None and not experiment.strip():
-        raise BackendError(f"registry URI {shown!r} has an empty ?experiment= name")
+        raise SQLURIError(f"registry URI {shown!r} has an empty ?experiment= name")
     url = url.difference_update_query(["experiment"])
 
     if backend == "sqlite":
         database = url.database or ""
         if database in ("", ":memory:") or database.startswith("file:"):
-            raise BackendError(
+            raise SQLURIError(
                 f"registry URI {shown!r} names no SQLite file (an in-memory database is not "
                 f"shared between processes); use sqlite:///path/registry.db, or memory:// "
                 f"for a registry that lives only in this process"
             )
         path = Path(database).expanduser()
         if path.is_dir():
-            raise BackendError(
+            raise SQLURIError(
                 f"SQLite registry {shown!r}: {path} is a folder; name a file such as "
                 f"{path / 'registry.db'}"
             )
         if not path.parent.is_dir():
-            raise BackendError(
-                f"SQLite registry {shown!r}: folder {path.parent} does not exist; create it "
-                f"first (mkdir -p {path.parent})"
+            folder = path.parent.absolute()
+            raise SQLURIError(
+                f"SQLite registry {shown!r}: folder {folder} does not exist; create it "
+                f"first (mkdir -p {folder})"
             )
         url = url.set(database=str(path))
     elif not url.database:
-        raise BackendError(f"registry URI {shown!r} names no database: {expected}")
+        raise SQLURIError(f"registry URI {shown!r} names no database: {expected}")
     return url, experiment
 
 
@@ -297,8 +304,9 @@ class SQLBackend(Backend):
             experiment folder's resolved path).
 
     Raises:
-        BackendError: the URI is malformed, names no database, or a SQLite file whose
-            folder does not exist. Connection problems surface on first use.
+        SQLURIError: the URI is malformed, names no database, or a SQLite file whose
+            folder does not exist. Connection problems (``BackendError``) surface on
+            first use.
     """
 
     schemes: ClassVar[tuple[str, ...]] = ("sqlite", "postgresql", "postgres")
