@@ -90,7 +90,8 @@ class DataConfig(ConfigSection):
     @model_validator(mode="after")
     def _path_for_folder(self) -> DataConfig:
         if self.dataset == "folder" and self.path is None:
-            raise FieldError("dataset 'folder' needs data.path (the image folder)", "path")
+            raise FieldError("dataset 'folder' needs data.path, the image folder", "path",
+                             "dataset")
         return self
 
 
@@ -156,6 +157,7 @@ class ModelConfig(ConfigSection):
                     f"{name} needs one entry per level of img_size_list ({levels}), "
                     f"given {len(values)}: {values}",
                     name,
+                    "img_size_list",
                 )
         if len(self.generator_type_list) != levels - 1:
             raise FieldError(
@@ -163,6 +165,7 @@ class ModelConfig(ConfigSection):
                 f"({levels - 1}), given {len(self.generator_type_list)}: "
                 f"{self.generator_type_list}",
                 "generator_type_list",
+                "img_size_list",
             )
         pairs = zip(self.embed_dim_list, self.num_heads_list, strict=True)
         for i, (dim, heads) in enumerate(pairs):

@@ -65,7 +65,7 @@ def _suggest(name: str, index: LeafIndex, controls: Sequence[ControlFlag]) -> st
         head = name.rsplit(".", 1)[0]
         if head in index.sections:
             names += [f"{head}.{f}" for f in index.sections[head].model_fields]
-    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    close = difflib.get_close_matches(name, list(dict.fromkeys(names)), n=3, cutoff=0.6)
     if not close:
         return ""
     return "; did you mean " + " or ".join(f"--{c}" for c in close) + "?"

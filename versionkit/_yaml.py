@@ -488,7 +488,9 @@ def emit(value: dict[str, Any], header: Sequence[str] = ()) -> str:
     out: list[str] = []
     for line in header:
         for part in str(line).splitlines() or [""]:
-            out.append(f"# {part}".rstrip())
+            # a comment cannot hold control characters; show them escaped instead
+            text = "".join(ch if ch == "\t" or ch in '"\\' else _escape_char(ch) for ch in part)
+            out.append(f"# {text}".rstrip())
     if value:
         _emit_map(value, 0, out)
     else:
