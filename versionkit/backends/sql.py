@@ -28,9 +28,12 @@ out once, even when rows are deleted later or a client dies mid-way.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
+import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -175,12 +178,18 @@ def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     # SQLAlchemy emits BEGIN itself (see _on_sqlite_begin): the sqlite3 module's own
     # implicit transactions would start deferred ones, which fail with "database is
     # locked" instead of waiting when they later need to write.
+    if sys.version_info >= (3, 12):
+        # Legacy control, where isolation_level=None means "BEGIN is ours" but commit()
+        # still commits (with autocommit=True it would silently do nothing).
+        dbapi_connection.autocommit = sqlite3.LEGACY_TRANSACTION_CONTROL
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute(f"PRAGMA busy_timeout = {int(_LOCK_TIMEOUT_S * 1000)}")
-        # WAL: readers (versionkit list, a dashboard) never block the writers.
-        cursor.execute("PRAGMA journal_mode = WAL")
+        # WAL: readers (versionkit list, a dashboard) never block the writers. Best
+        # effort: a read-only file or folder keeps its rollback journal and still works.
+        with contextlib.suppress(sqlite3.OperationalError):
+            cursor.execute("PRAGMA journal_mode = WAL")
         # FULL: every commit is fsynced, so a number handed out survives power loss.
         cursor.execute("PRAGMA synchronous = FULL")
     finally:
