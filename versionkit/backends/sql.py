@@ -337,18 +337,19 @@ class SQLBackend(Backend):
 
     # -- connection plumbing ---------------------------------------------------------
 
-    def _engine(self) -> tuple[str, Engine]:
+    def _engine(self) -> Engine:
         if self._closed:
             raise BackendError(f"{self.describe()} was closed; open a new Registry to use it")
         key, engine = _engine_for(self._url)
         if key not in _ready:
             self._setup(engine)
             _ready.add(key)
-        return key, engine
+        return engine
 
     @contextmanager
     def _transaction(self, engine: Engine, *, write: bool) -> Iterator[Connection]:
-        wait_ms = int(self.lock_timeout * 1000) if self.lock_timeout >= 0 else None
+        # Negative or huge (inf): wait as long as the database allows.
+        wait_ms = int(self.lock_timeout * 1000) if 0 <= self.lock_timeout < 1e6 else None
         with engine.connect() as conn:
             if write:
                 conn.execution_options(versionkit_write=True)
@@ -402,8 +403,7 @@ class SQLBackend(Backend):
         last: exc.SQLAlchemyError | None = None
         for attempt in range(_ATTEMPTS if retry else 1):
             try:
-                _key, engine = self._engine()
-                return body(engine)
+                return body(self._engine())
             except VersionkitError:
                 raise
             except exc.SQLAlchemyError as err:
