@@ -1,0 +1,292 @@
+"""The ``versionkit`` command line: output shapes, human tables, errors and exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from versionkit.backends.memory import MemoryBackend
+from versionkit.cli import main
+from versionkit.registry import Registry
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return tmp_path / "outputs" / "exp"
+
+
+def make_ckpt(reg: Registry, n: int, name: str) -> Path:
+    path = reg.checkpoint_dir(n) / name
+    path.write_bytes(b"x")
+    return path
+
+
+def test_allocate_creates_root_and_prints_json(
+    capsys: pytest.CaptureFixture[str], root: Path
+) -> None:
+    code, out, _ = run(capsys, "allocate", str(root), "--json", "--seed", "5")
+    assert code == 0
+    data = json.loads(out)
+    assert data["version"] == 0 and data["status"] == "running"
+    assert Path(data["checkpoint_dir"]).is_dir() and Path(data["log_dir"]).is_dir()
+    code, out, _ = run(capsys, "allocate", str(root))
+    assert code == 0
+    assert out.splitlines() == [
+        "✓ Experiment version: 1",
+        f"✓ Checkpoint dir: {root / 'checkpoints' / 'version_1'}",
+        f"✓ Log dir: {root / 'logs' / 'version_1'}",
+    ]
+    info = Registry(root).get(0)
+    assert info.seed == 5 and info.record["allocated_by"] == "versionkit allocate"
+    assert not info.is_dead, "the calling shell (this test process) is still alive"
+
+
+def test_list_json_and_table(capsys: pytest.CaptureFixture[str], root: Path) -> None:
+    root.mkdir(parents=True)
+    code, out, _ = run(capsys, "list", str(root), "--json")
+    assert (code, json.loads(out)) == (0, [])
+    code, out, _ = run(capsys, "list", str(root))
+    assert code == 0 and out.strip() == f"no versions in {root}"
+
+    reg = Registry(root)
+    for _ in range(3):
+        reg.allocate(config={"lr": 0.1})
+    reg.set_status(0, "completed")
+    reg.log_metrics(0, {"val_loss": 0.25}, step=10)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    reg.update(2, pid=dead.pid)
+    (root / "logs" / "version_7").mkdir()
+
+    code, out, _ = run(capsys, "list", str(root), "--json")
+    rows = json.loads(out)
+    assert code == 0
+    assert [(r["version"], r["status"]) for r in rows] == [
+        (0, "completed"),
+        (1, "running"),
+        (2, "dead"),
+        (7, "untracked"),
+    ]
+    assert rows[0]["metrics"] == {"val_loss": 0.25} and rows[2]["recorded_status"] == "running"
+
+    code, out, _ = run(capsys, "list", str(root))
+    lines = out.splitlines()
+    assert code == 0 and lines[0].split()[:3] == ["VERSION", "STATUS", "CREATED"]
+    assert [line.split()[:2] for line in lines[1:]] == [
+        ["0", "completed"],
+        ["1", "running"],
+        ["2", "dead"],
+        ["7", "untracked"],
+    ]
+    assert "val_loss=0.25" in lines[1]
+
+
+def test_show(capsys: pytest.CaptureFixture[str], root: Path) -> None:
+    reg = Registry(root)
+    n = reg.allocate(config={"a": 1}, command=["train.py", "--a", "1"], seed=3).version
+    make_ckpt(reg, n, "step_00000010-val_loss_0.5000.ckpt")
+    code, out, _ = run(capsys, "show", str(root), "0")
+    assert code == 0
+    assert "command         train.py --a 1" in out and "seed            3" in out
+    assert "step_00000010-val_loss_0.5000.ckpt" in out and "val_loss=0.5" in out
+    code, out, _ = run(capsys, "show", str(root), "0", "--json")
+    data = json.loads(out)
+    assert data["version"] == 0 and data["config"] == {"a": 1}
+    assert data["checkpoint_files"][0]["metrics"] == {"val_loss": 0.5}
+
+
+def test_best(capsys: pytest.CaptureFixture[str], root: Path) -> None:
+    reg = Registry(root)
+    for _ in range(2):
+        reg.allocate()
+    make_ckpt(reg, 0, "step_00000100-val_loss_0.3000.ckpt")
+    good = make_ckpt(reg, 1, "step_00000200-val_loss_0.2000.ckpt")
+    acc = make_ckpt(reg, 1, "last.ckpt")
+    reg.add_checkpoint(1, acc, step=250, metrics={"acc": 0.9})
+    code, out, _ = run(capsys, "best", str(root), "--json")
+    data = json.loads(out)
+    assert code == 0
+    assert (data["path"], data["version"], data["step"], data["val_loss"]) == (
+        str(good),
+        1,
+        200,
+        0.2,
+    )
+    code, out, _ = run(capsys, "best", str(root), "--metric", "acc", "--mode", "max", "--json")
+    assert json.loads(out)["path"] == str(acc)
+    code, out, _ = run(capsys, "best", str(root))
+    assert code == 0 and out.splitlines()[0] == "best val_loss (min): 0.2"
+    assert f"path: {good}" in out
+    code, out, _ = run(capsys, "best", str(root), "--version", "0", "--json")
+    assert json.loads(out)["version"] == 0
+    code, _, err = run(capsys, "best", str(root), "--metric", "bleu")
+    assert code == 1 and "no existing checkpoint" in one_error_line(err)
+    code, _, err = run(capsys, "best", str(root), "--mode", "lowest")
+    assert code == 2 and "invalid choice" in err
+
+
+def test_diff(capsys: pytest.CaptureFixture[str], root: Path) -> None:
+    pytest.importorskip("versionkit.config")
+    reg = Registry(root)
+    reg.allocate(config={"optim": {"lr": 0.1}, "seed": 0, "old": 1})
+    reg.allocate(config={"optim": {"lr": 0.2}, "seed": 0, "new": True})
+    code, out, _ = run(capsys, "diff", str(root), "0", "1", "--json")
+    assert code == 0
+    assert json.loads(out) == {
+        "optim.lr": {"old": 0.1, "new": 0.2},
+        "old": {"old": 1},
+        "new": {"new": True},
+    }
+    code, out, _ = run(capsys, "diff", str(root), "0", "1")
+    assert out.splitlines() == [
+        "optim.lr: 0.1 -> 0.2",
+        "old: 1 -> (missing)",
+        "new: (missing) -> true",
+    ]
+    code, out, _ = run(capsys, "diff", str(root), "1", "1")
+    assert code == 0 and "same config" in out
+
+
+def test_repair(capsys: pytest.CaptureFixture[str], root: Path) -> None:
+    reg = Registry(root)
+    for _ in range(2):
+        reg.allocate()
+    code, out, _ = run(capsys, "repair", str(root))
+    assert code == 0 and "nothing to repair" in out and "next version number: 2" in out
+    (root / ".versionkit" / "next.json").write_text("{")
+    code, _, err = run(capsys, "allocate", str(root))
+    line = one_error_line(err)
+    assert code == 1 and "corrupt" in line and f"versionkit repair {root}" in line
+    code, out, _ = run(capsys, "repair", str(root), "--json")
+    report = json.loads(out)
+    assert code == 0 and report["next_number"] == 2 and report["actions"]
+    code, out, _ = run(capsys, "allocate", str(root), "--json")
+    assert json.loads(out)["version"] == 2
+
+
+def test_schema(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("versionkit.config")
+    (tmp_path / "my_schema_mod.py").write_text(
+        textwrap.dedent(
+            """
+        from versionkit.config import ConfigModel
+
+        class Cfg(ConfigModel):
+            lr: float = 0.1
+            steps: int = 10
+
+        NotASchema = dict
+        """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code, out, _ = run(capsys, "schema", "my_schema_mod:Cfg")
+    schema = json.loads(out)
+    assert code == 0 and "$schema" in schema
+    assert {"lr", "steps", "schema_version"} <= set(schema["properties"])
+    for target, expected in [
+        ("my_schema_mod", "expected MODULE:Class"),
+        ("no_such_module_xyz:Cfg", "cannot import module 'no_such_module_xyz'"),
+        ("my_schema_mod:Missing", "has no attribute 'Missing'"),
+        ("my_schema_mod:NotASchema", "is not a versionkit ConfigModel"),
+    ]:
+        code, _, err = run(capsys, "schema", target)
+        assert code == 2 and expected in one_error_line(err)
+
+
+def test_bad_input_errors(capsys: pytest.CaptureFixture[str], root: Path) -> None:
+    code, _, err = run(capsys, "list", str(root))
+    assert code == 2 and f"experiment root {root} does not exist" in one_error_line(err)
+    Registry(root).allocate()
+    code, _, err = run(capsys, "list", str(root), "--backend", "nosuch://x")
+    line = one_error_line(err)
+    assert code == 2 and "'nosuch' is not one of" in line and "file" in line and "memory" in line
+    code, _, err = run(capsys, "show", str(root), "5")
+    assert code == 1 and "version 5 does not exist" in one_error_line(err)
+    for bad in ("-1", "../0", "1.5", "0x1"):
+        code, _, err = run(capsys, "show", str(root), bad)
+        assert code == 2 and "expected a version number" in err
+    code, _, err = run(capsys, "show", str(root / ".versionkit" / "next.json"), "0")
+    assert code == 2 and "is not a folder" in one_error_line(err)
+    code, _, err = run(capsys)
+    assert code == 2 and "required" in err
+    code, out, _ = run(capsys, "--help")
+    assert code == 0 and "allocate" in out
+
+
+def test_backend_from_environment(
+    capsys: pytest.CaptureFixture[str], root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VERSIONKIT_BACKEND", "memory://clitest")
+    try:
+        for expected in (0, 1):
+            code, out, _ = run(capsys, "allocate", str(root), "--json")
+            assert json.loads(out)["version"] == expected
+        assert not (root / ".versionkit").exists()
+        code, out, _ = run(capsys, "list", str(root), "--json", "--backend", "file")
+        assert code == 0
+        assert [r["status"] for r in json.loads(out)] == ["untracked", "untracked"]
+    finally:
+        MemoryBackend.reset("clitest")
+
+
+def test_whole_process_list_stays_light(tmp_path: Path) -> None:
+    reg = Registry(tmp_path / "exp")
+    for _ in range(20):
+        reg.allocate(config={"x": 1})
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from versionkit.cli import main
+        rc = main(["list", {str(reg.root)!r}])
+        heavy = [m for m in ("torch", "pydantic", "yaml", "sqlalchemy") if m in sys.modules]
+        print("RESULT", rc, heavy)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+        check=True,
+    )
+    assert done.stdout.splitlines()[-1] == "RESULT 0 []"
+    assert len(done.stdout.splitlines()) == 22
+
+
+def test_module_entry_point_exit_codes(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "versionkit.cli", "show", str(tmp_path), "3"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert (
+        done.stderr.strip() == f"error: version 3 does not exist in {tmp_path} "
+        "(it has no versions yet)"
+    )
