@@ -17,11 +17,19 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from versionkit._types import Leaf, LeafIndex, convert_flag, describe_type, is_bool, leaf_index
-from versionkit._yaml import flow
+from versionkit._emit import flow, format_str, to_plain
+from versionkit._types import (
+    Leaf,
+    LeafIndex,
+    convert_flag,
+    describe_type,
+    is_bool,
+    leaf_index,
+    make_coercer,
+)
 from versionkit.errors import ConfigError
 
-__all__ = ["ControlFlag", "ParsedArgs", "format_help", "parse_args"]
+__all__ = ["ControlFlag", "ParsedArgs", "config_flags", "format_help", "parse_args"]
 
 _TRUE_WORDS = frozenset({"true", "True", "TRUE"})
 _FALSE_WORDS = frozenset({"false", "False", "FALSE"})
@@ -208,8 +216,6 @@ def _default_text(leaf: Leaf) -> str:
         return "(computed)"
     if info.default is PydanticUndefined:
         return "(required)"
-    from versionkit.config import to_plain  # local: config imports this module
-
     try:
         return flow(to_plain(info.default))
     except TypeError:
@@ -258,3 +264,49 @@ def format_help(
             lines += textwrap.wrap(leaf.info.description, width, initial_indent=indent,
                                    subsequent_indent=indent)
     return "\n".join(lines) + "\n"
+
+
+_UNREADABLE = object()
+
+
+def _flag_text(tp: Any, value: Any) -> str:
+    if value is None:
+        return "null"
+    plain = to_plain(value)
+    if isinstance(plain, str):
+        try:
+            back = convert_flag(tp, plain, "--x")
+        except ConfigError:
+            back = _UNREADABLE
+        coercer = make_coercer(tp)
+        if coercer is not None:
+            back = coercer(back)
+        if type(back) is type(value) and back == value:
+            return plain  # raw text reads back as itself (str, path, enum, literal)
+    if isinstance(plain, str):
+        return format_str(plain) if format_str(plain).startswith('"') else f'"{plain}"'
+    return flow(plain)
+
+
+def config_flags(config: BaseModel) -> list[str]:
+    """Flags (``--a.b=VALUE``) that :func:`parse_args` reads back into ``config``."""
+    index = leaf_index(type(config))
+    flags: list[str] = []
+    nulled: list[tuple[str, ...]] = []
+    for dotted, section in index.sections.items():
+        del section
+        value: Any = config
+        path = tuple(dotted.split("."))
+        for part in path:
+            value = None if value is None else getattr(value, part)
+        if value is None and not any(path[: len(p)] == p for p in nulled):
+            nulled.append(path)
+            flags.append(f"--{dotted}=null")
+    for leaf in index.leaves.values():
+        if any(leaf.path[: len(p)] == p for p in nulled):
+            continue
+        value = config
+        for part in leaf.path:
+            value = getattr(value, part)
+        flags.append(f"--{leaf.dotted}={_flag_text(leaf.annotation, value)}")
+    return flags

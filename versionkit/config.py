@@ -18,28 +18,20 @@ Example::
 from __future__ import annotations
 
 import copy
-import difflib
-import enum
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePath
-from typing import Any, ClassVar, Generic, TypeVar, get_args, get_origin
+from pathlib import Path
+from typing import Any, ClassVar, Generic, TypeVar, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from versionkit._flags import ControlFlag, format_help, parse_args
-from versionkit._types import (
-    Coercer,
-    convert_flag,
-    item_type,
-    leaf_index,
-    loc_text,
-    make_coercer,
-    model_of,
-    strip,
-)
-from versionkit._yaml import MAX_BYTES, Loc, Mark, emit, flow, format_str, parse_yaml
+from versionkit._emit import emit, to_plain
+from versionkit._flags import ControlFlag, config_flags, format_help, parse_args
+from versionkit._migrate import migrate, register_migration
+from versionkit._report import Sources, validate
+from versionkit._types import Coercer, make_coercer, strip
+from versionkit._yaml import MAX_BYTES, Loc, Mark, parse_yaml
 from versionkit.errors import ConfigError
 
 __all__ = [
@@ -62,7 +54,6 @@ __all__ = [
 ]
 
 C = TypeVar("C", bound="ConfigModel")
-F = TypeVar("F", bound=Callable[[dict[str, Any]], dict[str, Any]])
 
 
 class _Missing:
@@ -207,107 +198,11 @@ class ConfigModel(ConfigSection):
         if not isinstance(data, dict):
             return data
         if data.get("schema_version", cls.SCHEMA_VERSION) != cls.SCHEMA_VERSION:
-            data = _migrate(cls, data, cls.__name__)
+            data = migrate(cls, data, cls.__name__)
         return _coerce(cls, data)
 
 
-# ---------------------------------------------------------------- migrations
-
-_MIGRATIONS: dict[type[ConfigModel], dict[int, Callable[[dict[str, Any]], dict[str, Any]]]] = {}
-
-
-def register_migration(schema: type[ConfigModel], from_version: int) -> Callable[[F], F]:
-    """Register ``fn(data) -> data`` that turns a ``from_version`` config of ``schema``
-    into a ``from_version + 1`` one (it receives a deep copy of the plain dict).
-
-    Example::
-
-        @register_migration(TrainConfig, 1)
-        def rename_lr(data):
-            data["optim"]["base_lr"] = data["optim"].pop("blr")
-            return data
-    """
-    if from_version < 1:
-        raise ValueError(f"from_version must be >= 1, given {from_version}")
-
-    def decorate(fn: F) -> F:
-        table = _MIGRATIONS.setdefault(schema, {})
-        if from_version in table:
-            raise ValueError(
-                f"a migration of {schema.__name__} from version {from_version} is already "
-                f"registered ({table[from_version].__name__})"
-            )
-        table[from_version] = fn
-        return fn
-
-    return decorate
-
-
-def _migrate(schema: type[ConfigModel], data: dict[str, Any], source: str) -> dict[str, Any]:
-    current = schema.SCHEMA_VERSION
-    version = data.get("schema_version", current)
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise ConfigError(
-            f"{source}: schema_version: expected a positive integer, given {version!r}"
-        )
-    if version > current:
-        raise ConfigError(
-            f"{source}: schema_version {version} is newer than this program's "
-            f"{schema.__name__} (version {current}); upgrade the program or use a config "
-            f"written for version {current}"
-        )
-    table = _MIGRATIONS.get(schema, {})
-    while version < current:
-        fn = table.get(version)
-        if fn is None:
-            raise ConfigError(
-                f"{source}: this config has schema_version {version} but {schema.__name__} "
-                f"is at version {current}, and no migration from version {version} is "
-                "registered"
-            )
-        data = fn(copy.deepcopy(data))
-        if not isinstance(data, dict):
-            raise TypeError(f"migration {fn.__name__} returned {type(data).__name__}, not dict")
-        version += 1
-        data["schema_version"] = version
-    return data
-
-
 # ---------------------------------------------------------------- plain values, dump
-
-
-def to_plain(value: Any) -> Any:
-    """Turn a config (or any value in one) into plain YAML data: dicts in field order,
-    lists, str, int, float, bool, None. Paths become strings, enums their values,
-    tuples lists, sets sorted lists, dict keys sorted."""
-    if isinstance(value, BaseModel):
-        return {name: to_plain(getattr(value, name)) for name in type(value).model_fields}
-    if value is None or type(value) in (bool, int, float, str):
-        return value
-    if isinstance(value, enum.Enum):
-        return to_plain(value.value)
-    if isinstance(value, bool):
-        return bool(value)
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float):
-        return float(value)
-    if isinstance(value, str):
-        return str(value)
-    if isinstance(value, PurePath):
-        return str(value)
-    if isinstance(value, (list, tuple)):
-        return [to_plain(v) for v in value]
-    if isinstance(value, (set, frozenset)):
-        return sorted((to_plain(v) for v in value), key=flow)
-    if isinstance(value, Mapping):
-        items = []
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise TypeError(f"config mapping keys must be strings, got {key!r}")
-            items.append((key, to_plain(item)))
-        return dict(sorted(items))
-    raise TypeError(f"cannot write a {type(value).__name__} to a config: {value!r}")
 
 
 def dump_config(config: ConfigModel, *, header: Sequence[str] = ()) -> str:
@@ -364,184 +259,16 @@ def diff_configs(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, tuple[
     return out
 
 
-_NULL_WORDS = frozenset({"null", "Null", "NULL", "~"})
-
-
-def _flag_text(tp: Any, value: Any) -> str:
-    if value is None:
-        return "null"
-    plain = to_plain(value)
-    if isinstance(plain, str):
-        try:
-            back = convert_flag(tp, plain, "--x")
-        except ConfigError:
-            back = MISSING
-        coercer = make_coercer(tp)
-        if coercer is not None:
-            back = coercer(back)
-        if type(back) is type(value) and back == value:
-            return plain  # raw text reads back as itself (str, path, enum, literal)
-    if isinstance(plain, str):
-        return format_str(plain) if format_str(plain).startswith('"') else f'"{plain}"'
-    return flow(plain)
-
-
 def config_to_flags(config: ConfigModel) -> list[str]:
-    """Flags (``--a.b=VALUE``) that, parsed by :func:`load_config`, rebuild ``config``."""
-    index = leaf_index(type(config))
-    flags: list[str] = []
-    nulled: list[tuple[str, ...]] = []
-    for dotted, section in index.sections.items():
-        del section
-        value: Any = config
-        path = tuple(dotted.split("."))
-        for part in path:
-            value = None if value is None else getattr(value, part)
-        if value is None and not any(path[: len(p)] == p for p in nulled):
-            nulled.append(path)
-            flags.append(f"--{dotted}=null")
-    for leaf in index.leaves.values():
-        if any(leaf.path[: len(p)] == p for p in nulled):
-            continue
-        value = config
-        for part in leaf.path:
-            value = getattr(value, part)
-        flags.append(f"--{leaf.dotted}={_flag_text(leaf.annotation, value)}")
-    return flags
+    """Flags (``--a.b=VALUE``, one per leaf) that :func:`load_config` parses back into
+    exactly ``config``; a ``None`` optional section is ``--section=null``."""
+    return config_flags(config)
 
 
 def json_schema(schema: type[ConfigModel]) -> dict[str, Any]:
     """JSON Schema (draft 2020-12) of a config schema, for editors and validators."""
     body = schema.model_json_schema(mode="validation")
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", **body}
-
-
-# ---------------------------------------------------------------- errors
-
-
-@dataclass
-class _Sources:
-    file: str | None
-    locs: dict[Loc, Mark]
-    flags: dict[tuple[str, ...], str]
-
-    def where(self, loc: Loc, *, leaf_len: int) -> str:
-        for k in range(len(loc), 0, -1):
-            flag = self.flags.get(loc[:k])  # type: ignore[arg-type]
-            if flag is not None:
-                return f"from flag {flag}"
-        for k in range(len(loc), -1, -1):
-            mark = self.locs.get(loc[:k])
-            if mark is not None and (k >= leaf_len or k == len(loc)):
-                return f"at {self.file}:{mark[0]}:{mark[1]}"
-            if mark is not None:
-                break
-        if self.file is not None and not self.locs:
-            return f"in {self.file}"
-        return "schema default"
-
-
-def _clean_loc(schema: type[BaseModel], raw: tuple[Any, ...]) -> tuple[Loc, type[BaseModel]]:
-    # pydantic's loc also names union members ('int', 'list[int]'); keep only the path.
-    out: list[str | int] = []
-    tp: Any = schema
-    owner: type[BaseModel] = schema
-    for part in raw:
-        model = model_of(tp) if tp is not None else None
-        if model is not None and isinstance(part, str):
-            owner = model
-            out.append(part)
-            info = model.model_fields.get(part)
-            tp = info.annotation if info is not None else None
-        elif isinstance(part, int):
-            out.append(part)
-            tp = item_type(tp, part) if tp is not None else None
-        elif tp is None or isinstance(strip(tp), type) or get_origin(strip(tp)) is dict:
-            out.append(part)
-            tp = item_type(tp, 0) if tp is not None else None
-    return tuple(out), owner
-
-
-def _given(value: Any) -> str:
-    if isinstance(value, (dict, BaseModel)):
-        return ""
-    try:
-        text = repr(value) if isinstance(value, str) else flow(to_plain(value))
-    except TypeError:
-        text = repr(value)
-    return f", given {text[:77] + '...' if len(text) > 80 else text}"
-
-
-def _expected(msg: str) -> str:
-    if msg.startswith("Input should be "):
-        return "expected " + msg[len("Input should be ") :]
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, ") :]
-    if msg.startswith("Assertion failed, "):
-        msg = msg[len("Assertion failed, ") :]
-    return msg[:1].lower() + msg[1:] if msg[:2] != msg[:2].upper() else msg
-
-
-def _did_you_mean(key: str, owner: type[BaseModel], schema: type[BaseModel]) -> str:
-    names = [n for n in owner.model_fields if not (owner is schema and n == "schema_version")]
-    close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
-    if close:
-        return f"; did you mean '{close[0]}'?"
-    index = leaf_index(schema)
-    elsewhere = [leaf.dotted for leaf in index.bare.get(key, [])]
-    elsewhere += [s for s in index.sections if s.rsplit(".", 1)[-1] == key]
-    if elsewhere:
-        return f"; did you mean '{elsewhere[0]}'?"
-    return f"; valid fields here: {', '.join(names)}"
-
-
-def _map_errors(exc: ValidationError, schema: type[BaseModel], src: _Sources) -> ConfigError:
-    lines: dict[str, list[str]] = {}
-    for err in exc.errors(include_url=False):
-        loc, owner = _clean_loc(schema, err["loc"])
-        kind = err["type"]
-        dotted = loc_text(loc)
-        leaf_len = max((i + 1 for i, p in enumerate(loc) if isinstance(p, str)), default=0)
-        if kind == "extra_forbidden":
-            text = (f"unknown field ({src.where(loc, leaf_len=leaf_len)})"
-                    f"{_did_you_mean(str(loc[-1]), owner, schema)}")
-        elif kind == "missing":
-            text = f"required field is missing ({src.where(loc[:-1], leaf_len=0)})"
-        else:
-            text = _expected(str(err["msg"]))
-            if kind not in ("value_error", "assertion_error") or not isinstance(
-                err.get("input"), (dict, BaseModel)
-            ):
-                text += _given(err.get("input"))
-            cause = (err.get("ctx") or {}).get("error")
-            fields = getattr(cause, "fields", ())
-            if fields:
-                parts = []
-                for f in fields:
-                    sub: Loc = (*loc, *f.split("."))
-                    parts.append(f"{loc_text(sub)}: {src.where(sub, leaf_len=len(sub))}")
-                text += f" ({'; '.join(parts)})"
-            else:
-                text += f" ({src.where(loc, leaf_len=leaf_len)})"
-        lines.setdefault(dotted, []).append(text)
-    out = []
-    for dotted, texts in lines.items():
-        if len(texts) > 1 and all(t.startswith("expected ") for t in texts):
-            # one value that matched none of a union's members
-            heads = [t.split(", given", 1)[0].split(" (", 1)[0] for t in texts]
-            tail = texts[0][len(heads[0]) :]
-            texts = [heads[0] + "".join(" or " + h[len("expected ") :] for h in heads[1:]) + tail]
-        out += [f"{dotted}: {t}" if dotted else t for t in texts]
-    if len(out) == 1:
-        return ConfigError(out[0])
-    return ConfigError(f"{len(out)} problems in the config:\n  " + "\n  ".join(out))
-
-
-def _validate(schema: type[C], data: dict[str, Any], src: _Sources) -> C:
-    try:
-        return schema.model_validate(data)
-    except ValidationError as exc:
-        raise _map_errors(exc, schema, src) from None
 
 
 # ---------------------------------------------------------------- loading
@@ -605,7 +332,7 @@ def _parse_text(
             "of config fields (key: value lines)"
         )
     if value.get("schema_version", schema.SCHEMA_VERSION) != schema.SCHEMA_VERSION:
-        value = _migrate(schema, value, source)
+        value = migrate(schema, value, source)
         locs = {k: v for k, v in locs.items() if len(k) <= 1}
     return value, locs
 
@@ -613,7 +340,7 @@ def _parse_text(
 def load_yaml_text(schema: type[C], text: str, *, source: str = "<config>") -> C:
     """Validate YAML text against ``schema`` (migrations applied)."""
     data, locs = _parse_text(schema, text, source)
-    return _validate(schema, data, _Sources(source, locs, {}))
+    return validate(schema, data, Sources(source, locs, {}))
 
 
 def load_yaml_config(schema: type[C], path: str | Path) -> C:
@@ -688,7 +415,7 @@ def load_config(
     for path, value, flag in parsed.overrides:
         data = _set_in(data, path, value)
         flag_src[path] = flag
-    config = _validate(schema, data, _Sources(
+    config = validate(schema, data, Sources(
         str(config_file) if config_file is not None else None, locs, flag_src))
     return LoadedConfig(config, config_file, text, parsed.flags, parsed.controls)
 
