@@ -39,7 +39,7 @@ def fb(tmp_path: Path) -> FileBackend:
 def test_state_layout(fb: FileBackend) -> None:
     fb.allocate(0, {"status": "running"})
     state = fb.root / ".versionkit"
-    assert json.loads((state / "next.json").read_text()) == {"next": 1}
+    assert json.loads((state / "next.json").read_text()) == {"next": 0}
     assert json.loads((state / "versions" / "0.json").read_text())["version"] == 0
     holder = (state / "lock.holder").read_text().split()
     assert holder[1] == str(os.getpid())
@@ -133,17 +133,17 @@ def test_record_ahead_of_counter_is_never_reused(fb: FileBackend) -> None:
     assert fb.allocate(0, {}) == 2
 
 
-def test_lost_counter_hint_is_recovered_from_records(fb: FileBackend) -> None:
-    # After a power loss the un-fsynced hint may fall back to the last durable value.
+def test_next_number_is_above_records_and_counter(fb: FileBackend) -> None:
+    # The records decide; next.json is a durable lower bound (raise_next_number, repair).
     for _ in range(5):
         fb.allocate(0, {})
     fb.counter_path.write_text('{"next": 1}')
     assert fb.allocate(0, {}) == 5
-    assert fb.allocate(20, {}) == 20  # a jump is written durably before its record
-    assert json.loads(fb.counter_path.read_text()) == {"next": 21}
-    fb.counter_path.write_text('{"next": 20}')
+    assert fb.allocate(20, {}) == 20
     assert fb.next_number() == 21
-    assert fb.allocate(0, {}) == 21
+    fb.raise_next_number(30)
+    assert json.loads(fb.counter_path.read_text()) == {"next": 30}
+    assert fb.allocate(0, {}) == 30
 
 
 def test_lock_timeout_names_lock_and_holder(fb: FileBackend) -> None:

@@ -14,11 +14,11 @@ file in the same folder, ``os.replace``), so a reader never sees half a file and
 locked.
 
 Durability (power loss) costs two fsyncs per allocation: the record file and its folder.
-The records are the truth; ``next.json`` is a durable lower bound plus a fast hint. A
-number that continues the sequence (N == the counter) only rewrites the hint, without
-fsync: should the hint be lost, the records from the last durable counter up are
-contiguous and durable, and allocation walks past every existing record. A jump (a floor
-above the counter, ``raise_next_number``) fsyncs the counter before the record is written.
+The record files are the truth: the next number is one above the highest record, or
+``next.json`` when that is higher (it is written, durably, when the registry is created,
+by ``raise_next_number`` and by ``repair``). Nothing is rewritten in place on the hot path:
+on ext4, replacing or truncating an existing file forces a flush of its data, which
+costs as much as an fsync.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ _COUNTER = "next.json"
 _RECORDS = "versions"
 _LOCK = "lock"
 _HOLDER = "lock.holder"
-_RECORD_NAME = re.compile(r"^(\d+)\.json$")
+_HOLDER_WIDTH = 160
 # filelock waits by polling a non-blocking flock; its 50 ms default turns 16 contending
 # processes into ~20 allocations/s. A hold lasts ~1 ms, so poll at about that scale.
 _POLL_INTERVAL = 0.002
@@ -198,30 +198,38 @@ class FileBackend(Backend):
                 f"cannot take the registry lock {self.lock_path}: {exc.strerror or exc}"
             ) from exc
         try:
-            # Diagnostic only (for the timeout message); not atomic, not fsynced.
-            with contextlib.suppress(OSError):
-                self.holder_path.write_text(
-                    f"{self._host} {os.getpid()} {time.time():.3f}\n", encoding="utf-8"
-                )
+            self._mark_holder()
             yield
         finally:
             lock.release()
 
-    def _next_unlocked(self) -> int:
+    def _mark_holder(self) -> None:
+        # Diagnostic only (for the timeout message), so not fsynced; written in place at a
+        # fixed width because truncating or replacing the file would force a flush.
+        line = f"{self._host} {os.getpid()} {time.time():.3f}"[: _HOLDER_WIDTH - 1]
+        with contextlib.suppress(OSError):
+            fd = os.open(self.holder_path, os.O_WRONLY | os.O_CREAT, 0o644)
+            try:
+                os.pwrite(fd, (line.ljust(_HOLDER_WIDTH - 1) + "\n").encode(), 0)
+            finally:
+                os.close(fd)
+
+    def _counter(self) -> int | None:
         counter = self._read_json(self.counter_path)
         if counter is None:
-            if self.records_dir.is_dir() and any(self._record_numbers()):
-                raise self._corrupt(self.counter_path, "missing while version records exist")
-            number = 0
-        else:
-            value = counter.get("next")
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise self._corrupt(self.counter_path, f"'next' is {value!r}, not an int >= 0")
-            number = value
-        # A record written just before a crash may be ahead of the counter: never reuse it.
-        while self._record_path(number).exists():
-            number += 1
-        return number
+            return None
+        value = counter.get("next")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise self._corrupt(self.counter_path, f"'next' is {value!r}, not an int >= 0")
+        return value
+
+    def _next_unlocked(self) -> tuple[int, bool]:
+        """(the next number, whether ``next.json`` exists)."""
+        numbers = self._record_numbers()
+        counter = self._counter()
+        if counter is None and numbers:
+            raise self._corrupt(self.counter_path, "missing while version records exist")
+        return max(counter or 0, numbers[-1] + 1 if numbers else 0), counter is not None
 
     def _record_numbers(self) -> list[int]:
         try:
@@ -230,18 +238,17 @@ class FileBackend(Backend):
             return []
         except OSError as exc:
             raise BackendError(f"cannot list {self.records_dir}: {exc.strerror or exc}") from exc
-        numbers = []
-        for name in entries:
-            match = _RECORD_NAME.match(name)
-            if match:
-                numbers.append(int(match.group(1)))
+        numbers = [
+            int(name[:-5])
+            for name in entries
+            if name.endswith(".json") and name[:-5].isdigit() and name[:-5].isascii()
+        ]
         numbers.sort()
         return numbers
 
-    def _write_counter(self, number: int, *, durable: bool = True) -> None:
-        _write_atomic(self.counter_path, _encode({"next": number}, "counter"), sync=durable)
-        if durable:
-            _fsync_dir(self.state_dir)
+    def _write_counter(self, number: int) -> None:
+        _write_atomic(self.counter_path, _encode({"next": number}, "counter"))
+        _fsync_dir(self.state_dir)
 
     def _write_record(self, number: int, record: Mapping[str, Any]) -> None:
         _write_atomic(self._record_path(number), _encode(record, f"record of version {number}"))
@@ -256,17 +263,14 @@ class FileBackend(Backend):
         data = dict(record)
         _encode(data, "record")
         with self._locked():
-            current = self._next_unlocked()
+            current, has_counter = self._next_unlocked()
             number = max(current, floor)
             data["version"] = number
             try:
-                if number != current or not self.counter_path.exists():
-                    # A jump (or the first number): the records alone cannot prove it
-                    # after a power loss, so make the counter durable first.
-                    self._write_counter(number)
+                if not has_counter:  # a new registry: from now on a missing counter is damage
+                    self._write_counter(0)
                 self._write_record(number, data)
                 _fsync_dir(self.records_dir)
-                self._write_counter(number + 1, durable=False)
             except OSError as exc:
                 raise self._wrap_os(exc) from exc
         return number
@@ -308,11 +312,11 @@ class FileBackend(Backend):
         self.modify(number, lambda record: {key: [*(record.get(key) or []), item]})
 
     def next_number(self) -> int:
-        return self._next_unlocked()
+        return self._next_unlocked()[0]
 
     def raise_next_number(self, at_least: int) -> int:
         with self._locked():
-            current = self._next_unlocked()
+            current = self._next_unlocked()[0]
             if at_least <= current:
                 return current
             try:
@@ -375,19 +379,16 @@ class FileBackend(Backend):
                         highest = max(highest, int(match.group(1)))
                 previous: int | None
                 try:
-                    counter = self._read_json(self.counter_path)
-                    value = None if counter is None else counter.get("next")
-                    ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
-                    if counter is not None and not ok:
-                        raise self._corrupt(self.counter_path, "bad 'next'")
-                    previous = value if ok else None
+                    counter = self._counter()
+                    previous = max(counter or 0, highest + 1)
                 except CorruptStateError:
                     kept = self._set_aside(self.counter_path)
                     actions.append(f"set aside unreadable counter (kept as {kept.name})")
-                    previous = None
-                target = max(highest + 1, floor, previous if previous is not None else 0)
-                if previous != target:
+                    counter = previous = None
+                target = max(highest + 1, floor, counter or 0)
+                if counter != target:
                     self._write_counter(target)
+                if previous != target:
                     actions.append(f"next number set to {target} (was {previous})")
                 _fsync_dir(self.records_dir)
                 _fsync_dir(self.state_dir)
