@@ -516,6 +516,7 @@ class SQLBackend(Backend):
                 f"{self.describe()}: the record of version {number} is a JSON "
                 f"{type(record).__name__}, not an object; nothing was changed"
             )
+        record["version"] = number
         return record
 
     def _not_found(self, number: int) -> VersionNotFoundError:
@@ -528,20 +529,20 @@ class SQLBackend(Backend):
     def allocate(self, floor: int, record: Mapping[str, Any]) -> int:
         _check_floor(floor, "allocate's floor")
         payload = dict(record)
-        _encode(payload, "record")
+        payload.pop("version", None)  # the number column is the truth; reads add it back
+        text = _encode(payload, "record")
         skip_to = 0  # set when a row already sits where the counter points
 
         def body(engine: Engine) -> int:
             nonlocal skip_to
             try:
+                if self._dialect == "postgresql" and self.lock_timeout == _LOCK_TIMEOUT_S:
+                    return self._allocate_in_one_statement(engine, max(floor, skip_to), text)
                 with self._transaction(engine, write=True) as conn:
                     number = max(self._lock_counter(conn), floor, skip_to)
-                    payload["version"] = number
                     conn.execute(
                         sa.insert(_versions).values(
-                            experiment=self.experiment,
-                            number=number,
-                            record=_encode(payload, "record"),
+                            experiment=self.experiment, number=number, record=text
                         )
                     )
                     self._set_counter(conn, number + 1)
@@ -559,6 +560,36 @@ class SQLBackend(Backend):
                 raise
 
         return self._run("allocate a version", body, retry=True)
+
+    def _allocate_in_one_statement(self, engine: Engine, floor: int, text: str) -> int:
+        """PostgreSQL: bump the counter and insert the record in one autocommitted statement.
+
+        The counter row stays locked only while the server runs the statement and
+        commits, never across a client round trip: with 16 writers queueing on that
+        one row, this is what sets the throughput.
+        """
+        at_least = sa.literal(floor, sa.BigInteger)
+        counter = (
+            pg_dialect.insert(_experiments)
+            .values(experiment=self.experiment, next_number=at_least + 1)
+            .on_conflict_do_update(
+                index_elements=[_experiments.c.experiment],
+                set_={"next_number": sa.func.greatest(_experiments.c.next_number, at_least) + 1},
+            )
+            .returning((_experiments.c.next_number - 1).label("number"))
+            .cte("counter")
+        )
+        statement = (
+            sa.insert(_versions)
+            .from_select(
+                ["experiment", "number", "record"],
+                sa.select(sa.literal(self.experiment), counter.c.number, sa.literal(text)),
+            )
+            .returning(_versions.c.number)
+        )
+        with engine.connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+            return int(conn.execute(statement).scalar_one())
 
     def get(self, number: int) -> Record | None:
         _check_number(number)
@@ -609,7 +640,7 @@ class SQLBackend(Backend):
                 if text is None:
                     raise self._not_found(number)
                 record = self._decode(number, text)
-                patch = change(json.loads(text))
+                patch = change(self._decode(number, text))
                 if not patch:
                     return
                 record.update(patch)
