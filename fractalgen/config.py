@@ -293,14 +293,14 @@ class TrainConfig(ConfigModel):
 CONTROLS: tuple[ControlFlag, ...] = (
     ControlFlag(
         "print_config",
-        "print the resolved config as YAML and exit",
+        "Print the resolved config as YAML and exit.",
         takes_value=False,
         default=False,
     ),
     ControlFlag(
         "resume",
-        "continue a run in the same version: a .ckpt file, a version folder, an experiment "
-        "root or 'latest'; its saved config.yaml is used unless --config is given",
+        "Continue a run in the same version: a .ckpt file, a version folder, an experiment "
+        "root or 'latest'. Its saved config.yaml is used unless --config is given.",
         takes_value=True,
         default=None,
     ),

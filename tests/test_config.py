@@ -215,8 +215,10 @@ def test_diff_configs_dotted_keys_and_missing() -> None:
         "only_b": (MISSING, None),
     }
     assert diff_configs(a, a) == {}
-    assert diff_configs({"x": 1}, {"x": 1.0}) == {"x": (1, 1.0)}
-    assert diff_configs({"x": float("nan")}, {"x": float("nan")}) == {}
+    assert diff_configs({"x": 1, "y": [1, 2.0]}, {"x": 1.0, "y": [1.0, 2]}) == {}
+    assert diff_configs({"x": 1}, {"x": True}) == {"x": (1, True)}
+    assert diff_configs({"x": "1"}, {"x": 1}) == {"x": ("1", 1)}
+    assert diff_configs({"x": [float("nan")]}, {"x": [float("nan")]}) == {}
     assert repr(MISSING) == "MISSING" and not MISSING
     assert pickle.loads(pickle.dumps(MISSING)) is MISSING
 

@@ -222,18 +222,24 @@ def test_help_lists_every_field_with_type_default_and_description(
     out = capsys.readouterr().out
     assert out.startswith("usage: train.py [--config FILE]")
     assert "Train a thing." in out
-    assert "--max_steps  int, default 100" in out and "Training steps." in out
+    assert "--max_steps  int >= 1, default 100\n        Training steps.\n" in out
     assert "--enc.dim (or --dropout)" not in out
     assert "--enc.dropout (or --dropout)  float, default 0.1" in out
-    assert "--enc.dim  int, default 64" in out  # 'dim' is ambiguous: no bare alias
+    assert "--enc.dim  int >= 1, default 64" in out  # 'dim' is ambiguous: no bare alias
+    assert "\nfields:\n  --name  str, default exp\n" in out
+    assert "--sizes  list[int], default [8, 2, 1]" in out
+    assert "--opt_dec=null" in out
     assert "--resume VALUE" in out and "--print_config" in out
     assert "--path  path | null, default null" in out
     assert "--betas  tuple[float, float], default [0.9, 0.95]" in out
 
 
-def test_help_short_form_and_bad_flags_after_it() -> None:
-    with pytest.raises(SystemExit):
-        load_config(Cfg, ["-h"])
+def test_help_wins_over_mistakes_elsewhere(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["-h"], ["--nope", "--help"], ["--max_steps", "x", "-h"]):
+        with pytest.raises(SystemExit) as info:
+            load_config(Cfg, argv)
+        assert info.value.code == 0
+        assert capsys.readouterr().out.startswith("usage: ")
 
 
 # ------------------------------------------------------------- one test per bad flag

@@ -72,6 +72,12 @@ class Rich(ConfigModel):
     inners: list[Inner] = Field(default_factory=list)
 
 
+# When an example fails, hypothesis imports libcst to write a patch, and libcst's use of
+# mypy_extensions.TypedDict warns; under filterwarnings=error that hides the real failure.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:mypy_extensions.TypedDict is deprecated:DeprecationWarning"
+)
+
 SPECIAL_FLOATS = [1e-4, 1e16, -0.0, 0.0, 5e-324, 1.7976931348623157e308, 0.1, 1e-7, 123456.0,
                   -1.5e-300, math.inf, -math.inf]
 floats = st.one_of(st.sampled_from(SPECIAL_FLOATS), st.floats(allow_nan=False))

@@ -22,6 +22,7 @@ from versionkit._types import (
     Leaf,
     LeafIndex,
     convert_flag,
+    describe_constraints,
     describe_type,
     is_bool,
     leaf_index,
@@ -117,13 +118,13 @@ def parse_args(
     by_name = {c.name: c for c in controls}
     out = ParsedArgs(controls={c.name: c.default for c in controls})
     args = list(argv)
+    if "-h" in args or "--help" in args:  # help wins over any mistake elsewhere on the line
+        out.help = True
+        return out
     i = 0
     while i < len(args):
         token = args[i]
         i += 1
-        if token in ("-h", "--help"):
-            out.help = True
-            continue
         if not token.startswith("--") or token == "--":
             if token.startswith("-") and len(token) > 1 and not token[1].isdigit():
                 raise ConfigError(
@@ -212,14 +213,13 @@ def parse_args(
 
 def _default_text(leaf: Leaf) -> str:
     info = leaf.info
-    if info.default_factory is not None:
-        return "(computed)"
-    if info.default is PydanticUndefined:
+    if info.default is PydanticUndefined and info.default_factory is None:
         return "(required)"
     try:
-        return flow(to_plain(info.default))
-    except TypeError:
-        return repr(info.default)
+        default = info.get_default(call_default_factory=True, validated_data={})
+        return flow(to_plain(default))
+    except Exception:  # a factory that needs other fields, or an odd value: still show help
+        return "(computed)"
 
 
 def format_help(
@@ -243,23 +243,29 @@ def format_help(
         "'[1, 2, 3]'. null sets None.",
         "",
         "program flags:",
-        "  --config FILE        YAML config file",
-        "  -h, --help           show this help and exit",
     ]
-    for control in controls:
-        head = f"  --{control.name}" + (" VALUE" if control.takes_value else "")
-        lines.append(f"{head:<21}{' ' if len(head) >= 21 else ''}{control.help}")
-    section = None
     indent = " " * 8
+    programs = [("--config FILE", "YAML config file."), ("-h, --help", "Show this help and exit.")]
+    programs += [(f"--{c.name}" + (" VALUE" if c.takes_value else ""), c.help) for c in controls]
+    for head, text in programs:
+        lines.append(f"  {head}")
+        lines += textwrap.wrap(text, width, initial_indent=indent, subsequent_indent=indent)
+    for dotted in sorted(index.nullable):
+        lines.append(f"  --{dotted}=null")
+        lines.append(f"{indent}Leave the optional section {dotted} out (set its fields to use it).")
+    section: str | None = "\0"  # no section yet
     for leaf in index.leaves.values():
         parent = ".".join(leaf.path[:-1]) or None
-        if parent != section or not lines[-1:]:
+        if parent != section:
             section = parent
             lines += ["", f"{parent}:" if parent else "fields:"]
         names = f"--{leaf.dotted}"
         if len(leaf.path) > 1 and len(index.bare.get(leaf.path[-1], ())) == 1:
             names += f" (or --{leaf.path[-1]})"
-        lines.append(f"  {names}  {describe_type(leaf.annotation)}, default {_default_text(leaf)}")
+        kind = describe_type(leaf.annotation)
+        bounds = describe_constraints(leaf.info.metadata)
+        kind = f"{kind} {bounds}" if bounds else kind
+        lines.append(f"  {names}  {kind}, default {_default_text(leaf)}")
         if leaf.info.description:
             lines += textwrap.wrap(leaf.info.description, width, initial_indent=indent,
                                    subsequent_indent=indent)

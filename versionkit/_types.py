@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -26,6 +26,7 @@ __all__ = [
     "Leaf",
     "LeafIndex",
     "convert_flag",
+    "describe_constraints",
     "describe_type",
     "is_bool",
     "item_type",
@@ -111,9 +112,27 @@ def _is_str_like(tp: Any) -> bool:
     return False
 
 
+_BOUNDS = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="),
+           ("min_length", "length >="), ("max_length", "length <="))
+
+
+def describe_constraints(metadata: Sequence[Any]) -> str:
+    """``"> 0, <= 1"`` from pydantic/annotated-types constraint objects."""
+    parts = []
+    for item in metadata:
+        for attr, symbol in _BOUNDS:
+            bound = getattr(item, attr, None)
+            if bound is not None:
+                parts.append(f"{symbol} {bound}")
+    return ", ".join(parts)
+
+
 def describe_type(tp: Any) -> str:
-    """Short human-readable type name: ``int``, ``list[int]``, ``'ar' | 'mar'``."""
-    tp = strip(tp)
+    """Short human-readable type name: ``int``, ``list[int > 0]``, ``'ar' | 'mar'``."""
+    if get_origin(tp) is Annotated:
+        bounds = describe_constraints(get_args(tp)[1:])
+        inner = describe_type(get_args(tp)[0])
+        return f"{inner} {bounds}" if bounds else inner
     union = _union_args(tp)
     if union is not None:
         args, nullable = union

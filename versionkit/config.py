@@ -233,10 +233,14 @@ def _flatten(value: Mapping[str, Any], prefix: str, out: dict[str, Any]) -> None
 
 
 def _same(x: Any, y: Any) -> bool:
+    numbers = (int, float)
+    if isinstance(x, numbers) and isinstance(y, numbers) and not isinstance(x, bool) \
+            and not isinstance(y, bool):
+        return bool(x == y) or (x != x and y != y)  # 1 == 1.0; NaN equals NaN here
+    if isinstance(x, list) and isinstance(y, list):
+        return len(x) == len(y) and all(_same(a, b) for a, b in zip(x, y, strict=True))
     if type(x) is not type(y):
         return False
-    if isinstance(x, float) and x != x:
-        return bool(y != y)
     return bool(x == y)
 
 
