@@ -107,6 +107,22 @@ def test_anchors_and_aliases_are_expanded(tmp_path: Path) -> None:
     assert config.tags == ["a", "b"] and config.name == "z"
 
 
+def test_merge_keys_fill_in_without_overriding(tmp_path: Path) -> None:
+    path = write(tmp_path, "name: &n base\nopt:\n  <<: [{lr: 0.5, steps: 3}, {steps: 9}]\n"
+                 "  steps: 4\n  deep:\n    <<: {level: 2}\n")
+    config = load_yaml_config(Cfg, path)
+    assert (config.opt.lr, config.opt.steps, config.opt.deep.level) == (0.5, 4, 2)
+    value, _, _ = parse_yaml('a: {"<<": 1}\nb: <<\n', "f")
+    assert value == {"a": {"<<": 1}, "b": "<<"}  # quoted or as a value: just a string
+
+
+def test_bad_merge_keys(tmp_path: Path) -> None:
+    assert "'<<' merges a mapping" in error_of(tmp_path, "opt:\n  <<: 3\n")
+    assert "duplicate key '<<'" in error_of(tmp_path, "opt:\n  <<: {lr: 1.0}\n  <<: {}\n")
+    message = error_of(tmp_path, "opt:\n  <<: {lrr: 1.0}\n")
+    assert "opt.lrr: unknown field (at" in message and "c.yaml:2:3" in message
+
+
 # ------------------------------------------------------------- one test per bad input
 
 

@@ -68,6 +68,7 @@ _NAN = re.compile(r"\.(?:nan|NaN|NAN)\Z")
 _NUMBER_START = frozenset("0123456789+-.")
 
 _NOT_A_VALUE = object()
+_MERGE_KEY = object()  # a plain '<<' key: YAML's merge of another mapping's keys
 
 
 class _Unresolvable(ValueError):
@@ -132,11 +133,14 @@ def _explicit(tag: str, text: str) -> Any:
 
 
 class _Frame:
-    __slots__ = ("anchor", "container", "key", "key_marks", "path", "size", "start")
+    __slots__ = ("anchor", "container", "key", "key_marks", "merge_mark", "merges", "path",
+                 "size", "start")
 
     def __init__(self, container: Any, path: Loc, anchor: str | None, start: Mark) -> None:
         self.container = container
         self.start = start
+        self.merges: list[dict[str, Any]] = []
+        self.merge_mark: Mark | None = None
         self.path = path
         self.anchor = anchor
         self.key: Any = _NOT_A_VALUE
@@ -172,6 +176,11 @@ class _PyParser(yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser):
 def _mark(event: Event) -> Mark:
     m: Any = event.start_mark
     return (m.line + 1, m.column + 1)
+
+
+def _awaits_key(stack: list[_Frame]) -> bool:
+    return bool(stack) and isinstance(stack[-1].container, dict) \
+        and stack[-1].key is _NOT_A_VALUE
 
 
 def _where(source: str, mark: Mark) -> str:
@@ -218,6 +227,23 @@ def parse_yaml(text: str, source: str) -> tuple[Any, dict[Loc, Mark], bool]:
         if isinstance(container, list):
             locs[(*frame.path, len(container))] = mark
             container.append(value)
+        elif frame.key is _NOT_A_VALUE and value is _MERGE_KEY:
+            if frame.merge_mark is not None:
+                raise ConfigError(
+                    f"{_where(source, mark)}: duplicate key '<<' "
+                    f"(first at line {frame.merge_mark[0]}, again at line {mark[0]})"
+                )
+            frame.merge_mark = mark
+            frame.key = _MERGE_KEY
+        elif frame.key is _MERGE_KEY:
+            sources = value if isinstance(value, list) else [value]
+            if not sources or not all(isinstance(s, dict) for s in sources):
+                raise ConfigError(
+                    f"{_where(source, mark)}: '<<' merges a mapping or a list of mappings "
+                    "(e.g. '<<: *defaults')"
+                )
+            frame.merges.extend(sources)
+            frame.key = _NOT_A_VALUE
         elif frame.key is _NOT_A_VALUE:
             if not isinstance(value, str):
                 kind = "null" if value is None else type(value).__name__
@@ -249,7 +275,7 @@ def parse_yaml(text: str, source: str) -> tuple[Any, dict[Loc, Mark], bool]:
                 f"{_where(source, mark)}: mapping keys must be plain strings, "
                 "not lists or mappings"
             )
-        return (*frame.path, frame.key)
+        return (*frame.path, "<<" if frame.key is _MERGE_KEY else frame.key)
 
     mark: Mark = (1, 1)
     try:
@@ -273,7 +299,9 @@ def parse_yaml(text: str, source: str) -> tuple[Any, dict[Loc, Mark], bool]:
                 total += 1
                 tag = event.tag
                 try:
-                    if tag is None or tag == "!":
+                    if tag is None and event.implicit[0] and event.value == "<<":
+                        value = _MERGE_KEY if _awaits_key(stack) else "<<"
+                    elif tag is None or tag == "!":
                         value = resolve_plain(event.value) if event.implicit[0] else event.value
                     else:
                         value = _explicit(tag, event.value)
@@ -300,6 +328,13 @@ def parse_yaml(text: str, source: str) -> tuple[Any, dict[Loc, Mark], bool]:
                 stack.append(_Frame(container, path, event.anchor, mark))
             elif isinstance(event, (SequenceEndEvent, MappingEndEvent)):
                 frame = stack.pop()
+                if frame.merges:  # explicit keys win, then earlier merged mappings
+                    where = frame.merge_mark or frame.start
+                    for merged in frame.merges:
+                        for key, item in merged.items():
+                            if key not in frame.container:
+                                frame.container[key] = item
+                                locs[(*frame.path, key)] = where
                 add(frame.container, frame.start, frame.size, frame.anchor)
             else:  # AliasEvent
                 if event.anchor not in anchors:
