@@ -65,10 +65,17 @@ class DataInfo:
 class TensorImageDataset(Dataset[tuple[Tensor, int]]):
     """In-memory images (N, C, H, W) float in [0, 1] with int labels."""
 
-    def __init__(self, images: Tensor, labels: Sequence[int]) -> None:
-        """Wrap ``images`` and ``labels`` (same length)."""
+    def __init__(self, images: Tensor, labels: Sequence[int], indices: Sequence[int] = ()) -> None:
+        """Wrap ``images`` and ``labels`` (same length).
+
+        Args:
+            images: Float images (N, C, H, W) in [0, 1].
+            labels: N int labels.
+            indices: Positions of the items in the full data set (for reproducibility).
+        """
         self.images = images
         self.labels = [int(v) for v in labels]
+        self.indices = [int(i) for i in indices]
 
     def __len__(self) -> int:
         """Number of items."""
@@ -82,9 +89,23 @@ class TensorImageDataset(Dataset[tuple[Tensor, int]]):
 class FolderDataset(Dataset[tuple[Tensor, int]]):
     """Images decoded lazily from files: center crop, resize, RGB or grayscale."""
 
-    def __init__(self, files: Sequence[tuple[Path, int]], img_size: int, channels: int) -> None:
-        """Wrap (path, label) pairs; images are decoded on access."""
+    def __init__(
+        self,
+        files: Sequence[tuple[Path, int]],
+        img_size: int,
+        channels: int,
+        indices: Sequence[int] = (),
+    ) -> None:
+        """Wrap (path, label) pairs; images are decoded on access.
+
+        Args:
+            files: (image path, label) pairs.
+            img_size: Output side in pixels.
+            channels: 3 (RGB) or 1 (grayscale ``L``).
+            indices: Positions of the items in the full, sorted file list.
+        """
         self.files = list(files)
+        self.indices = [int(i) for i in indices]
         self.img_size = img_size
         self.channels = channels
 
@@ -274,8 +295,8 @@ def build_datasets(
                 "validation (or set data.val_fraction to 0)"
             )
         tr, va = _split(len(files), val_fraction, seed)
-        train = FolderDataset([files[i] for i in tr], img_size, channels)
-        val = FolderDataset([files[i] for i in va], img_size, channels)
+        train = FolderDataset([files[i] for i in tr], img_size, channels, tr.tolist())
+        val = FolderDataset([files[i] for i in va], img_size, channels, va.tolist())
         return train, val, DataInfo(channels, num_classes, img_size, len(tr), len(va))
 
     if dataset == "digits":
@@ -284,6 +305,6 @@ def build_datasets(
         imgs, labels = _synthetic(channels, num_classes, img_size, seed)
     tr, va = _split(len(labels), val_fraction, seed)
     tr_t, va_t = torch.from_numpy(tr), torch.from_numpy(va)
-    train = TensorImageDataset(imgs[tr_t], [labels[i] for i in tr])
-    val = TensorImageDataset(imgs[va_t], [labels[i] for i in va])
+    train = TensorImageDataset(imgs[tr_t], [labels[i] for i in tr], tr.tolist())
+    val = TensorImageDataset(imgs[va_t], [labels[i] for i in va], va.tolist())
     return train, val, DataInfo(channels, num_classes, img_size, len(tr), len(va))
