@@ -182,7 +182,10 @@ class OptimConfig(ConfigSection):
     """AdamW with linear warm-up then cosine decay, stepped every iteration."""
 
     lr: float | None = Field(
-        None, gt=0.0, description="Peak learning rate; null: base_lr * global_batch / 256."
+        1e-3,
+        gt=0.0,
+        description="Peak learning rate (1e-3 suits the small digits model); null: the "
+        "paper's rule base_lr * global_batch / 256.",
     )
     base_lr: float = Field(5e-5, gt=0.0, description="Learning rate per 256 images.")
     weight_decay: float = Field(

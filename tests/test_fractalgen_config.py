@@ -35,7 +35,8 @@ def test_design_shape_and_defaults() -> None:
         "img_size_list", "embed_dim_list", "num_blocks_list", "num_heads_list",
         "generator_type_list", "num_conds", "guiding_pixel", "label_drop_prob", "attn_dropout",
         "proj_dropout", "r_weight", "grad_checkpointing"]
-    assert plain["optim"] == {"lr": None, "base_lr": 5e-05, "weight_decay": 0.05,
+    # lr: a fixed 1e-3 (not DESIGN's null) so a flags-only digits run trains; null = paper rule
+    assert plain["optim"] == {"lr": 1e-3, "base_lr": 5e-05, "weight_decay": 0.05,
                               "betas": [0.9, 0.95], "warmup_steps": 100, "min_lr": 0.0,
                               "grad_clip": 3.0, "ema_decay": None}
     assert list(plain["trainer"]) == [
