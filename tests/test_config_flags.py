@@ -190,6 +190,9 @@ def test_controls_are_not_config_flags() -> None:
     assert loaded.flags == ["--lr", "2"]
     defaults = load_config(Cfg, [], controls=CONTROLS).controls
     assert defaults == {"print_config": False, "resume": None}
+    for argv, expected in ((["--print_config", "false"], False), (["--print_config=true"], True),
+                           (["--print_config", "--no-print_config"], False)):
+        assert load_config(Cfg, argv, controls=CONTROLS).controls["print_config"] is expected
 
 
 def test_default_config_file_hook_is_used_without_config(tmp_path: Path) -> None:

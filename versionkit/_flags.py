@@ -158,11 +158,24 @@ def parse_args(
             out.config_flag = token
             continue
         control = by_name.get(name) or by_name.get(name.replace("-", "_"))
+        negated_switch = None
+        if control is None and name[:3] in ("no-", "no_"):
+            negated_switch = by_name.get(name[3:]) or by_name.get(name[3:].replace("-", "_"))
+            if negated_switch is not None and not negated_switch.takes_value:
+                if has_inline:
+                    raise ConfigError(f"flag {token}: --no-... takes no value")
+                out.controls[negated_switch.name] = False
+                continue
         if control is not None:
             if control.takes_value:
                 out.controls[control.name], _ = value(control.help)
+            elif has_inline:
+                out.controls[control.name] = _bool_word(inline, token)
+            elif i < len(args) and (args[i] in _TRUE_WORDS or args[i] in _FALSE_WORDS):
+                out.controls[control.name] = _bool_word(args[i], f"{token} {args[i]}")
+                i += 1
             else:
-                out.controls[control.name] = _bool_word(inline, token) if has_inline else True
+                out.controls[control.name] = True
             continue
         leaf = _resolve(name, index)
         negated = False

@@ -247,9 +247,10 @@ def parse_yaml(text: str, source: str) -> tuple[Any, dict[Loc, Mark], bool]:
         elif frame.key is _NOT_A_VALUE:
             if not isinstance(value, str):
                 kind = "null" if value is None else type(value).__name__
+                hint = "" if isinstance(value, (list, dict)) else "; quote it if it is a name"
                 raise ConfigError(
                     f"{_where(source, mark)}: mapping keys must be strings, got {value!r} "
-                    f"({kind}); quote it if it is a name"
+                    f"({kind}){hint}"
                 )
             if value in frame.key_marks:
                 first = frame.key_marks[value]
@@ -329,12 +330,12 @@ def parse_yaml(text: str, source: str) -> tuple[Any, dict[Loc, Mark], bool]:
             elif isinstance(event, (SequenceEndEvent, MappingEndEvent)):
                 frame = stack.pop()
                 if frame.merges:  # explicit keys win, then earlier merged mappings
-                    where = frame.merge_mark or frame.start
+                    merge_at = frame.merge_mark or frame.start
                     for merged in frame.merges:
                         for key, item in merged.items():
                             if key not in frame.container:
                                 frame.container[key] = item
-                                locs[(*frame.path, key)] = where
+                                locs[(*frame.path, key)] = merge_at
                 add(frame.container, frame.start, frame.size, frame.anchor)
             else:  # AliasEvent
                 if event.anchor not in anchors:
@@ -343,8 +344,7 @@ def parse_yaml(text: str, source: str) -> tuple[Any, dict[Loc, Mark], bool]:
                 total += size
                 if total > MAX_NODES:
                     break
-                child_path()  # an alias used as a key is refused like any non-string key
-                add(value, mark, size, None)
+                add(value, mark, size, None)  # as a key, only an alias of a string is allowed
             if total > MAX_NODES:
                 break
     except yaml.MarkedYAMLError as exc:
