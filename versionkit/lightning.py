@@ -225,6 +225,17 @@ class RegistryCallback(Callback):
         self._version = version
         self.status_recorded = False
 
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Check that every rank writes to the same version as global rank 0."""
+        if trainer.world_size <= 1:
+            return
+        agreed = trainer.strategy.broadcast(self._version, src=0)
+        if int(agreed) != self._version:
+            raise RegistryError(
+                f"rank {trainer.global_rank} was given version {self._version} but global rank 0 "
+                f"uses version {agreed}; every rank of a run must share one version"
+            )
+
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Record the epoch-level metrics of this validation."""
         if trainer.sanity_checking or not trainer.is_global_zero:

@@ -1,0 +1,379 @@
+"""The LightningModule that trains FractalGen with the reference's recipe.
+
+AdamW (betas 0.9/0.95, weight decay except on biases, 1-D parameters and embeddings),
+lr = ``optim.lr`` or ``base_lr * global_batch / 256``, linear warm-up then cosine decay
+to ``min_lr`` stepped every iteration, gradient clipping (set on the Trainer), an
+optional EMA of the weights, ``val_loss`` = validation NLL in bits per dimension, and
+a grid of class-conditional samples logged to TensorBoard at every validation.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Sampler
+
+from fractalgen.config import TrainConfig
+from fractalgen.model import FractalGen, build_model
+
+__all__ = [
+    "FractalGenModule",
+    "StepBatchSampler",
+    "cosine_lr_factor",
+    "image_grid",
+    "no_weight_decay_names",
+]
+
+# Parameter-name fragments that never get weight decay (the reference's no-decay list:
+# position embeddings, mask/condition tokens, class embedding, codebooks).
+_NO_DECAY_FRAGMENTS = (
+    "pos_embed",
+    "mask_token",
+    "class_emb",
+    "fake_latent",
+    "cls_token",
+)
+
+
+def no_weight_decay_names(model: nn.Module) -> set[str]:
+    """Names of the parameters that AdamW must not decay.
+
+    Biases, every parameter with fewer than two dimensions (norm scales), embeddings
+    (``nn.Embedding`` weights) and the names in ``_NO_DECAY_FRAGMENTS``; a model's own
+    ``no_weight_decay()`` set is honoured too.
+    """
+    names: set[str] = set()
+    embedding_weights: set[int] = set()
+    for module in model.modules():
+        if isinstance(module, nn.Embedding):
+            embedding_weights.add(id(module.weight))
+    custom: set[str] = set()
+    hook = getattr(model, "no_weight_decay", None)
+    if callable(hook):
+        custom = {str(n) for n in hook()}
+    for name, param in model.named_parameters():
+        leaf = name.rsplit(".", 1)[-1]
+        if (
+            param.ndim < 2
+            or leaf == "bias"
+            or id(param) in embedding_weights
+            or name in custom
+            or leaf in custom
+            or any(fragment in name for fragment in _NO_DECAY_FRAGMENTS)
+        ):
+            names.add(name)
+    return names
+
+
+def cosine_lr_factor(step: int, *, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+    """Multiplier of the peak lr at optimizer step ``step`` (0-based).
+
+    Linear warm-up over ``warmup_steps`` (the first step already gets ``1/warmup``),
+    then half a cosine from 1 down to ``min_ratio`` at ``total_steps``.
+    """
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(total_steps - warmup_steps, 1)
+    progress = min(max(step - warmup_steps, 0) / span, 1.0)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class StepBatchSampler(Sampler[list[int]]):
+    """Endless batches whose content is a function of the global step only.
+
+    The index stream is the concatenation of seeded permutations (epoch ``e`` uses
+    ``seed + e``); step ``s`` on rank ``r`` takes positions
+    ``[s*G + r*B, s*G + r*B + B)`` with ``G = B * world_size``. Iteration starts at
+    ``start_step()``, read when iteration begins, so a resumed run sees exactly the
+    batches an uninterrupted one would have. It never ends: ``max_steps`` stops the run.
+
+    Args:
+        size: number of items in the data set.
+        batch_size: per-rank batch size.
+        seed: base seed of the permutations.
+        rank: this process's rank.
+        world_size: number of ranks.
+        start_step: returns the global step to start from.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        batch_size: int,
+        *,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        start_step: Callable[[], int] = lambda: 0,
+    ) -> None:
+        if size <= 0:
+            raise ValueError("StepBatchSampler needs a non-empty data set")
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.size = size
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.start_step = start_step
+
+    def _permutation(self, epoch: int) -> Tensor:
+        generator = torch.Generator()
+        generator.manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.size, generator=generator)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        step = int(self.start_step())
+        global_batch = self.batch_size * self.world_size
+        position = step * global_batch + self.rank * self.batch_size
+        epoch = position // self.size
+        perm = self._permutation(epoch)
+        while True:
+            batch: list[int] = []
+            pos = position
+            while len(batch) < self.batch_size:
+                e, offset = divmod(pos, self.size)
+                if e != epoch:
+                    epoch = e
+                    perm = self._permutation(epoch)
+                take = min(self.batch_size - len(batch), self.size - offset)
+                batch.extend(int(i) for i in perm[offset : offset + take])
+                pos += take
+            yield batch
+            position += global_batch
+
+
+def image_grid(images: np.ndarray, nrow: int, *, padding: int = 1, scale: int = 1) -> np.ndarray:
+    """Tile uint8 images ``(N, C, H, W)`` into one ``(H', W', 3)`` uint8 grid.
+
+    Grayscale images are repeated into RGB; ``scale`` enlarges each pixel (nearest
+    neighbour, via Pillow) so that tiny images are visible.
+    """
+    from PIL import Image
+
+    if images.ndim != 4:
+        raise ValueError(f"expected images shaped (N, C, H, W), got {images.shape}")
+    n, c, h, w = images.shape
+    if c == 1:
+        images = np.repeat(images, 3, axis=1)
+    elif c != 3:
+        images = np.repeat(images[:, :1], 3, axis=1)
+    ncol = max(1, min(nrow, n))
+    rows = max(1, math.ceil(n / ncol))
+    sh, sw = h * scale, w * scale
+    canvas = Image.new("RGB", (ncol * (sw + padding) + padding, rows * (sh + padding) + padding))
+    for i in range(n):
+        tile = Image.fromarray(np.ascontiguousarray(images[i].transpose(1, 2, 0)), mode="RGB")
+        if scale != 1:
+            tile = tile.resize((sw, sh), Image.Resampling.NEAREST)
+        r, col = divmod(i, ncol)
+        canvas.paste(tile, (padding + col * (sw + padding), padding + r * (sh + padding)))
+    return np.asarray(canvas, dtype=np.uint8)
+
+
+class FractalGenModule(pl.LightningModule):
+    """FractalGen plus its optimiser, schedule, EMA, validation NLL and sample grids.
+
+    Args:
+        config: the complete training config as a plain dict (``TrainConfig`` shape);
+            it is what the checkpoint stores as hyper-parameters, so checkpoints load
+            with ``torch.load(..., weights_only=True)``.
+        in_channels: image channels of the data.
+        num_classes: number of class labels of the data.
+    """
+
+    def __init__(self, config: Mapping[str, Any], in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.cfg = TrainConfig.model_validate(dict(config))
+        plain = self.cfg.model_dump(mode="json")
+        self.save_hyperparameters(
+            {"config": plain, "in_channels": int(in_channels), "num_classes": int(num_classes)}
+        )
+        self.in_channels = int(in_channels)
+        self.num_classes = int(num_classes)
+        self.model: FractalGen = build_model(
+            self.cfg.model.model_dump(), in_channels=self.in_channels, num_classes=self.num_classes
+        )
+        self.ema: FractalGen | None = None
+        if self.cfg.optim.ema_decay is not None:
+            self.ema = copy.deepcopy(self.model)
+            self.ema.requires_grad_(False)
+            self.ema.eval()
+        self._rng_to_restore: Tensor | None = None
+        self.sample_dir: Path | None = None
+
+    # -- the model used for evaluation -------------------------------------------
+
+    @property
+    def eval_model(self) -> FractalGen:
+        """The EMA weights when an EMA is kept, else the trained weights."""
+        return self.ema if self.ema is not None else self.model
+
+    def forward(self, imgs: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Training loss in nats (see ``FractalGen.forward``)."""
+        return self.model(imgs, labels)
+
+    # -- steps -------------------------------------------------------------------
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        """One optimisation step's loss; logs ``train/loss`` and ``lr``."""
+        imgs, labels = batch
+        loss: Tensor = self.model(imgs, labels)
+        self.log(
+            "train/loss",
+            loss,
+            on_step=True,
+            on_epoch=False,
+            prog_bar=True,
+            batch_size=imgs.shape[0],
+        )
+        optimizer = self.optimizers()
+        lr = optimizer.param_groups[0]["lr"] if not isinstance(optimizer, list) else 0.0
+        self.log("lr", float(lr), on_step=True, on_epoch=False, batch_size=imgs.shape[0])
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        """Validation NLL in bits per dimension, averaged over the epoch as ``val_loss``."""
+        imgs, _ = batch
+        bpd: Tensor = self.eval_model.nll_bpd(imgs)
+        self.log(
+            "val_loss",
+            bpd,
+            on_step=False,
+            on_epoch=True,
+            prog_bar=True,
+            sync_dist=True,
+            batch_size=imgs.shape[0],
+        )
+        return bpd
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Move the EMA weights towards the trained ones."""
+        if self.ema is None or self.cfg.optim.ema_decay is None:
+            return
+        weight = 1.0 - float(self.cfg.optim.ema_decay)
+        with torch.no_grad():
+            for ema_p, p in zip(self.ema.parameters(), self.model.parameters(), strict=True):
+                ema_p.lerp_(p.detach(), weight)
+            for ema_b, b in zip(self.ema.buffers(), self.model.buffers(), strict=True):
+                ema_b.copy_(b)
+
+    def on_validation_epoch_end(self) -> None:
+        """Log a grid of class-conditional samples (global rank 0, not in the sanity check)."""
+        trainer = self.trainer
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        grid = self.sample_grid()
+        step = int(trainer.global_step)
+        experiment = getattr(self.logger, "experiment", None) if self.logger is not None else None
+        if experiment is not None and hasattr(experiment, "add_image"):
+            experiment.add_image("samples", grid, step, dataformats="HWC")
+        if self.sample_dir is not None:
+            from PIL import Image
+
+            self.sample_dir.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(grid).save(self.sample_dir / f"samples_step_{step:08d}.png")
+
+    @torch.no_grad()
+    def sample_grid(self, per_class: int | None = None) -> np.ndarray:
+        """Sample images for every class (rows of classes) into a uint8 HWC grid.
+
+        Uses its own fixed-seed generator inside ``fork_rng`` so that sampling does not
+        move the training RNG stream (resumed runs stay bitwise identical).
+        """
+        sampling = self.cfg.sampling
+        num = max(1, sampling.num_images)
+        classes = max(1, self.num_classes)
+        per = per_class if per_class is not None else max(1, math.ceil(num / classes))
+        labels = torch.arange(classes, device=self.device).repeat_interleave(per)
+        model = self.eval_model
+        was_training = model.training
+        model.eval()
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(self.cfg.experiment.seed)
+            imgs = model.sample(
+                labels.numel(),
+                labels,
+                num_iter_list=list(sampling.num_iter_list),
+                cfg=sampling.cfg,
+                cfg_schedule=sampling.cfg_schedule,
+                temperature=sampling.temperature,
+                generator=generator,
+            )
+        model.train(was_training)
+        scale = max(1, 64 // max(1, imgs.shape[-1]))
+        return image_grid(imgs.cpu().numpy(), nrow=per, scale=scale)
+
+    # -- optimiser ---------------------------------------------------------------
+
+    def peak_lr(self) -> float:
+        """``optim.lr``, or ``base_lr * global_batch / 256`` with the trainer's world size."""
+        optim = self.cfg.optim
+        if optim.lr is not None:
+            return float(optim.lr)
+        world = 1
+        accumulate = 1
+        if self._trainer is not None:
+            world = int(self.trainer.world_size)
+            accumulate = int(self.trainer.accumulate_grad_batches)
+        global_batch = self.cfg.data.train_batch_size * world * accumulate
+        return float(optim.base_lr) * global_batch / 256.0
+
+    def configure_optimizers(self) -> Any:
+        """AdamW with decay / no-decay groups and a per-step warm-up + cosine schedule."""
+        optim = self.cfg.optim
+        skip = no_weight_decay_names(self.model)
+        decay: list[nn.Parameter] = []
+        no_decay: list[nn.Parameter] = []
+        for name, param in self.model.named_parameters():
+            if not param.requires_grad:
+                continue
+            (no_decay if name in skip else decay).append(param)
+        lr = self.peak_lr()
+        groups = [
+            {"params": decay, "weight_decay": float(optim.weight_decay)},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        betas = (float(optim.betas[0]), float(optim.betas[1]))
+        optimizer = torch.optim.AdamW(groups, lr=lr, betas=betas)
+        total = int(self.cfg.trainer.max_steps)
+        warmup = int(optim.warmup_steps)
+        min_ratio = float(optim.min_lr) / lr if lr > 0 else 0.0
+
+        def factor(step: int) -> float:
+            return cosine_lr_factor(
+                step, warmup_steps=warmup, total_steps=total, min_ratio=min_ratio
+            )
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+        }
+
+    # -- exact resume --------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store the CPU RNG state so that a resumed run draws the same dropout and masks."""
+        checkpoint["fractalgen_rng_state"] = torch.get_rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the saved RNG state until training restarts."""
+        state = checkpoint.get("fractalgen_rng_state")
+        self._rng_to_restore = state if isinstance(state, Tensor) else None
+
+    def on_train_start(self) -> None:
+        """Restore the RNG state of the checkpoint we resumed from (if any)."""
+        if self._rng_to_restore is not None:
+            torch.set_rng_state(self._rng_to_restore)
+            self._rng_to_restore = None

@@ -1,0 +1,398 @@
+"""``fractalgen-sample`` / ``python inference.py``: generate images from a checkpoint.
+
+Examples::
+
+    python inference.py --checkpoint outputs/fractalgen_small/checkpoints/version_0/last.ckpt \\
+        --mode unconditional
+    python inference.py --checkpoint outputs/fractalgen_small --mode class --classes 0,1,2
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import pickle
+import sys
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "LoadedCheckpoint",
+    "SampleError",
+    "load_checkpoint",
+    "main",
+    "parse_classes",
+    "pick_checkpoint",
+]
+
+
+class SampleError(Exception):
+    """A user-facing failure: printed as ``error: <message>``, exit code ``exit_code``."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A checkpoint's model, typed config and where it came from."""
+
+    path: Path
+    model: Any  # FractalGen
+    config: Any  # TrainConfig
+    in_channels: int
+    num_classes: int
+    step: int | None
+    weights: str  # "ema" or "model"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fractalgen-sample",
+        description=(
+            "Generate images with a trained FractalGen checkpoint. Writes grid.png and one "
+            "PNG per image to --output_dir. Sampling settings default to the checkpoint's "
+            "saved config (its `sampling` section)."
+        ),
+    )
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a .ckpt file, a checkpoints/version_N folder (its best checkpoint by val_loss, "
+        "else last.ckpt) or an experiment folder (the best checkpoint of all versions)",
+    )
+    p.add_argument(
+        "--mode",
+        choices=("unconditional", "class"),
+        default="class",
+        help="class-conditional (default) or unconditional (null class) sampling",
+    )
+    p.add_argument(
+        "--classes",
+        default=None,
+        help="class labels for --mode class: one (3) or a list (0,1,2); "
+        "default: all classes, evenly",
+    )
+    p.add_argument(
+        "--num_images",
+        type=int,
+        default=None,
+        help="how many images (default: the config's sampling.num_images)",
+    )
+    p.add_argument(
+        "--cfg",
+        type=float,
+        default=None,
+        help="classifier-free guidance scale, 1.0 = none (default: the config's)",
+    )
+    p.add_argument(
+        "--cfg_schedule",
+        choices=("linear", "constant"),
+        default=None,
+        help="guidance schedule over the top level's steps (default: the config's)",
+    )
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="sampling temperature: the logits are DIVIDED by it (below 1 sharper, "
+        "above 1 more diverse; the reference code multiplies instead). "
+        "Default: the config's",
+    )
+    p.add_argument(
+        "--num_iter",
+        default=None,
+        help="generation steps per level above the pixel head, e.g. 4,4 "
+        "(default: the config's sampling.num_iter_list)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument(
+        "--batch_size", type=int, default=64, help="images per forward batch (default 64)"
+    )
+    p.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="auto: cuda when available, else cpu",
+    )
+    p.add_argument("--output_dir", default="samples", help="where the PNGs go (default: samples)")
+    p.add_argument(
+        "--weights",
+        choices=("auto", "ema", "model"),
+        default="auto",
+        help="auto: the EMA weights when the checkpoint has them",
+    )
+    return p
+
+
+def parse_classes(text: str | None, num_classes: int) -> list[int]:
+    """``"3"`` / ``"0,1,2"`` / ``"[0, 1]"`` -> labels, each checked against ``num_classes``."""
+    if text is None:
+        return list(range(num_classes))
+    body = text.strip().strip("[]")
+    labels: list[int] = []
+    for part in body.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            value = int(part)
+        except ValueError:
+            raise SampleError(
+                f"--classes {text}: {part!r} is not an integer (expected e.g. 3 or 0,1,2)", 2
+            ) from None
+        if not 0 <= value < num_classes:
+            raise SampleError(
+                f"--classes {text}: class {value} is out of range; the model has {num_classes} "
+                f"classes (0..{num_classes - 1})",
+                2,
+            )
+        labels.append(value)
+    if not labels:
+        raise SampleError(f"--classes {text!r}: no class given (expected e.g. 3 or 0,1,2)", 2)
+    return labels
+
+
+def pick_checkpoint(target: str) -> tuple[Path, int | None]:
+    """Resolve ``--checkpoint`` to a file, and the version it belongs to when known."""
+    from versionkit.errors import RegistryError
+    from versionkit.registry import Registry
+
+    path = Path(target)
+    if not path.exists():
+        raise SampleError(
+            f"--checkpoint {target}: no such file or folder (expected a .ckpt file, a "
+            "checkpoints/version_N folder or an experiment folder)",
+            2,
+        )
+    try:
+        root, version = Registry.locate(path)
+    except RegistryError:
+        if path.is_file():
+            return path, None
+        raise SampleError(
+            f"--checkpoint {target}: a folder that is neither an experiment folder nor a "
+            "checkpoints/version_N folder",
+            2,
+        ) from None
+    if path.is_file():
+        return path, version
+    try:
+        registry = Registry(root)
+        best = registry.best("val_loss", "min", version=version)
+    except RegistryError as exc:
+        raise SampleError(f"--checkpoint {target}: {exc}", 2) from None
+    if best is not None and best.path.is_file():
+        return best.path, best.version
+    if version is not None:
+        last = root / "checkpoints" / f"version_{version}" / "last.ckpt"
+        if last.is_file():
+            return last, version
+    raise SampleError(f"--checkpoint {target}: no checkpoint (.ckpt) found there", 2)
+
+
+def load_checkpoint(path: Path, *, weights: str = "auto", device: str = "cpu") -> LoadedCheckpoint:
+    """Load a fractalgen checkpoint safely (``weights_only=True``) and rebuild its model.
+
+    Raises:
+        SampleError: unreadable, truncated or malicious file, or not a fractalgen checkpoint.
+    """
+    import torch
+    from pydantic import ValidationError
+
+    from fractalgen.config import TrainConfig
+    from fractalgen.model import build_model
+
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SampleError(
+            f"refusing to load {path}: it needs arbitrary unpickling, which could run code "
+            f"(torch.load weights_only=True said: {first}). Only checkpoints of plain tensors "
+            "and containers are loaded."
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SampleError(
+            f"{path} is not a readable checkpoint (truncated or corrupt?): {first}"
+        ) from None
+    hparams = blob.get("hyper_parameters") if isinstance(blob, dict) else None
+    state = blob.get("state_dict") if isinstance(blob, dict) else None
+    if not isinstance(hparams, dict) or "config" not in hparams or not isinstance(state, dict):
+        raise SampleError(
+            f"{path} is not a fractalgen checkpoint (no hyper_parameters.config / state_dict)"
+        )
+    try:
+        config = TrainConfig.model_validate(hparams["config"])
+        in_channels = int(hparams.get("in_channels", config.data.channels))
+        num_classes = int(hparams.get("num_classes", config.data.num_classes))
+    except (ValidationError, ValueError, TypeError) as exc:
+        raise SampleError(
+            f"{path}: the config stored in the checkpoint is not valid: {exc}"
+        ) from None
+    has_ema = any(k.startswith("ema.") for k in state)
+    chosen = "ema" if (weights == "ema" or (weights == "auto" and has_ema)) else "model"
+    if chosen == "ema" and not has_ema:
+        raise SampleError(
+            f"{path} has no EMA weights (train with optim.ema_decay); use --weights model", 2
+        )
+    prefix = f"{chosen}."
+    weights_state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    try:
+        model = build_model(
+            config.model.model_dump(), in_channels=in_channels, num_classes=num_classes
+        )
+        model.load_state_dict(weights_state, strict=True)
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        lines = str(exc).strip().splitlines()
+        raise SampleError(
+            f"{path}: the weights do not fit the model its config describes (a checkpoint of "
+            f"another model?): {lines[0] if lines else type(exc).__name__}"
+        ) from None
+    model.to(device).eval()
+    step = blob.get("global_step")
+    return LoadedCheckpoint(
+        path=path,
+        model=model,
+        config=config,
+        in_channels=in_channels,
+        num_classes=num_classes,
+        step=int(step) if isinstance(step, int) else None,
+        weights=chosen,
+    )
+
+
+def _check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".fractalgen-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise SampleError(
+            f"--output_dir {folder}: cannot write there ({exc.strerror or exc})", 2
+        ) from None
+
+
+def _parse_num_iter(text: str | None, default: Sequence[int], levels: int) -> list[int]:
+    if text is None:
+        return list(default)
+    try:
+        values = [int(v) for v in text.strip().strip("[]").split(",") if v.strip()]
+    except ValueError:
+        raise SampleError(f"--num_iter {text}: expected integers such as 4,4", 2) from None
+    if len(values) != levels or any(v < 1 for v in values):
+        raise SampleError(
+            f"--num_iter {text}: expected {levels} positive integer(s), one per level above "
+            "the pixel head",
+            2,
+        )
+    return values
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Sample; returns the exit code (2: bad arguments, 1: unusable checkpoint)."""
+    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        return _run(args)
+    except SampleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    import torch
+    from PIL import Image
+    from tqdm import tqdm
+
+    from fractalgen.module import image_grid
+
+    if args.num_images is not None and args.num_images < 1:
+        raise SampleError(f"--num_images {args.num_images}: must be at least 1", 2)
+    if args.batch_size < 1:
+        raise SampleError(f"--batch_size {args.batch_size}: must be at least 1", 2)
+    if args.temperature is not None and not args.temperature > 0:
+        raise SampleError(
+            f"--temperature {args.temperature}: must be above 0 (it divides logits)", 2
+        )
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SampleError("--device cuda: no CUDA device is available here", 2)
+    device = (
+        "cuda"
+        if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+        else "cpu"
+    )
+
+    path, version = pick_checkpoint(args.checkpoint)
+    out = Path(args.output_dir)
+    _check_writable(out)
+    loaded = load_checkpoint(path, weights=args.weights, device=device)
+    config_file = path.parent / "config.yaml"
+    print(f"✓ Checkpoint: {path}")
+    print(f"✓ Experiment version: {version if version is not None else 'unknown'}")
+    print(f"✓ Config: {config_file if config_file.is_file() else 'stored inside the checkpoint'}")
+
+    sampling = loaded.config.sampling
+    num_images = args.num_images if args.num_images is not None else int(sampling.num_images)
+    levels = len(loaded.config.model.img_size_list) - 1
+    num_iter = _parse_num_iter(args.num_iter, sampling.num_iter_list, levels)
+    cfg = float(args.cfg if args.cfg is not None else sampling.cfg)
+    schedule = str(args.cfg_schedule or sampling.cfg_schedule)
+    temperature = float(args.temperature if args.temperature is not None else sampling.temperature)
+
+    labels: list[int] | None = None
+    if args.mode == "class":
+        if loaded.num_classes < 1:
+            raise SampleError(
+                "--mode class: this model has no classes; use --mode unconditional", 2
+            )
+        classes = parse_classes(args.classes, loaded.num_classes)
+        labels = sorted(classes[i * len(classes) // num_images] for i in range(num_images))
+    elif args.classes is not None:
+        raise SampleError("--classes only applies to --mode class", 2)
+
+    generator = torch.Generator(device=device)
+    generator.manual_seed(int(args.seed))
+    torch.manual_seed(int(args.seed))
+    images: list[torch.Tensor] = []
+    batches = math.ceil(num_images / args.batch_size)
+    for b in tqdm(range(batches), desc="sampling", unit="batch", file=sys.stderr):
+        lo, hi = b * args.batch_size, min(num_images, (b + 1) * args.batch_size)
+        batch_labels = None
+        if labels is not None:
+            batch_labels = torch.tensor(labels[lo:hi], dtype=torch.long, device=device)
+        imgs = loaded.model.sample(
+            hi - lo,
+            batch_labels,
+            num_iter_list=num_iter,
+            cfg=cfg,
+            cfg_schedule=schedule,
+            temperature=temperature,
+            generator=generator,
+        )
+        images.append(imgs.cpu())
+    stacked = torch.cat(images).numpy()
+    if labels is None:
+        per_row = max(1, math.ceil(math.sqrt(num_images)))
+    else:
+        per_row = max(1, math.ceil(num_images / len(set(labels))))
+    scale = max(1, 64 // max(1, stacked.shape[-1]))
+    try:
+        Image.fromarray(image_grid(stacked, nrow=per_row, scale=scale)).save(out / "grid.png")
+        for i, img in enumerate(stacked):
+            arr = img.transpose(1, 2, 0)
+            pil = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
+            suffix = f"_class{labels[i]}" if labels is not None else ""
+            pil.save(out / f"{i:05d}{suffix}.png")
+    except OSError as exc:
+        raise SampleError(f"--output_dir {out}: cannot write the images ({exc})", 2) from None
+    print(f"✓ Wrote {num_images} images and grid.png to {out}")
+    return 0

@@ -1,0 +1,212 @@
+"""fractalgen.train: config printing, bad input, reproducibility and exact resume."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from test_train_helpers import FILTERS, TINY_YAML, state_of, step_checkpoints, write_tiny
+
+from fractalgen.module import StepBatchSampler, cosine_lr_factor, no_weight_decay_names
+from fractalgen.train import main
+from versionkit.lightning import RUN_ENV
+from versionkit.registry import Registry
+
+pytestmark = [pytest.mark.filterwarnings(f) for f in FILTERS]
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(RUN_ENV, raising=False)
+    monkeypatch.delenv("VERSIONKIT_BACKEND", raising=False)
+    write_tiny(tmp_path)
+    yield tmp_path
+
+
+def test_print_config_round_trips(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    repo_config = Path(__file__).resolve().parents[1] / "config" / "train_small.yaml"
+    assert main(["--config", str(repo_config), "--max_steps", "7", "--print_config"]) == 0
+    first = capsys.readouterr().out
+    assert "max_steps: 7" in first and "name: fractalgen_small" in first
+    (workdir / "printed.yaml").write_text(first)
+    assert main(["--config", "printed.yaml", "--print_config"]) == 0
+    assert capsys.readouterr().out == first
+    assert not (workdir / "outputs").exists(), "--print_config must not start a run"
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--max_stepz", "3"], "max_steps"),
+        (["--dataset", "folder", "--path", "no/such/folder"], "no/such/folder"),
+        (["--config", "missing.yaml"], "missing.yaml"),
+        (["--resume", "nowhere/last.ckpt"], "nowhere/last.ckpt"),
+    ],
+)
+def test_user_mistakes_exit_2_with_one_message(
+    workdir: Path, capsys: pytest.CaptureFixture[str], argv: list[str], needle: str
+) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and needle in err
+    assert "Traceback" not in err
+    assert not (workdir / "outputs" / "fractalgen" / "checkpoints").exists()
+
+
+def test_lr_schedule_and_no_decay_groups() -> None:
+    factors = [
+        cosine_lr_factor(s, warmup_steps=4, total_steps=12, min_ratio=0.1) for s in range(14)
+    ]
+    assert factors[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert all(a >= b for a, b in itertools.pairwise(factors[3:]))
+    assert math.isclose(factors[12], 0.1) and math.isclose(factors[13], 0.1)
+    from fractalgen.config import TrainConfig
+    from fractalgen.model import build_model
+
+    model = build_model(TrainConfig().model.model_dump(), in_channels=1, num_classes=10)
+    skip = no_weight_decay_names(model)
+    params = dict(model.named_parameters())
+    assert "class_emb.weight" in skip and "fake_latent" in skip
+    assert any(n.endswith("pos_embed") for n in skip)
+    assert all(params[n].ndim >= 2 for n in params if n not in skip)
+    assert any(n.endswith("qkv.weight") for n in params if n not in skip)
+
+
+def test_step_sampler_is_a_function_of_the_step() -> None:
+    full = StepBatchSampler(10, 4, seed=1)
+    it = iter(full)
+    batches = [next(it) for _ in range(6)]
+    # every epoch (10 items) is a permutation: the first 20 positions hold each index twice
+    flat = [i for b in batches[:5] for i in b]
+    assert sorted(flat) == sorted(list(range(10)) * 2)
+    resumed = iter(StepBatchSampler(10, 4, seed=1, start_step=lambda: 3))
+    assert next(resumed) == batches[3]
+    # two ranks split each global batch
+    r0 = next(iter(StepBatchSampler(10, 2, seed=1, rank=0, world_size=2)))
+    r1 = next(iter(StepBatchSampler(10, 2, seed=1, rank=1, world_size=2)))
+    assert r0 + r1 == batches[0]
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> list[str]:
+    assert main(argv) == 0
+    return [line for line in capsys.readouterr().out.splitlines() if line.startswith("✓")]
+
+
+@pytest.mark.slow
+def test_same_config_and_seed_give_bitwise_identical_runs(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _run(["--config", "config/tiny.yaml"], capsys)
+    _run(["--config", "config/tiny.yaml"], capsys)
+    reg = Registry("outputs/tiny")
+    a, b = reg.get(0), reg.get(1)
+    assert a.metrics["val_loss"] == b.metrics["val_loss"]
+    names = [sorted(p.name for p in reg.checkpoint_dir(n).glob("step_*.ckpt")) for n in (0, 1)]
+    assert names[0] == names[1] and len(names[0]) == 2
+    for name in [*names[0], "last.ckpt"]:
+        sa = state_of(reg.checkpoint_dir(0) / name)
+        sb = state_of(reg.checkpoint_dir(1) / name)
+        assert sa.keys() == sb.keys()
+        for key in sa:
+            assert torch.equal(sa[key], sb[key]), key
+
+
+@pytest.mark.slow
+def test_resume_continues_the_same_version_like_an_uninterrupted_run(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An uninterrupted 6-step run (validations and checkpoints at steps 2, 4 and 6).
+    _run(["--config", "config/tiny.yaml", "--max_steps", "6"], capsys)
+    reg = Registry("outputs/tiny")
+    ck = reg.checkpoint_dir(0)
+    final = state_of(ck / "last.ckpt")
+    final_blob = torch.load(ck / "last.ckpt", weights_only=True)
+    val_loss = reg.get(0).metrics["val_loss"]
+    step4 = next(ck.glob("step_00000004-*.ckpt"))
+    # As after a crash right after step 4: continue from that checkpoint.
+    (ck / "last.ckpt").unlink()
+    next(ck.glob("step_00000006-*.ckpt")).unlink()
+    lines = _run(["--resume", str(step4)], capsys)
+    assert lines[:2] == [
+        "✓ Resuming experiment version: 0",
+        "✓ Checkpoint dir: outputs/tiny/checkpoints/version_0",
+    ]
+    assert lines[2] == f"✓ Resuming from: {step4}"
+    assert [v.version for v in reg.list()] == [0], "resume must not allocate a new version"
+    assert sorted(p.name for p in (workdir / "outputs/tiny/logs").iterdir()) == ["version_0"]
+    assert len(list((workdir / "outputs/tiny/logs/version_0").glob("events.out.tfevents.*"))) == 2
+    info = reg.get(0)
+    assert info.status == "completed" and len(info.record["resumes"]) == 1
+    # Bitwise the uninterrupted run: weights, val loss, step, optimizer and lr schedule.
+    assert info.metrics["val_loss"] == val_loss
+    resumed = state_of(ck / "last.ckpt")
+    for key in final:
+        assert torch.equal(final[key], resumed[key]), key
+    blob = torch.load(ck / "last.ckpt", weights_only=True)
+    assert blob["global_step"] == final_blob["global_step"] == 6
+    assert blob["lr_schedulers"] == final_blob["lr_schedulers"]
+    for a, b in zip(
+        blob["optimizer_states"][0]["state"].values(),
+        final_blob["optimizer_states"][0]["state"].values(),
+        strict=True,
+    ):
+        assert torch.equal(a["exp_avg"], b["exp_avg"]) and torch.equal(
+            a["exp_avg_sq"], b["exp_avg_sq"]
+        )
+    assert len(step_checkpoints(ck)) == 3
+
+
+@pytest.mark.slow
+def test_resume_refuses_a_model_change_but_takes_latest(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _run(["--config", "config/tiny.yaml", "--max_steps", "2"], capsys)
+    ck = "outputs/tiny/checkpoints/version_0"
+    assert main(["--resume", ck, "--model.embed_dim_list", "32,8,8"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --model.embed_dim_list: cannot change model.embed_dim_list")
+    assert "Traceback" not in err
+    lines = _run(["--config", "config/tiny.yaml", "--resume", "latest", "--max_steps", "4"], capsys)
+    assert lines[0] == "✓ Resuming experiment version: 0"
+    assert torch.load(f"{ck}/last.ckpt", weights_only=True)["global_step"] == 4
+    assert [v.version for v in Registry("outputs/tiny").list()] == [0]
+
+
+@pytest.mark.slow
+def test_flags_only_run_uses_schema_defaults(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tiny = [
+        "--embed_dim_list",
+        "16,8,8",
+        "--num_blocks_list",
+        "1,1,1",
+        "--num_heads_list",
+        "2,1,1",
+        "--limit_val_batches",
+        "1",
+        "--val_batch_size",
+        "32",
+        "--num_iter_list",
+        "1,1",
+    ]
+    lines = _run(["--train_batch_size", "8", "--max_steps", "2", *tiny], capsys)
+    assert lines == [
+        "✓ Experiment version: 0",
+        "✓ Checkpoint dir: outputs/fractalgen/checkpoints/version_0",
+        "✓ Config generated from command-line flags",
+        "✓ Config saved to: outputs/fractalgen/checkpoints/version_0/config.yaml",
+        lines[4],
+    ]
+    assert lines[4].startswith(
+        "✓ Best checkpoint: outputs/fractalgen/checkpoints/version_0/step_00000002-"
+    )
+    saved = (workdir / "outputs/fractalgen/checkpoints/version_0/config.yaml").read_text()
+    assert "train_batch_size: 8" in saved and "# Flags: --train_batch_size 8 --max_steps 2" in saved
+    assert not (workdir / "outputs/fractalgen/checkpoints/version_0/config.source.yaml").exists()
+    assert TINY_YAML  # the file config is not involved here

@@ -1,0 +1,75 @@
+"""Shared pieces of the trainer tests: a tiny config that trains in seconds on a CPU."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A tiny FractalMAR on the bundled digits: a few hundred steps/s are not needed, a few
+# steps per test are. Validation uses one batch of 32 images.
+TINY_YAML = """\
+# tiny test config
+experiment:
+  name: tiny
+  seed: 0
+data:
+  train_batch_size: 16
+  val_batch_size: 32
+model:
+  img_size_list: [8, 2, 1]
+  embed_dim_list: [16, 8, 8]
+  num_blocks_list: [1, 1, 1]
+  num_heads_list: [2, 1, 1]
+optim:
+  lr: 1.0e-3
+  warmup_steps: 2
+trainer:
+  max_steps: 4
+  val_every_n_steps: 2
+  log_every_n_steps: 1
+  accelerator: cpu
+  limit_val_batches: 1
+sampling:
+  num_iter_list: [2, 2]
+  num_images: 10
+"""
+
+#: Lightning's hints that do not apply to tiny in-memory runs (see fractalgen/train.py),
+#: and Lightning 2.6's pytree use on torch 2.13.
+FILTERS = (
+    r"ignore:.*does not have many workers.*",
+    r"ignore:.*is smaller than the logging interval.*",
+    r"ignore:.*isinstance\(treespec, LeafSpec\).*:FutureWarning",
+)
+
+
+def write_tiny(folder: Path, name: str = "tiny.yaml", text: str = TINY_YAML) -> Path:
+    """Write the tiny config under ``folder/config`` and return its relative path."""
+    (folder / "config").mkdir(parents=True, exist_ok=True)
+    (folder / "config" / name).write_text(text, encoding="utf-8")
+    return Path("config") / name
+
+
+def config_body(text: str) -> str:
+    """A saved config.yaml without its header comments."""
+    return "".join(line for line in text.splitlines(keepends=True) if not line.startswith("#"))
+
+
+def step_checkpoints(folder: Path) -> list[str]:
+    """Names of ``step_*.ckpt`` files, checked against the seed's pattern."""
+    names = sorted(p.name for p in folder.glob("step_*.ckpt"))
+    for n in names:
+        assert re.fullmatch(r"step_\d{8}-val_loss_\d+\.\d{4}\.ckpt", n), n
+    return names
+
+
+def state_of(ckpt: Path) -> dict[str, Any]:
+    """The ``state_dict`` of a checkpoint, loaded without arbitrary unpickling."""
+    blob = torch.load(ckpt, map_location="cpu", weights_only=True)
+    state: dict[str, Any] = blob["state_dict"]
+    return state
