@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -173,3 +176,53 @@ def test_cross_field_error_names_the_file_line(tmp_path: Path) -> None:
         "model: num_heads_list[1]=3 must divide embed_dim_list[1]=32 "
         f"(model.num_heads_list: at {file}:3:3; model.embed_dim_list: schema default)"
     )
+
+
+# ------------------------------------------------------------- the command line, end to end
+
+needs_main = pytest.mark.skipif(
+    not (ROOT / "main.py").exists() or not (ROOT / "fractalgen" / "train.py").exists(),
+    reason="main.py / fractalgen.train are not in this checkout",
+)
+
+
+def run_main(*argv: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, str(ROOT / "main.py"), *argv], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+@needs_main
+def test_main_print_config_feeds_back_identically(tmp_path: Path) -> None:
+    source = tmp_path / "in.yaml"
+    source.write_text("# my run\nexperiment: {name: small}\ntrainer:\n  max_steps: 50\n")
+    first = run_main("--config", str(source), "--max_steps", "7", "--print_config")
+    assert first.returncode == 0, first.stderr
+    assert "max_steps: 7\n" in first.stdout
+    printed = tmp_path / "printed.yaml"
+    printed.write_text(first.stdout)
+    second = run_main("--config", str(printed), "--print_config")
+    assert second.returncode == 0, second.stderr
+    assert second.stdout == first.stdout
+    assert not list(tmp_path.glob("outputs*"))  # printing trains nothing
+
+
+@needs_main
+@pytest.mark.parametrize(
+    ("argv", "text", "expected"),
+    [
+        (["--max_step", "7", "--print_config"], None, "did you mean --max_steps"),
+        (["--print_config"], "trainer:\n  max_steps: 1\n  max_steps: 2\n", "duplicate key"),
+        (["--print_config", "--name", "../x"], None, "experiment.name: expected a plain"),
+    ],
+)
+def test_main_user_mistakes_exit_2_without_traceback(
+    tmp_path: Path, argv: list[str], text: str | None, expected: str
+) -> None:
+    if text is not None:
+        (tmp_path / "bad.yaml").write_text(text)
+        argv = ["--config", str(tmp_path / "bad.yaml"), *argv]
+    result = run_main(*argv, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and expected in result.stderr
+    assert "Traceback" not in result.stderr
