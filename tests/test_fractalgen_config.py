@@ -58,6 +58,17 @@ def test_every_field_has_a_description() -> None:
             assert spec.get("description"), f"{name}.{field}"
 
 
+def test_json_schema_accepts_the_dump_and_catches_typos() -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    yaml = pytest.importorskip("yaml")
+    schema = json_schema(TrainConfig)
+    jsonschema.validate(yaml.safe_load(dump_config(TrainConfig())), schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"trainer": {"max_step": 3}}, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"data": {"channels": 2}}, schema)
+
+
 def test_seed_flags_work() -> None:
     loaded = parse_train_args(["--train_batch_size", "8", "--max_steps", "100000"])
     assert loaded.config.data.train_batch_size == 8
