@@ -1,0 +1,75 @@
+"""A real 2-process DDP run on CPU (gloo): one version, and every rank uses it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_train_helpers import REPO, step_checkpoints, write_tiny
+
+from versionkit.lightning import RUN_ENV
+from versionkit.registry import Registry
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
+def test_lightning_launched_ddp_run_allocates_one_version(tmp_path: Path) -> None:
+    cfg = write_tiny(tmp_path)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in (RUN_ENV, "VERSIONKIT_BACKEND", "RANK", "LOCAL_RANK", "WORLD_SIZE")
+    }
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["MASTER_ADDR"] = "127.0.0.1"
+    env["MASTER_PORT"] = str(_free_port())
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "main.py"),
+            "--config",
+            str(cfg),
+            "--devices",
+            "2",
+            "--strategy",
+            "ddp",
+            "--accelerator",
+            "cpu",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    # The console lines appear once (rank 0 only).
+    assert proc.stdout.count("✓ Experiment version: 0") == 1
+    assert "✓ Experiment version: 1" not in proc.stdout
+    root = tmp_path / "outputs" / "tiny"
+    assert [p.name for p in (root / "checkpoints").iterdir()] == ["version_0"]
+    assert [p.name for p in (root / "logs").iterdir()] == ["version_0"]
+    reg = Registry(root)
+    versions = reg.list()
+    assert [v.version for v in versions] == [0] and versions[0].status == "completed"
+    # Rank 1 really ran, and checked its version against rank 0's (RegistryCallback.setup
+    # broadcasts it) before training: a disagreement would have failed the run.
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in proc.stdout + proc.stderr
+    names = step_checkpoints(root / "checkpoints" / "version_0")
+    assert [n[:13] for n in names] == ["step_00000002", "step_00000004"]
+    blob = torch.load(root / "checkpoints" / "version_0" / "last.ckpt", weights_only=True)
+    assert blob["global_step"] == 4
+    assert not list((root / ".versionkit").glob("rendezvous/*.json"))
