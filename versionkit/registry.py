@@ -20,14 +20,13 @@ import functools
 import getpass
 import hashlib
 import json
-import math
 import os
 import platform
 import re
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, overload
@@ -580,12 +579,6 @@ class Registry:
                 f"checkpoints must live under it"
             ) from None
 
-    def _absolute(self, stored: str) -> Path | None:
-        path = self.root / stored
-        if ".." in Path(stored).parts or Path(stored).is_absolute():
-            return None  # a hand-edited record must not point us outside the root
-        return path
-
     def add_checkpoint(
         self, n: int, path: str | Path, *, step: int, metrics: Mapping[str, float] | None = None
     ) -> None:
@@ -621,45 +614,51 @@ class Registry:
         Every ``*.ckpt`` in its checkpoint folder, plus recorded ones elsewhere under
         the root; metrics and step come from the record, else from the file name.
         """
-        return self._checkpoints_of(n, self._record(n))
-
-    def _checkpoints_of(
-        self, n: int, record: Mapping[str, Any], metric: str | None = None
-    ) -> _List[CheckpointInfo]:
-        folder = self.checkpoint_dir(n)
-        recorded: dict[Path, Mapping[str, Any]] = {}
-        for item in record.get("checkpoints") or []:
-            if isinstance(item, dict) and isinstance(item.get("path"), str):
-                path = self._absolute(item["path"])
-                if path is not None:
-                    recorded[path] = item
-        found: _List[CheckpointInfo] = []
-        try:
-            with os.scandir(folder) as entries:
-                names = [e.name for e in entries if e.name.endswith(".ckpt") and e.is_file()]
-        except (FileNotFoundError, NotADirectoryError):
-            names = []
-        for name in names:
-            path = folder / name
-            found.append(self._checkpoint_info(path, n, recorded.pop(path, None), metric))
-        for path, item in recorded.items():
-            if path.is_file():
-                found.append(self._checkpoint_info(path, n, item, metric))
+        found = [
+            self._checkpoint_info(rel, n, item)
+            for rel, _name, item in self._existing_checkpoints(n, self._record(n))
+        ]
         found.sort(key=lambda c: (c.step is None, c.step or 0, c.path.name))
         return found
 
-    @staticmethod
-    def _checkpoint_info(
-        path: Path, n: int, item: Mapping[str, Any] | None, metric: str | None
-    ) -> CheckpointInfo:
-        step, metrics = parse_checkpoint_name(path.name, metric)
+    def _existing_checkpoints(
+        self, n: int, record: Mapping[str, Any]
+    ) -> Iterator[tuple[str, str, Mapping[str, Any] | None]]:
+        """(path relative to the root, file name, recorded entry or None) per existing file.
+
+        Works on strings, not Paths: ``best`` runs this over every checkpoint there is.
+        """
+        folder_rel = f"checkpoints/version_{n}"
+        recorded: dict[str, Mapping[str, Any]] = {}
+        for item in record.get("checkpoints") or ():
+            if isinstance(item, dict) and isinstance(item.get("path"), str):
+                recorded[item["path"]] = item
+        try:
+            # A "*.ckpt" folder counts too: sharded (DeepSpeed / FSDP) checkpoints are folders.
+            names = [
+                e for e in os.listdir(os.path.join(self.root, folder_rel)) if e.endswith(".ckpt")
+            ]
+        except (FileNotFoundError, NotADirectoryError):
+            names = []
+        for name in names:
+            rel = f"{folder_rel}/{name}"
+            yield rel, name, recorded.pop(rel, None)
+        for rel, item in recorded.items():
+            # A hand-edited record must not point us outside the root.
+            if rel.startswith("/") or ".." in rel.split("/"):
+                continue
+            if os.path.exists(os.path.join(self.root, rel)):
+                yield rel, rel.rsplit("/", 1)[-1], item
+
+    def _checkpoint_info(self, rel: str, n: int, item: Mapping[str, Any] | None) -> CheckpointInfo:
+        step, metrics = parse_checkpoint_name(rel.rsplit("/", 1)[-1])
         if item is not None:
             if isinstance(item.get("step"), int):
                 step = item["step"]
             recorded = item.get("metrics")
             if isinstance(recorded, dict):
                 metrics = {**metrics, **recorded}
-        return CheckpointInfo(path=path, version=n, step=step, metrics=metrics)
+        return CheckpointInfo(path=self.root / rel, version=n, step=step, metrics=metrics)
 
     def best(
         self, metric: str = "val_loss", mode: str = "min", *, version: int | None = None
@@ -667,23 +666,39 @@ class Registry:
         """The existing checkpoint with the lowest (``min``) or highest (``max``) ``metric``.
 
         Over every version, or only ``version``. Recorded metrics win over the value in
-        the file name; NaN values never win; ties go to the later step.
+        the file name; NaN values never win; ties go to the later step, then version.
         """
         if mode not in ("min", "max"):
             raise RegistryError(f"mode must be 'min' or 'max', got {mode!r}")
         records = self._all_records() if version is None else {version: self._record(version)}
         sign = 1.0 if mode == "min" else -1.0
-        best: CheckpointInfo | None = None
+        pattern = _metric_pattern(metric)
         best_key: tuple[float, int, int] | None = None
+        best_hit: tuple[str, int, Mapping[str, Any] | None] | None = None
         for n, record in records.items():
-            for ckpt in self._checkpoints_of(n, record, metric):
-                value = ckpt.metrics.get(metric)
-                if value is None or math.isnan(value):
+            for rel, name, item in self._existing_checkpoints(n, record):
+                value: Any = None
+                if item is not None and isinstance(item.get("metrics"), dict):
+                    value = item["metrics"].get(metric)
+                if value is None and metric in name:
+                    match = pattern.search(name[:-5] if name.endswith(".ckpt") else name)
+                    if match:
+                        value = float(match.group(2))
+                if not isinstance(value, (int, float)) or value != value:  # None, NaN
                     continue
-                key = (sign * value, -(ckpt.step if ckpt.step is not None else -1), -n)
+                scaled = sign * float(value)
+                if best_key is not None and scaled > best_key[0]:
+                    continue  # cheap reject before parsing the step
+                step: Any = item.get("step") if item is not None else None
+                if not isinstance(step, int):
+                    step_match = _STEP_IN_NAME.search(name)
+                    step = int(step_match.group(1)) if step_match else -1
+                key = (scaled, -step, -n)
                 if best_key is None or key < best_key:
-                    best, best_key = ckpt, key
-        return best
+                    best_key, best_hit = key, (rel, n, item)
+        if best_hit is None:
+            return None
+        return self._checkpoint_info(*best_hit)
 
     # -- configs ------------------------------------------------------------------------
 

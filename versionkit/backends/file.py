@@ -141,9 +141,10 @@ class FileBackend(Backend):
             f"'versionkit repair {self.root}' to rebuild the state from what is on disk"
         )
 
-    def _read_json(self, path: Path) -> dict[str, Any] | None:
+    def _read_json(self, path: Path | str) -> dict[str, Any] | None:
         try:
-            data = path.read_bytes()
+            with open(path, "rb") as f:
+                data = f.read()
         except FileNotFoundError:
             return None
         except IsADirectoryError as exc:
@@ -280,8 +281,10 @@ class FileBackend(Backend):
 
     def list(self) -> list[Record]:
         records = []
+        folder = str(self.records_dir)
         for number in self._record_numbers():
-            record = self._read_json(self._record_path(number))
+            # Plain string paths: this runs once per version for every listing and best().
+            record = self._read_json(os.path.join(folder, f"{number}.json"))
             if record is not None:
                 records.append(record)
         return records
