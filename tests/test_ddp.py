@@ -73,3 +73,50 @@ def test_lightning_launched_ddp_run_allocates_one_version(tmp_path: Path) -> Non
     blob = torch.load(root / "checkpoints" / "version_0" / "last.ckpt", weights_only=True)
     assert blob["global_step"] == 4
     assert not list((root / ".versionkit").glob("rendezvous/*.json"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
+def test_torchrun_ranks_started_at_once_share_one_version(tmp_path: Path) -> None:
+    """torchrun starts every rank itself: rank 0 allocates, rank 1 waits for its number."""
+    cfg = write_tiny(tmp_path)
+    Registry(tmp_path / "outputs" / "tiny").allocate()  # an earlier run: this one is 1
+    env = {k: v for k, v in os.environ.items() if k not in (RUN_ENV, "VERSIONKIT_BACKEND")}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(REPO / "main.py"),
+            "--config",
+            str(cfg),
+            "--devices",
+            "2",
+            "--strategy",
+            "ddp",
+            "--accelerator",
+            "cpu",
+            "--max_steps",
+            "2",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert proc.stdout.count("✓ Experiment version: 1") == 1
+    root = tmp_path / "outputs" / "tiny"
+    assert sorted(p.name for p in (root / "checkpoints").iterdir()) == ["version_0", "version_1"]
+    assert sorted(p.name for p in (root / "logs").iterdir()) == ["version_0", "version_1"]
+    assert [v.version for v in Registry(root).list()] == [0, 1]
+    assert Registry(root).get(1).status == "completed"
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in proc.stdout + proc.stderr
+    assert len(step_checkpoints(root / "checkpoints" / "version_1")) == 1
