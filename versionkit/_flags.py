@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import difflib
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from pydantic import BaseModel
@@ -138,7 +139,7 @@ def parse_args(
         name, eq, inline = token[2:].partition("=")
         has_inline = bool(eq)
 
-        def value(what: str, name: str = name, has_inline: bool = has_inline,
+        def value(what: Callable[[], str], name: str = name, has_inline: bool = has_inline,
                   inline: str = inline, token: str = token) -> tuple[str, str]:
             nonlocal i
             if has_inline:
@@ -146,10 +147,10 @@ def parse_args(
             if i < len(args) and not args[i].startswith("--"):
                 i += 1
                 return args[i - 1], f"{token} {args[i - 1]}"
-            raise ConfigError(f"flag --{name} needs a value ({what}), e.g. --{name}=VALUE")
+            raise ConfigError(f"flag --{name} needs a value ({what()}), e.g. --{name}=VALUE")
 
         if name == "config":
-            path, _ = value("a YAML file path")
+            path, _ = value(partial(str, "a YAML file path"))
             if out.config_file is not None:
                 raise ConfigError(
                     f"--config given twice ({out.config_file!r} and {path!r}); give one file"
@@ -168,7 +169,7 @@ def parse_args(
                 continue
         if control is not None:
             if control.takes_value:
-                out.controls[control.name], _ = value(control.help)
+                out.controls[control.name], _ = value(partial(str, control.help))
             elif has_inline:
                 out.controls[control.name] = _bool_word(inline, token)
             elif i < len(args) and (args[i] in _TRUE_WORDS or args[i] in _FALSE_WORDS):
@@ -216,7 +217,7 @@ def parse_args(
             else:
                 raw, text = "true", token
         else:
-            raw, text = value(describe_type(leaf.annotation))
+            raw, text = value(partial(describe_type, leaf.annotation))
             if text != token:
                 used.append(raw)
         out.overrides.append((leaf.path, convert_flag(leaf.annotation, raw, text), text))

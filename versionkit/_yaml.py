@@ -68,6 +68,8 @@ _NAN = re.compile(r"\.(?:nan|NaN|NAN)\Z")
 _NUMBER_START = frozenset("0123456789+-.")
 
 _NOT_A_VALUE = object()
+_NODE_EVENTS = frozenset({ScalarEvent, SequenceStartEvent, MappingStartEvent, SequenceEndEvent,
+                          MappingEndEvent, AliasEvent})
 _MERGE_KEY = object()  # a plain '<<' key: YAML's merge of another mapping's keys
 
 
@@ -281,19 +283,15 @@ def parse_yaml(text: str, source: str) -> tuple[Any, dict[Loc, Mark], bool]:
     mark: Mark = (1, 1)
     try:
         for event in _events(text):
-            if isinstance(event, DocumentStartEvent):
-                documents += 1
-                if documents > 1:
-                    raise ConfigError(
-                        f"{_where(source, _mark(event))}: several YAML documents ('---'); "
-                        "a config file holds exactly one mapping"
-                    )
-                continue
-            if not isinstance(
-                event,
-                (ScalarEvent, SequenceStartEvent, MappingStartEvent, SequenceEndEvent,
-                 MappingEndEvent, AliasEvent),
-            ):
+            kind = type(event)
+            if kind not in _NODE_EVENTS:
+                if kind is DocumentStartEvent:
+                    documents += 1
+                    if documents > 1:
+                        raise ConfigError(
+                            f"{_where(source, _mark(event))}: several YAML documents ('---'); "
+                            "a config file holds exactly one mapping"
+                        )
                 continue
             mark = _mark(event)
             if isinstance(event, ScalarEvent):
@@ -337,10 +335,11 @@ def parse_yaml(text: str, source: str) -> tuple[Any, dict[Loc, Mark], bool]:
                                 frame.container[key] = item
                                 locs[(*frame.path, key)] = merge_at
                 add(frame.container, frame.start, frame.size, frame.anchor)
-            else:  # AliasEvent
-                if event.anchor not in anchors:
-                    raise ConfigError(f"{_where(source, mark)}: unknown alias *{event.anchor}")
-                value, size = anchors[event.anchor]
+            elif isinstance(event, AliasEvent):
+                anchor = str(event.anchor)
+                if anchor not in anchors:
+                    raise ConfigError(f"{_where(source, mark)}: unknown alias *{anchor}")
+                value, size = anchors[anchor]
                 total += size
                 if total > MAX_NODES:
                     break
