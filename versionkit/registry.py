@@ -353,10 +353,12 @@ class Registry:
                 raise RegistryError(
                     f"cannot list {self.root / sub}: {exc.strerror or exc}"
                 ) from exc
-            for name in names:
-                match = _VERSION_DIR.match(name)
-                if match:
-                    numbers.add(int(match.group(1)))
+            # Same as _VERSION_DIR, without a regex per entry (this runs per allocation).
+            numbers.update(
+                int(name[8:])
+                for name in names
+                if name.startswith("version_") and name[8:].isdigit() and name[8:].isascii()
+            )
         return numbers
 
     # -- allocation ---------------------------------------------------------------------

@@ -240,9 +240,9 @@ class FileBackend(Backend):
         except OSError as exc:
             raise BackendError(f"cannot list {self.records_dir}: {exc.strerror or exc}") from exc
         numbers = [
-            int(name[:-5])
-            for name in entries
-            if name.endswith(".json") and name[:-5].isdigit() and name[:-5].isascii()
+            int(stem)
+            for stem in (name[:-5] for name in entries if name.endswith(".json"))
+            if stem.isdigit() and stem.isascii()
         ]
         numbers.sort()
         return numbers
