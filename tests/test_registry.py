@@ -523,3 +523,35 @@ def test_version_info_survives_odd_records(tmp_path: Path) -> None:
         None,
     )
     assert not info.is_dead
+
+
+@pytest.mark.parametrize("kind", ["file", "memory", "sqlite"])
+def test_the_registry_works_on_every_builtin_backend(tmp_path: Path, kind: str) -> None:
+    uri = {"file": "file", "memory": "memory://every", "sqlite": f"sqlite:///{tmp_path / 'r.db'}"}
+    if kind == "sqlite":
+        pytest.importorskip("sqlalchemy")
+    (tmp_path / "exp" / "logs" / "version_4").mkdir(parents=True)
+    try:
+        with Registry(tmp_path / "exp", uri[kind]) as reg:
+            first = reg.allocate(config={"lr": 0.1}, seed=1)
+            second = reg.allocate(config={"lr": 0.2})
+            assert (first.version, second.version) == (5, 6)
+            reg.log_metrics(5, {"val_loss": 0.5}, step=10)
+            reg.set_status(5, "completed")
+            ckpt = touch(reg.checkpoint_dir(6) / "step_00000010-val_loss_0.2500.ckpt")
+            reg.add_checkpoint(6, ckpt, step=10, metrics={"val_loss": 0.25})
+            assert [(v.version, v.status) for v in reg.list()] == [
+                (4, "untracked"),
+                (5, "completed"),
+                (6, "running"),
+            ]
+            assert reg.get(5).metrics == {"val_loss": 0.5} and reg.get(5).ended_at
+            best = reg.best()
+            assert best is not None and (best.version, best.path) == (6, ckpt)
+            assert reg.config(6) == {"lr": 0.2}
+            assert reg.repair()["next_number"] == 7
+            shutil.rmtree(reg.root / "logs")
+            shutil.rmtree(reg.root / "checkpoints")
+            assert reg.allocate().version == 7
+    finally:
+        MemoryBackend.reset("every")
