@@ -427,6 +427,12 @@ def test_config_dict_typed_yaml_fallback_and_diff(reg: Registry) -> None:
     assert reg.config(c, Cfg).lr == 0.3
     changes = reg.diff(a, c)
     assert changes["lr"] == (0.1, 0.3) and changes["model.dim"][1] is config_mod.MISSING
+    model = Cfg(lr=0.5)
+    hashed = reg.allocate(config=model)
+    assert hashed.config_hash == config_mod.config_hash(model)
+    assert hashed.record["config"] == model.model_dump(mode="json")
+    reg.update(hashed.version, config=Cfg(lr=0.6))
+    assert reg.get(hashed.version).config_hash == config_mod.config_hash(Cfg(lr=0.6))
     d = reg.allocate(config={"schema_version": 1, "lr": "fast"}).version
     with pytest.raises(ConfigError, match="lr"):
         reg.config(d, Cfg)

@@ -143,6 +143,17 @@ def _jsonable(value: Any, where: str) -> Any:
     )
 
 
+def _hash_config(config: Any, plain: dict[str, Any]) -> str:
+    """``versionkit.config.config_hash`` for a ConfigModel, else sha256 of canonical JSON."""
+    if callable(getattr(config, "model_dump", None)):
+        from versionkit.config import ConfigModel, config_hash
+
+        if isinstance(config, ConfigModel):
+            return config_hash(config)
+    canonical = json.dumps(plain, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
 @functools.lru_cache(maxsize=64)
 def _metric_pattern(metric: str) -> re.Pattern[str]:
     return re.compile(rf"(?:^|[-/])({re.escape(metric)})[=_]{_NUMBER}(?=$|[-_]|\.ckpt$|\.)")
@@ -381,7 +392,8 @@ class Registry:
 
         Args:
             config: the resolved config (a mapping, or a pydantic model).
-            config_hash: its hash; default: sha256 of its canonical JSON.
+            config_hash: its hash; default: ``versionkit.config.config_hash`` for a
+                ``ConfigModel``, else the sha256 of the mapping's canonical JSON.
             command: the command line; default ``sys.argv``.
             seed: the run's seed.
             extra: more JSON-able top-level keys for the record.
@@ -422,8 +434,7 @@ class Registry:
         if config_dict is not None and not isinstance(config_dict, dict):
             raise RegistryError(f"config must be a mapping, got {type(config).__name__}")
         if config_hash is None and config_dict is not None:
-            canonical = json.dumps(config_dict, sort_keys=True, separators=(",", ":"))
-            config_hash = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+            config_hash = _hash_config(config, config_dict)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise RegistryError(f"seed must be an int, got {seed!r}")
         cwd = os.getcwd()
@@ -514,8 +525,7 @@ class Registry:
             raise RegistryError("cannot change a record's 'version'")
         patch = {key: _jsonable(value, key) for key, value in fields.items()}
         if "config" in patch and "config_hash" not in patch and isinstance(patch["config"], dict):
-            canonical = json.dumps(patch["config"], sort_keys=True, separators=(",", ":"))
-            patch["config_hash"] = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+            patch["config_hash"] = _hash_config(fields["config"], patch["config"])
         self._modify(n, lambda _record: patch)
 
     def _modify(self, n: int, change: Callable[[Record], Mapping[str, Any]]) -> None:

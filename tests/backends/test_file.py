@@ -86,6 +86,19 @@ def test_corrupt_record_is_an_error(fb: FileBackend) -> None:
         fb.update(1, {"status": "completed"})
 
 
+def test_record_under_the_wrong_number_is_corrupt(fb: FileBackend) -> None:
+    for _ in range(3):
+        fb.allocate(0, {})
+    (fb.records_dir / "1.json").write_text(json.dumps({"version": 2}))
+    with pytest.raises(CorruptStateError, match="holds version 2, not 1"):
+        fb.get(1)
+    with pytest.raises(CorruptStateError):
+        fb.list()
+    fb.repair(0)
+    stub = fb.get(1)
+    assert stub is not None and stub["status"] == "unknown"
+
+
 def test_missing_counter_with_records_is_corrupt(fb: FileBackend) -> None:
     for _ in range(2):
         fb.allocate(0, {})

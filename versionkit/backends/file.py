@@ -135,7 +135,7 @@ class FileBackend(Backend):
             )
         return self.records_dir / f"{number}.json"
 
-    def _corrupt(self, path: Path, why: str) -> CorruptStateError:
+    def _corrupt(self, path: Path | str, why: str) -> CorruptStateError:
         return CorruptStateError(
             f"registry state file {path} is corrupt ({why}); nothing was changed. Run "
             f"'versionkit repair {self.root}' to rebuild the state from what is on disk"
@@ -276,15 +276,23 @@ class FileBackend(Backend):
                 raise self._wrap_os(exc) from exc
         return number
 
+    def _read_record(self, path: Path | str, number: int) -> Record | None:
+        record = self._read_json(path)
+        if record is not None and record.get("version") != number:
+            raise self._corrupt(
+                Path(path), f"it holds version {record.get('version')!r}, not {number}"
+            )
+        return record
+
     def get(self, number: int) -> Record | None:
-        return self._read_json(self._record_path(number))
+        return self._read_record(self._record_path(number), number)
 
     def list(self) -> list[Record]:
         records = []
         folder = str(self.records_dir)
         for number in self._record_numbers():
             # Plain string paths: this runs once per version for every listing and best().
-            record = self._read_json(os.path.join(folder, f"{number}.json"))
+            record = self._read_record(os.path.join(folder, f"{number}.json"), number)
             if record is not None:
                 records.append(record)
         return records
@@ -296,7 +304,7 @@ class FileBackend(Backend):
     def modify(self, number: int, change: Callable[[Record], Mapping[str, Any]]) -> None:
         path = self._record_path(number)
         with self._locked():
-            record = self._read_json(path)
+            record = self._read_record(path, number)
             if record is None:
                 raise VersionNotFoundError(f"version {number} does not exist in {self.describe()}")
             patch = change(dict(record))
