@@ -22,6 +22,7 @@ from versionkit.config import (
     load_config,
     load_yaml_text,
 )
+from versionkit.errors import ConfigError
 
 
 class Color(enum.Enum):
@@ -192,3 +193,38 @@ def test_hash_differs_when_a_value_differs() -> None:
     assert config_hash(Rich(lr=0.0)) != config_hash(Rich(lr=-0.0))
     assert config_hash(Rich()) == config_hash(Rich())
     assert len(config_hash(Rich())) == 64
+
+
+# ------------------------------------------------------------- no raw tracebacks, ever
+
+YAMLISH = st.lists(
+    st.sampled_from(["a", "name", "inner", "x", ":", " ", "\n", "  ", "-", "[", "]", "{", "}",
+                     ",", "&a", "*a", "<<", "!!str", "!!python/name:os.system", "'", '"', "#",
+                     "1e3", "null", "true", "---", "?", "|", ">", "\t", "%YAML 1.2", "\\"]),
+    max_size=40,
+).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(YAMLISH, st.text(max_size=60)))
+def test_any_text_loads_or_fails_with_a_config_error(text: str) -> None:
+    try:
+        load_yaml_text(Rich, text)
+    except ConfigError as exc:
+        assert str(exc) and "Traceback" not in str(exc)
+
+
+FLAG_WORDS = st.sampled_from(
+    ["--name", "--count", "--flag", "--no-flag", "--inner.x", "--x", "--opt_inner", "--opt_inner.x",
+     "--sizes", "--pair", "--color", "--maybe", "--mapping", "--inners", "--config", "--nope",
+     "-x", "1", "null", "[1, 2", "true", "a,b", "{a: 1}", "--lr=1e-4", "--path=", "--=", "--",
+     "red", "[]", "--lit", "3", "--level", "--num=1.5"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(FLAG_WORDS, max_size=8))
+def test_any_command_line_loads_or_fails_with_a_config_error(argv: list[str]) -> None:
+    try:
+        load_config(Rich, argv)
+    except ConfigError as exc:
+        assert str(exc) and "Traceback" not in str(exc)
