@@ -115,6 +115,27 @@ def test_config_error_pickles_with_its_message() -> None:
     assert isinstance(again, ConfigError) and str(again) == str(info.value)
 
 
+def test_missing_required_fields_say_how_to_set_them() -> None:
+    class Need(ConfigSection):
+        need: int
+
+    class Required(ConfigModel):
+        name: str
+        sub: Need = Field(default_factory=lambda: Need(need=1))
+
+    with pytest.raises(ConfigError) as info:
+        load_config(Required, [])
+    assert str(info.value) == (
+        "name: required field is missing; set it in the config file or with --name VALUE"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_yaml_text(Required, "name: a\nsub:\n  {}\n", source="f.yaml")
+    assert str(info.value) == (
+        "sub.need: required field is missing; set it in the config file (the section at "
+        "f.yaml:2:1) or with --sub.need VALUE"
+    )
+
+
 # ------------------------------------------------------------- migrations
 
 

@@ -111,7 +111,15 @@ def _map_errors(exc: ValidationError, schema: type[BaseModel], src: Sources) -> 
             text = (f"unknown field ({src.where(loc, leaf_len=leaf_len)})"
                     f"{_did_you_mean(str(loc[-1]), owner, schema)}")
         elif kind == "missing":
-            text = f"required field is missing ({src.where(loc[:-1], leaf_len=0)})"
+            flag = ".".join(str(p) for p in loc if isinstance(p, str))
+            place = ""
+            mark = src.locs.get(loc[:-1]) if loc[:-1] else None
+            if mark is not None:
+                place = f" (the section at {src.file}:{mark[0]}:{mark[1]})"
+            elif src.file is not None:
+                place = f" ({src.file})"
+            text = (f"required field is missing; set it in the config file{place} "
+                    f"or with --{flag} VALUE")
         else:
             text = _expected(str(err["msg"]))
             if kind not in ("value_error", "assertion_error") or not isinstance(
