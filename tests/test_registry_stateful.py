@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
@@ -148,4 +149,4 @@ class RegistryMachine(RuleBasedStateMachine):
 
 
 RegistryMachine.TestCase.settings = settings(max_examples=20, stateful_step_count=25, deadline=None)
-TestRegistryStateMachine = RegistryMachine.TestCase
+TestRegistryStateMachine = pytest.mark.slow(RegistryMachine.TestCase)
