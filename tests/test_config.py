@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 import subprocess
@@ -70,6 +71,15 @@ def test_sections_must_forbid_unknown_keys() -> None:
 
         class Uses(ConfigModel):
             plain: Plain = Field(default_factory=Plain)
+
+    @dataclasses.dataclass
+    class Point:
+        x: int = 0
+
+    with pytest.raises(TypeError, match="Point accepts unknown keys"):
+
+        class UsesDataclass(ConfigModel):
+            point: Point | None = None
 
     with pytest.raises(TypeError, match="accepts unknown keys"):
 

@@ -18,6 +18,7 @@ Example::
 from __future__ import annotations
 
 import copy
+import dataclasses
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -123,13 +124,17 @@ def _coerce(cls: type[BaseModel], data: dict[str, Any]) -> dict[str, Any]:
     return data if changed is None else changed
 
 
-def _models_in(tp: Any) -> list[type[BaseModel]]:
+def _loose_types_in(tp: Any) -> list[type]:
+    # models and dataclasses inside an annotation that would silently accept unknown keys
     tp = strip(tp)
     if isinstance(tp, type) and issubclass(tp, BaseModel):
-        return [tp]
-    found: list[type[BaseModel]] = []
+        return [] if tp.model_config.get("extra") == "forbid" else [tp]
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        config = getattr(tp, "__pydantic_config__", None) or {}
+        return [] if config.get("extra") == "forbid" else [tp]
+    found: list[type] = []
     for arg in get_args(tp):
-        found += _models_in(arg)
+        found += _loose_types_in(arg)
     return found
 
 
@@ -154,12 +159,11 @@ class ConfigSection(BaseModel):
         if not cls.__pydantic_complete__:
             return
         for name, info in cls.model_fields.items():
-            for model in _models_in(info.annotation):
-                if model.model_config.get("extra") != "forbid":
-                    raise TypeError(
-                        f"{cls.__name__}.{name}: {model.__name__} accepts unknown keys; "
-                        "derive it from versionkit.config.ConfigSection"
-                    )
+            for loose in _loose_types_in(info.annotation):
+                raise TypeError(
+                    f"{cls.__name__}.{name}: {loose.__name__} accepts unknown keys; "
+                    "derive it from versionkit.config.ConfigSection"
+                )
 
     @model_validator(mode="before")
     @classmethod
