@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -45,6 +46,7 @@ __all__ = [
     "Loc",
     "Mark",
     "parse_yaml",
+    "read_text_file",
     "resolve_plain",
 ]
 
@@ -367,3 +369,25 @@ def parse_yaml(text: str, source: str) -> tuple[Any, dict[Loc, Mark], bool]:
     if root is _NOT_A_VALUE:
         return None, locs, True
     return root, locs, False
+
+
+def read_text_file(path: Path) -> str:
+    """A config file's text (UTF-8), or a ConfigError saying why it cannot be read."""
+    try:
+        if path.is_dir():
+            raise ConfigError(f"config file {path} is a directory; expected a YAML file")
+        size = path.stat().st_size
+        if size > MAX_BYTES:
+            raise ConfigError(f"config file {path} is {size} bytes; the limit is {MAX_BYTES}")
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {raw[exc.start]:#04x} at offset "
+            f"{exc.start})"
+        ) from None

@@ -27,12 +27,13 @@ from typing import Any, ClassVar, Generic, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from versionkit._diff import MISSING, diff_plain
 from versionkit._emit import emit, to_plain
 from versionkit._flags import ControlFlag, config_flags, format_help, parse_args
 from versionkit._migrate import migrate, register_migration
 from versionkit._report import Sources, validate
 from versionkit._types import Coercer, make_coercer, strip
-from versionkit._yaml import MAX_BYTES, Loc, Mark, parse_yaml
+from versionkit._yaml import Loc, Mark, parse_yaml, read_text_file
 from versionkit.errors import ConfigError
 
 __all__ = [
@@ -55,29 +56,6 @@ __all__ = [
 ]
 
 C = TypeVar("C", bound="ConfigModel")
-
-
-class _Missing:
-    """The MISSING sentinel of :func:`diff_configs`: a key one side does not have."""
-
-    _instance: ClassVar[_Missing | None] = None
-
-    def __new__(cls) -> _Missing:
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
-
-    def __repr__(self) -> str:
-        return "MISSING"
-
-    def __reduce__(self) -> str:
-        return "MISSING"
-
-    def __bool__(self) -> bool:
-        return False
-
-
-MISSING: Any = _Missing()
 
 
 class FieldError(ValueError):
@@ -227,44 +205,16 @@ def config_hash(config: ConfigModel) -> str:
     return hashlib.sha256(dump_config(config).encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def _flatten(value: Mapping[str, Any], prefix: str, out: dict[str, Any]) -> None:
-    for key, item in value.items():
-        dotted = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(item, Mapping) and item:
-            _flatten(item, dotted, out)
-        else:
-            out[dotted] = item
-
-
-def _same(x: Any, y: Any) -> bool:
-    numbers = (int, float)
-    if isinstance(x, numbers) and isinstance(y, numbers) and not isinstance(x, bool) \
-            and not isinstance(y, bool):
-        return bool(x == y) or (x != x and y != y)  # 1 == 1.0; NaN equals NaN here
-    if isinstance(x, list) and isinstance(y, list):
-        return len(x) == len(y) and all(_same(a, b) for a, b in zip(x, y, strict=True))
-    if type(x) is not type(y):
-        return False
-    return bool(x == y)
-
-
 def diff_configs(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
     """What changed between two configs, as ``{dotted key: (old, new)}``.
 
     Nested mappings are compared leaf by leaf; a key one side lacks shows
     :data:`MISSING` on that side. Configs (models) are accepted too.
     """
-    flat_a: dict[str, Any] = {}
-    flat_b: dict[str, Any] = {}
-    _flatten(to_plain(a) if isinstance(a, BaseModel) else a, "", flat_a)
-    _flatten(to_plain(b) if isinstance(b, BaseModel) else b, "", flat_b)
-    out: dict[str, tuple[Any, Any]] = {}
-    for key in [*flat_a, *(k for k in flat_b if k not in flat_a)]:
-        old = flat_a.get(key, MISSING)
-        new = flat_b.get(key, MISSING)
-        if not _same(old, new):
-            out[key] = (old, new)
-    return out
+    return diff_plain(
+        to_plain(a) if isinstance(a, BaseModel) else a,
+        to_plain(b) if isinstance(b, BaseModel) else b,
+    )
 
 
 def config_to_flags(config: ConfigModel) -> list[str]:
@@ -299,27 +249,6 @@ class LoadedConfig(Generic[C]):
     config_text: str | None
     flags: list[str]
     controls: dict[str, Any]
-
-
-def _read_text(path: Path) -> str:
-    try:
-        if path.is_dir():
-            raise ConfigError(f"config file {path} is a directory; expected a YAML file")
-        size = path.stat().st_size
-        if size > MAX_BYTES:
-            raise ConfigError(f"config file {path} is {size} bytes; the limit is {MAX_BYTES}")
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"config file {path} is not UTF-8 text (byte {raw[exc.start]:#04x} at offset "
-            f"{exc.start})"
-        ) from None
 
 
 def _parse_text(
@@ -358,7 +287,7 @@ def load_yaml_config(schema: type[C], path: str | Path) -> C:
         ConfigError: the file is missing, not valid YAML, or not a valid config.
     """
     path = Path(path)
-    return load_yaml_text(schema, _read_text(path), source=str(path))
+    return load_yaml_text(schema, read_text_file(path), source=str(path))
 
 
 def _set_in(data: dict[str, Any], path: tuple[str, ...], value: Any) -> dict[str, Any]:
@@ -417,7 +346,7 @@ def load_config(
     locs: dict[Loc, Mark] = {}
     text = None
     if config_file is not None:
-        text = _read_text(config_file)
+        text = read_text_file(config_file)
         data, locs = _parse_text(schema, text, str(config_file))
     flag_src: dict[tuple[str, ...], str] = {}
     for path, value, flag in parsed.overrides:
