@@ -199,7 +199,11 @@ def dump_config(config: ConfigModel, *, header: Sequence[str] = ()) -> str:
 
 
 def config_hash(config: ConfigModel) -> str:
-    """sha256 hex digest of the canonical dump (without header)."""
+    """sha256 hex digest of the canonical dump (without header).
+
+    Equal configs always hash equal, whatever the order or spelling of their source:
+    the dump writes fields in schema order and numbers in one canonical form.
+    """
     import hashlib
 
     return hashlib.sha256(dump_config(config).encode("utf-8", "surrogatepass")).hexdigest()
@@ -224,7 +228,11 @@ def config_to_flags(config: ConfigModel) -> list[str]:
 
 
 def json_schema(schema: type[ConfigModel]) -> dict[str, Any]:
-    """JSON Schema (draft 2020-12) of a config schema, for editors and validators."""
+    """JSON Schema (draft 2020-12) of a config schema, for editors and validators.
+
+    Point an editor at it (e.g. ``# yaml-language-server: $schema=train.schema.json``)
+    for completion and checks; ``versionkit schema MODULE:Class`` prints it.
+    """
     body = schema.model_json_schema(mode="validation")
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", **body}
 
@@ -275,7 +283,16 @@ def _parse_text(
 
 
 def load_yaml_text(schema: type[C], text: str, *, source: str = "<config>") -> C:
-    """Validate YAML text against ``schema`` (migrations applied)."""
+    """Validate YAML text against ``schema`` (migrations applied).
+
+    Args:
+        schema: the :class:`ConfigModel` subclass.
+        text: the YAML text of one mapping.
+        source: what error messages call the text (a path, "version 3 record", ...).
+
+    Raises:
+        ConfigError: the text is not valid YAML or not a valid config.
+    """
     data, locs = _parse_text(schema, text, source)
     return validate(schema, data, Sources(source, locs, {}))
 
