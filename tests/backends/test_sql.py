@@ -533,3 +533,12 @@ def test_close_ends_this_backend_but_not_others_on_the_same_database(store: SQLB
         store.list()
     assert other.allocate(0, {}) == 1
     other.close()
+
+
+@pytest.mark.parametrize("timeout", [-1.0, 0.0, 0.5, float("inf")])
+def test_any_lock_timeout_works_without_contention(store: SQLBackend, timeout: float) -> None:
+    store.lock_timeout = timeout
+    assert store.allocate(0, {}) == 0
+    store.update(0, {"status": "completed"})
+    assert store.raise_next_number(5) == 5
+    assert store.get(0) == {"status": "completed", "version": 0}
