@@ -367,9 +367,11 @@ def convert_flag(tp: Any, raw: str, flag: str) -> Any:
             return _sequence(args[0], raw, flag)
         return _scalar(raw, flag)
     origin = get_origin(tp)
-    if origin in _SEQS:
+    if origin in _SEQS or tp in _SEQS:
         return _sequence(tp, raw, flag)
-    if origin in (dict, Mapping) or (isinstance(tp, type) and issubclass(tp, BaseModel)):
+    if origin in (dict, Mapping) or tp in (dict, Mapping) or (
+        isinstance(tp, type) and issubclass(tp, BaseModel)
+    ):
         return _yaml_value(raw, flag)
     if _is_str_like(tp):
         return _unquote(raw, flag)
