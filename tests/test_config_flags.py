@@ -150,6 +150,13 @@ def test_defaults_then_file_then_flags(tmp_path: Path) -> None:
     assert loaded.flags == ["--max_steps", "7"]
 
 
+def test_config_path_expands_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "c.yaml").write_text("max_steps: 5\n")
+    loaded = load_config(Cfg, ["--config=~/c.yaml"])
+    assert loaded.config.max_steps == 5 and loaded.config_file == tmp_path / "c.yaml"
+
+
 def test_position_of_config_does_not_matter(tmp_path: Path) -> None:
     file = tmp_path / "c.yaml"
     file.write_text("max_steps: 50\nverbose: true\n")
@@ -262,6 +269,7 @@ def test_flag_without_value() -> None:
     )
     assert "flag --lr needs a value" in error("--lr", "--verbose")
     assert "flag --config needs a value" in error("--config")
+    assert "flag --config needs a value" in error("--config=")
     assert "flag --resume needs a value" in error("--resume")
 
 

@@ -151,6 +151,8 @@ def parse_args(
 
         if name == "config":
             path, _ = value(partial(str, "a YAML file path"))
+            if not path:
+                raise ConfigError("flag --config needs a value (a YAML file path), not ''")
             if out.config_file is not None:
                 raise ConfigError(
                     f"--config given twice ({out.config_file!r} and {path!r}); give one file"

@@ -355,7 +355,10 @@ def load_config(
                                      controls=controls))
         sys.stdout.flush()
         raise SystemExit(0)
-    config_file = Path(parsed.config_file) if parsed.config_file is not None else None
+    # '--config=~/run.yaml' reaches us unexpanded (the shell only expands a word's start)
+    config_file = None
+    if parsed.config_file is not None:
+        config_file = Path(parsed.config_file).expanduser()
     if config_file is None and default_config_file is not None:
         found = default_config_file(dict(parsed.controls))
         config_file = Path(found) if found is not None else None
