@@ -400,6 +400,16 @@ def test_a_garbled_schema_version_is_corrupt_state(
         SQLBackend(store.uri, store.root, store.experiment).list()
 
 
+def test_an_unknown_older_schema_version_is_corrupt_state(
+    store: SQLBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.allocate(0, {})
+    set_schema_version(store, "0")
+    monkeypatch.setattr(sqlmod, "_ready", set())
+    with pytest.raises(CorruptStateError, match="schema version 0, which no versionkit"):
+        SQLBackend(store.uri, store.root, store.experiment).list()
+
+
 def test_an_older_layout_is_upgraded_once(
     store: SQLBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -462,7 +462,13 @@ class SQLBackend(Backend):
                     )
                     return
                 while version < SCHEMA_VERSION:
-                    _MIGRATIONS[version](conn)
+                    migrate = _MIGRATIONS.get(version)
+                    if migrate is None:
+                        raise CorruptStateError(
+                            f"{self.describe()}: table {_meta.name} says schema version "
+                            f"{version}, which no versionkit ever wrote; nothing was changed"
+                        )
+                    migrate(conn)
                     version += 1
                 conn.execute(
                     sa.update(_meta)
