@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from fractalgen.model.blocks import ViTBlock, init_weights
 
-__all__ = ["PixelHead", "channel_stats", "normalize_channels"]
+__all__ = ["PixelHead", "channel_stats", "normalize_channels", "sample_categorical"]
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -86,18 +86,19 @@ class PixelHead(nn.Module):
         nn.init.normal_(self.codebook, std=0.02)
         self.apply(init_weights)
 
-    def logits(self, cond: Tensor, values: Tensor) -> Tensor:
+    def logits(self, cond: Tensor, values: Tensor, *, projected: Tensor | None = None) -> Tensor:
         """Logits of channels ``0 .. j`` given the condition and the first ``j`` channel values.
 
         Args:
             cond: Condition vectors (N, cond_dim).
             values: Known 8-bit values (N, j) as long, ``0 <= j < C``.
+            projected: ``cond_proj(cond)`` when the caller already has it.
 
         Returns:
             fp32 logits (N, j + 1, 256).
         """
         j = values.shape[1]
-        x = self.cond_proj(cond).unsqueeze(1)
+        x = (self.cond_proj(cond) if projected is None else projected).unsqueeze(1)
         if j > 0:
             chan = torch.arange(j, device=values.device)
             x = torch.cat([x, self.codebook[chan, values].to(x.dtype)], dim=1)
@@ -163,15 +164,28 @@ class PixelHead(nn.Module):
         """
         c = cond[:, 0]
         n = c.shape[0] // 2 if guided else c.shape[0]
+        projected = self.cond_proj(c)
         values = torch.zeros(n, self.in_channels, dtype=torch.long, device=c.device)
         for i in range(self.in_channels):
             known = values[:, :i]
             if guided:
                 known = torch.cat([known, known], dim=0)
-            logits = self.logits(c, known)[:, i] / temperature
+            logits = self.logits(c, known, projected=projected)[:, i] / temperature
             if guided:
                 cond_logits, uncond_logits = logits[:n], logits[n:]
                 logits = uncond_logits + cfg * (cond_logits - uncond_logits)
-            probs = torch.softmax(logits, dim=-1)
-            values[:, i] = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+            values[:, i] = sample_categorical(logits, generator)
         return values.float() / 255
+
+
+def sample_categorical(logits: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """One draw per row of ``softmax(logits)`` (N, K) by inverse CDF: long (N,).
+
+    Equivalent in distribution to ``torch.multinomial(softmax(logits), 1)`` and several
+    times faster on CPU for small rows; one uniform number per row.
+    """
+    weights = torch.exp(logits.float() - logits.float().amax(dim=-1, keepdim=True))
+    cdf = weights.cumsum(dim=-1)
+    u = torch.rand(cdf.shape[0], 1, device=cdf.device, generator=generator) * cdf[:, -1:]
+    index = torch.searchsorted(cdf, u, right=True)
+    return index.clamp_(max=logits.shape[-1] - 1).squeeze(1)
