@@ -19,11 +19,14 @@ Tables (created, or upgraded, on first use; DDL is transactional on both databas
     versionkit_experiments  experiment -> next_number (the counter; never lowered)
     versionkit_versions     (experiment, number) -> record (JSON text), unique key
 
-Every write is one transaction that first locks what it changes: ``SELECT ... FOR
-UPDATE`` on PostgreSQL, ``BEGIN IMMEDIATE`` (the database's one write lock, waited for
-with a busy timeout) on SQLite. Allocation reads and bumps the experiment's counter and
-inserts the record on the unique key in that one transaction, so a number is handed
-out once, even when rows are deleted later or a client dies mid-way.
+Every write is one transaction that first locks what it changes: the row (``SELECT ...
+FOR UPDATE``, or the upsert's own row lock) on PostgreSQL, the database's one write lock
+(``BEGIN IMMEDIATE``, waited for with a busy timeout) on SQLite. Allocation bumps the
+experiment's counter to ``max(counter, floor) + 1`` and inserts the record on the unique
+key in that one transaction (on PostgreSQL, one autocommitted statement), so a number is
+handed out once, even when rows are deleted later or a client dies mid-way. A conflict
+(a row already at that number, a serialization failure) is retried a few times, then
+reported. The ``version`` inside a stored record always comes from the number column.
 """
 
 from __future__ import annotations
