@@ -350,6 +350,37 @@ def test_an_unreadable_record_is_corrupt_state_not_a_reset(store: SQLBackend) ->
     assert store.allocate(0, {}) == 1
 
 
+def test_repair_replaces_unreadable_records_and_lifts_the_counter(store: SQLBackend) -> None:
+    for _ in range(3):
+        store.allocate(0, {"status": "completed"})
+    engine = raw_engine(store)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.update(sqlmod._versions)
+            .where(
+                sqlmod._versions.c.experiment == store.experiment, sqlmod._versions.c.number == 1
+            )
+            .values(record="[1, 2")
+        )
+        conn.execute(
+            sa.insert(sqlmod._versions).values(
+                experiment=store.experiment, number=6, record='{"status": "completed"}'
+            )
+        )
+    engine.dispose()
+    with pytest.raises(CorruptStateError):
+        store.list()
+    report = store.repair(4)
+    assert report["next_number"] == 7 and report["previous_next_number"] == 3
+    assert len(report["actions"]) == 2
+    stub = store.get(1)
+    assert stub is not None and stub["status"] == "unknown"
+    assert stub["unreadable_record"] == "[1, 2"
+    assert [r["version"] for r in store.list()] == [0, 1, 2, 6]
+    assert store.repair(0) == {"next_number": 7, "previous_next_number": 7, "actions": []}
+    assert store.allocate(0, {}) == 7
+
+
 # -- the table layout ----------------------------------------------------------------
 
 

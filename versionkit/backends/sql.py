@@ -700,6 +700,57 @@ class SQLBackend(Backend):
 
         return self._run("raise the next version number", body, retry=True)
 
+    def repair(self, floor: int) -> dict[str, Any]:
+        """Replace unreadable records by stubs and lift the counter above every row.
+
+        An unreadable record becomes ``{"status": "unknown", ...}`` with the original
+        text kept under ``"unreadable_record"``; the counter becomes at least one above
+        the highest row and at least ``floor``. Never lowers the next number.
+        """
+        _check_floor(floor, "repair's floor")
+
+        def body(engine: Engine) -> dict[str, Any]:
+            actions: list[str] = []
+            with self._transaction(engine, write=True) as conn:
+                previous = self._lock_counter(conn)
+                rows = conn.execute(
+                    sa.select(_versions.c.number, _versions.c.record)
+                    .where(_versions.c.experiment == self.experiment)
+                    .order_by(_versions.c.number)
+                    .with_for_update()
+                ).all()
+                for number, text in rows:
+                    try:
+                        self._decode(int(number), text)
+                        continue
+                    except CorruptStateError:
+                        pass
+                    stub = {
+                        "status": "unknown",
+                        "error": "record was unreadable; the original text is kept under "
+                        "'unreadable_record'",
+                        "unreadable_record": text,
+                        "metrics": {},
+                        "checkpoints": [],
+                    }
+                    conn.execute(
+                        sa.update(_versions)
+                        .where(
+                            _versions.c.experiment == self.experiment,
+                            _versions.c.number == number,
+                        )
+                        .values(record=_encode(stub, "repair stub"))
+                    )
+                    actions.append(f"replaced unreadable record of version {number} by a stub")
+                highest = max((int(number) for number, _ in rows), default=-1)
+                target = max(previous, highest + 1, floor)
+                if target != previous:
+                    self._set_counter(conn, target)
+                    actions.append(f"next number set to {target} (was {previous})")
+            return {"next_number": target, "previous_next_number": previous, "actions": actions}
+
+        return self._run("repair the registry", body, retry=True)
+
     def close(self) -> None:
         """Dispose this URL's pooled connections in this process; later calls fail."""
         if not self._closed:
