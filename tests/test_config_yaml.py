@@ -177,6 +177,20 @@ def test_wrong_type_says_expected_and_given(tmp_path: Path) -> None:
 def test_yes_is_not_a_boolean(tmp_path: Path) -> None:
     message = error_of(tmp_path, "opt:\n  nesterov: yes\n")
     assert "opt.nesterov: expected a valid boolean, given 'yes'" in message
+    assert message.endswith("; only true and false are booleans")
+
+
+@pytest.mark.parametrize(
+    ("text", "hint"),
+    [
+        ("name: 123\n", "; quote it to make it a string"),
+        ("opt:\n  steps: 1e3\n", "; write 1000"),
+        ("opt:\n  steps: '7'\n", "; remove the quotes to make it a number"),
+        ("opt:\n  lr: '1e-4'\n", "; remove the quotes to make it a number"),
+    ],
+)
+def test_common_yaml_surprises_get_a_hint(tmp_path: Path, text: str, hint: str) -> None:
+    assert error_of(tmp_path, text).endswith(hint)
 
 
 def test_float_for_int_is_refused(tmp_path: Path) -> None:

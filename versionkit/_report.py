@@ -100,6 +100,26 @@ def _did_you_mean(key: str, owner: type[BaseModel], schema: type[BaseModel]) -> 
     return f"; valid fields here: {', '.join(names)}"
 
 
+_BOOLISH = frozenset({"yes", "no", "on", "off", "y", "n", "0", "1"})
+
+
+def _hint(kind: str, given: Any) -> str:
+    # the usual YAML surprises, explained where they happen
+    if kind == "string_type" and isinstance(given, (bool, int, float)):
+        return "; quote it to make it a string"
+    if kind == "bool_type" and isinstance(given, str) and given.lower() in _BOOLISH:
+        return "; only true and false are booleans"
+    if kind == "int_type" and isinstance(given, float) and given.is_integer():
+        return f"; write {int(given)}"
+    if kind in ("int_type", "float_type", "bool_type") and isinstance(given, str):
+        try:
+            float(given)
+        except ValueError:
+            return ""
+        return "; remove the quotes to make it a number"
+    return ""
+
+
 def _map_errors(exc: ValidationError, schema: type[BaseModel], src: Sources) -> ConfigError:
     lines: dict[str, list[str]] = {}
     for err in exc.errors(include_url=False):
@@ -136,6 +156,7 @@ def _map_errors(exc: ValidationError, schema: type[BaseModel], src: Sources) -> 
                 text += f" ({'; '.join(parts)})"
             else:
                 text += f" ({src.where(loc, leaf_len=leaf_len)})"
+            text += _hint(kind, err.get("input"))
         lines.setdefault(dotted, []).append(text)
     out = []
     for dotted, texts in lines.items():
