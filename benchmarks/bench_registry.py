@@ -146,6 +146,7 @@ def concurrent(
     target: Callable[..., None], args: Callable[[int], tuple[Any, ...]], procs: int
 ) -> tuple[float, list[int]]:
     """Run ``procs`` processes released together; (total ops/s, all numbers)."""
+    registry_module._git_info(os.getcwd())  # fresh in the cache the children inherit
     barrier, out = CTX.Barrier(procs), CTX.Queue()
     workers = [CTX.Process(target=target, args=(*args(i), barrier, out)) for i in range(procs)]
     for w in workers:

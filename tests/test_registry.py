@@ -178,18 +178,18 @@ def test_git_commit_and_dirty_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     git("add", "f.txt")
     git("commit", "-q", "-m", "one")
     monkeypatch.chdir(repo)
-    registry_module._git_info.cache_clear()
+    registry_module._git_cache.clear()
     reg = Registry(tmp_path / "exp")
     clean = reg.allocate()
     assert clean.git_commit == git("rev-parse", "HEAD") and clean.git_dirty is False
     (repo / "f.txt").write_text("2")
-    registry_module._git_info.cache_clear()
+    registry_module._git_cache.clear()
     assert reg.allocate().git_dirty is True
     monkeypatch.chdir(tmp_path)
-    registry_module._git_info.cache_clear()
+    registry_module._git_cache.clear()
     outside = reg.allocate()
     assert (outside.git_commit, outside.git_dirty) == (None, None)
-    registry_module._git_info.cache_clear()
+    registry_module._git_cache.clear()
 
 
 # -- queries and updates --------------------------------------------------------------

@@ -26,6 +26,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,9 +64,26 @@ def _check_version(n: Any) -> int:
     return n
 
 
-@functools.lru_cache(maxsize=8)
+# cwd -> (time.monotonic() when read, (commit, dirty)). A short time-to-live: repeated
+# allocations in one process (a sweep, a benchmark) skip two git processes each, while a
+# notebook that edits code between runs still records the new commit and dirty flag.
+_GIT_TTL_S = 10.0
+_git_cache: dict[str, tuple[float, tuple[str | None, bool | None]]] = {}
+
+
 def _git_info(cwd: str) -> tuple[str | None, bool | None]:
     """(commit, dirty) of the git work tree at ``cwd``; (None, None) without git."""
+    now = time.monotonic()
+    hit = _git_cache.get(cwd)
+    if hit is not None and now - hit[0] < _GIT_TTL_S:
+        return hit[1]
+    result = _read_git(cwd)
+    _git_cache[cwd] = (now, result)
+    return result
+
+
+def _read_git(cwd: str) -> tuple[str | None, bool | None]:
+    """Ask git (two short-lived processes, 3 s timeout each); tolerate no git at all."""
 
     def run(*args: str) -> str | None:
         try:
