@@ -183,7 +183,8 @@ def test_git_commit_and_dirty_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     clean = reg.allocate()
     assert clean.git_commit == git("rev-parse", "HEAD") and clean.git_dirty is False
     (repo / "f.txt").write_text("2")
-    registry_module._git_cache.clear()
+    assert reg.allocate().git_dirty is False, "read again only after the cache's 10 s"
+    monkeypatch.setattr(registry_module, "_GIT_TTL_S", 0.0)
     assert reg.allocate().git_dirty is True
     monkeypatch.chdir(tmp_path)
     registry_module._git_cache.clear()
