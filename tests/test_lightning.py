@@ -397,3 +397,26 @@ def test_checkpoint_never_half_written_on_crash(tmp_path: Path) -> None:
     blob = AtomicCheckpointIO().load_checkpoint(target)
     torch.testing.assert_close(blob["w"], torch.ones(2))
     assert [p.name for p in target.parent.iterdir() if not p.name.startswith(".")] == ["last.ckpt"]
+
+
+def test_progress_bar_shows_the_version_number(chdir_tmp: Path) -> None:
+    from versionkit.lightning import VersionProgressBar
+
+    Registry("exp").allocate()
+    Registry("exp").allocate()
+    run = start_run(Registry("exp"), _loaded(), printer=lambda _l: None)
+    model = Toy()
+    train, val = _loaders()
+    trainer = run.trainer(
+        max_steps=2,
+        val_check_interval=2,
+        check_val_every_n_epoch=None,
+        accelerator="cpu",
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+    )
+    bars = [c for c in trainer.callbacks if isinstance(c, VersionProgressBar)]
+    assert len(bars) == 1
+    run.fit(trainer, model, train, val)
+    assert bars[0].get_metrics(trainer, model)["v_num"] == 2

@@ -210,3 +210,32 @@ def test_flags_only_run_uses_schema_defaults(
     assert "train_batch_size: 8" in saved and "# Flags: --train_batch_size 8 --max_steps 2" in saved
     assert not (workdir / "outputs/fractalgen/checkpoints/version_0/config.source.yaml").exists()
     assert TINY_YAML  # the file config is not involved here
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted((Path(__file__).resolve().parents[1] / "config").glob("*.yaml")),
+    ids=lambda p: p.name,
+)
+def test_bundled_configs_load(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--config", str(path), "--print_config"]) == 0
+    text = capsys.readouterr().out
+    names = {"train_small": "fractalgen_small", "train_default": "fractalgen"}
+    assert f"  name: {names.get(path.stem, path.stem)}\n" in text
+
+
+def test_train_small_is_the_fidelity_model() -> None:
+    from fractalgen.config import TrainConfig
+    from fractalgen.train import _main  # noqa: F401  (the module imports cleanly)
+    from versionkit.config import load_yaml_config
+
+    small = load_yaml_config(
+        TrainConfig, Path(__file__).resolve().parents[1] / "config" / "train_small.yaml"
+    )
+    assert small.experiment.name == "fractalgen_small" and small.data.dataset == "digits"
+    assert small.model.img_size_list == [8, 2, 1] and small.model.generator_type_list == [
+        "mar",
+        "mar",
+    ]
+    assert small.model.embed_dim_list == [64, 32, 16] and small.model.num_blocks_list == [2, 1, 1]
+    assert small.trainer.accelerator == "cpu" and small.data.train_batch_size == 64

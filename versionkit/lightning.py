@@ -33,7 +33,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
-from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from versionkit.config import ConfigModel, LoadedConfig, config_hash, diff_configs, dump_config
@@ -48,6 +48,7 @@ __all__ = [
     "RegistryCallback",
     "ResumeTarget",
     "StopAtMaxSteps",
+    "VersionProgressBar",
     "VersionedCheckpoint",
     "check_resume_changes",
     "global_rank_from_env",
@@ -194,6 +195,26 @@ class VersionedCheckpoint(ModelCheckpoint):
         super()._remove_checkpoint(trainer, filepath)
         if trainer.is_global_zero and not Path(filepath).name.startswith(self.CHECKPOINT_NAME_LAST):
             self._registry.remove_checkpoint(self._version, filepath)
+
+
+class VersionProgressBar(TQDMProgressBar):
+    """Lightning's progress bar, showing ``v_num`` as the version number N.
+
+    (Lightning shows the last four characters of the logger's version, ``on_0``.)
+    """
+
+    def __init__(self, version: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._version = version
+
+    def get_metrics(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule
+    ) -> dict[str, int | str | float | dict[str, float]]:
+        """The bar's metrics with ``v_num`` set to N."""
+        items = super().get_metrics(trainer, pl_module)
+        if "v_num" in items:
+            items["v_num"] = self._version
+        return items
 
 
 class StopAtMaxSteps(Callback):
@@ -586,6 +607,10 @@ class ExperimentRun:
             StopAtMaxSteps(),
             *callbacks,
         ]
+        if trainer_kwargs.get("enable_progress_bar", True) and not any(
+            isinstance(c, TQDMProgressBar) for c in all_callbacks
+        ):
+            all_callbacks.append(VersionProgressBar(self.version))
         return pl.Trainer(
             logger=self.logger(**dict(logger_kwargs or {})),
             callbacks=all_callbacks,

@@ -1,0 +1,240 @@
+"""Trainer overhead and the wall time of ``config/train_small.yaml``.
+
+Figures (one JSON line each):
+
+- ``plain_step_ms``: a plain PyTorch loop (same model, data order, AdamW, schedule and
+  gradient clipping as the trainer), median per-step time;
+- ``lightning_step_ms``: the same steps through the Lightning + versionkit trainer
+  (``versionkit.lightning`` run, logger, checkpoint and registry callbacks, progress
+  bar), median per-step time;
+- ``lightning_overhead_pct``: ``lightning / plain - 1`` in percent (target <= 5);
+- ``train_small_wall_s``: ``python main.py --config config/train_small.yaml`` from start
+  to exit, as a user runs it (target <= 300 s); skipped with ``--quick``.
+
+Both step timings exclude validation and start-up: they time steps ``warmup..steps`` of
+each run; plain and Lightning runs alternate ``--repeats`` times and medians are quoted.
+
+Usage: ``python benchmarks/bench_train.py [--quick] [--steps 60] [--repeats 3]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def _machine() -> str:
+    import torch
+
+    return (
+        f"{platform.machine()} {platform.processor() or platform.system()}, "
+        f"{os.cpu_count()} cpus, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    )
+
+
+def _emit(figure: str, value: float, unit: str, target: str, machine: str, **extra: Any) -> None:
+    row = {
+        "bench": "train",
+        "figure": figure,
+        "value": round(value, 4),
+        "unit": unit,
+        "target": target,
+        "machine": machine,
+        **extra,
+    }
+    print(json.dumps(row), flush=True)
+
+
+def _config(path: Path, steps: int) -> Any:
+    from fractalgen.config import parse_train_args
+
+    loaded = parse_train_args(
+        ["--config", str(path), "--max_steps", str(steps), "--val_every_n_steps", str(steps)]
+    )
+    return loaded
+
+
+def _data(config: Any) -> tuple[Any, Any, Any]:
+    from fractalgen.data import build_datasets
+
+    return build_datasets(
+        config.data, int(config.model.img_size_list[0]), seed=config.experiment.seed
+    )
+
+
+def plain_loop(loaded: Any, steps: int, warmup: int) -> tuple[float, float]:
+    """(wall, CPU) seconds per step of a plain PyTorch loop over the trainer's exact recipe."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from fractalgen.module import FractalGenModule, StepBatchSampler
+
+    config = loaded.config
+    torch.manual_seed(config.experiment.seed)
+    torch.use_deterministic_algorithms(True)  # as the trainer does on CPU
+    train_set, _, info = _data(config)
+    module = FractalGenModule(config.model_dump(mode="json"), info.channels, info.num_classes)
+    opt_cfg = module.configure_optimizers()
+    optimizer = opt_cfg["optimizer"]
+    scheduler = opt_cfg["lr_scheduler"]["scheduler"]
+    model = module.model
+    model.train()
+    sampler = StepBatchSampler(len(train_set), config.data.train_batch_size, seed=0)
+    loader = DataLoader(
+        train_set, batch_sampler=sampler, generator=torch.Generator().manual_seed(0)
+    )
+    clip = config.optim.grad_clip
+    marks: list[tuple[float, float]] = []
+    for step, (imgs, labels) in enumerate(loader):
+        if step >= steps:
+            break
+        marks.append((time.perf_counter(), time.process_time()))
+        loss = model(imgs, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        optimizer.step()
+        scheduler.step()
+        float(loss.detach())  # the trainer reads the loss for logging, so do we
+    return _per_step(marks, warmup)
+
+
+def _per_step(marks: list[tuple[float, float]], warmup: int) -> tuple[float, float]:
+    n = len(marks) - 1 - warmup
+    return (marks[-1][0] - marks[warmup][0]) / n, (marks[-1][1] - marks[warmup][1]) / n
+
+
+def lightning_loop(loaded: Any, steps: int, warmup: int) -> tuple[float, float]:
+    """(wall, CPU) seconds per step through the real trainer (fractalgen.train's pieces)."""
+    import pytorch_lightning as pl
+    import torch
+    from torch.utils.data import DataLoader
+
+    from fractalgen.module import FractalGenModule, StepBatchSampler
+    from fractalgen.train import build_trainer_kwargs
+    from versionkit.lightning import start_run
+    from versionkit.registry import Registry
+
+    config = loaded.config
+    marks: list[tuple[float, float]] = []
+
+    class Clock(pl.Callback):
+        def on_train_batch_start(self, *args: Any) -> None:
+            marks.append((time.perf_counter(), time.process_time()))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.manual_seed(config.experiment.seed)
+        train_set, val_set, info = _data(config)
+        run = start_run(Registry(Path(tmp) / "exp"), loaded, printer=lambda _line: None)
+        module = FractalGenModule(config.model_dump(mode="json"), info.channels, info.num_classes)
+        kwargs = build_trainer_kwargs(config)
+        kwargs["enable_model_summary"] = False
+        trainer = run.trainer(callbacks=[Clock()], **kwargs)
+        sampler = StepBatchSampler(
+            len(train_set),
+            config.data.train_batch_size,
+            seed=0,
+            start_step=lambda: int(module.global_step),
+        )
+        loader = DataLoader(
+            train_set, batch_sampler=sampler, generator=torch.Generator().manual_seed(0)
+        )
+        val_loader = DataLoader(val_set, batch_size=config.data.val_batch_size)
+        with contextlib.redirect_stdout(sys.stderr):  # the progress bar, not our JSON
+            run.fit(trainer, module, loader, val_loader)
+    return _per_step(marks, warmup)
+
+
+def train_small_wall(config_path: Path) -> float:
+    """Seconds for ``python main.py --config config/train_small.yaml`` in a fresh folder."""
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        env.pop("VERSIONKIT_RUN", None)
+        start = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, str(REPO / "main.py"), "--config", str(config_path)],
+            cwd=tmp,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        wall = time.perf_counter() - start
+        if proc.returncode != 0:
+            raise SystemExit(f"train_small run failed:\n{proc.stderr[-3000:]}")
+        best = [line for line in proc.stdout.splitlines() if "Best checkpoint" in line]
+        if best:
+            print(f"# {best[-1]}", file=sys.stderr)
+    return wall
+
+
+def main() -> int:
+    """Run the benchmark; prints JSON lines."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(REPO / "config" / "train_small.yaml"))
+    parser.add_argument("--steps", type=int, default=60, help="steps per timed run")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed steps at the start")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating runs of each")
+    parser.add_argument("--quick", action="store_true", help="skip the full train_small run")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    import logging
+
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+    os.environ.pop("VERSIONKIT_RUN", None)
+
+    machine = _machine()
+    loaded = _config(Path(args.config), args.steps)
+    plain: list[tuple[float, float]] = []
+    light: list[tuple[float, float]] = []
+    for _ in range(args.repeats):
+        plain.append(plain_loop(loaded, args.steps, args.warmup))
+        light.append(lightning_loop(loaded, args.steps, args.warmup))
+    for kind, index in (("", 0), ("_cpu", 1)):
+        p = statistics.median(x[index] for x in plain)
+        q = statistics.median(x[index] for x in light)
+        what = "wall" if index == 0 else "process CPU time"
+        _emit(
+            f"plain_step{kind}_ms",
+            p * 1e3,
+            "ms",
+            "reference",
+            machine,
+            runs=[round(x[index] * 1e3, 2) for x in plain],
+            clock=what,
+        )
+        _emit(
+            f"lightning_step{kind}_ms",
+            q * 1e3,
+            "ms",
+            "<= plain + 5%",
+            machine,
+            runs=[round(x[index] * 1e3, 2) for x in light],
+            clock=what,
+        )
+        _emit(
+            f"lightning_overhead{kind}_pct", (q / p - 1.0) * 100.0, "%", "<= 5", machine, clock=what
+        )
+    if not args.quick:
+        _emit("train_small_wall_s", train_small_wall(Path(args.config)), "s", "<= 300", machine)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
