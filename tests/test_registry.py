@@ -562,3 +562,12 @@ def test_the_registry_works_on_every_builtin_backend(tmp_path: Path, kind: str) 
             assert reg.allocate().version == 7
     finally:
         MemoryBackend.reset("every")
+
+
+def test_lock_timeout_reaches_a_backend_built_from_a_uri(tmp_path: Path) -> None:
+    from versionkit.backends.file import FileBackend
+
+    assert Registry(tmp_path / "a", "file", lock_timeout=0.25).backend.lock_timeout == 0.25
+    own = FileBackend("file", tmp_path / "b", "b", lock_timeout=3.0)
+    assert Registry(tmp_path / "b", own, lock_timeout=0.25).backend is own
+    assert own.lock_timeout == 3.0

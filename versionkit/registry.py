@@ -318,7 +318,8 @@ class Registry:
             ``Backend``; ``None`` uses ``$VERSIONKIT_BACKEND``, else ``file``.
         experiment: the key naming this experiment in a shared backend; defaults to
             the resolved root path.
-        lock_timeout: seconds to wait for a backend lock before ``LockTimeout``.
+        lock_timeout: seconds to wait for a backend lock before ``LockTimeout`` (applied
+            to a backend built from a URI; a ``Backend`` object keeps its own).
 
     Example:
         >>> reg = Registry("outputs/fractalgen")               # doctest: +SKIP
@@ -341,11 +342,11 @@ class Registry:
         self._resolved_root = self.root.resolve()
         self.experiment = experiment if experiment is not None else str(self._resolved_root)
         if isinstance(backend, Backend):
-            self.backend = backend
+            self.backend = backend  # configured by its maker, lock timeout included
         else:
             self.backend = open_backend(backend, self.root, self.experiment)
-        if hasattr(self.backend, "lock_timeout"):
-            self.backend.lock_timeout = lock_timeout
+            if hasattr(self.backend, "lock_timeout"):
+                self.backend.lock_timeout = lock_timeout
 
     def __repr__(self) -> str:
         return f"Registry({str(self.root)!r}, backend={self.backend.describe()!r})"
@@ -455,8 +456,11 @@ class Registry:
             config_hash = _hash_config(config, config_dict)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise RegistryError(f"seed must be an int, got {seed!r}")
-        cwd = os.getcwd()
-        commit, dirty = _git_info(cwd)
+        try:
+            cwd: str | None = os.getcwd()
+        except OSError:  # the working directory was deleted under us
+            cwd = None
+        commit, dirty = _git_info(cwd) if cwd is not None else (None, None)
         record: Record = {
             "status": "running",
             "created_at": _now(),
