@@ -453,6 +453,9 @@ def test_locate(reg: Registry) -> None:
     assert Registry.locate(reg.log_dir(n) / "events.out.tfevents.1") == (reg.root, n)
     assert Registry.locate(reg.root) == (reg.root, None)
     assert Registry.locate(reg.root / "checkpoints") == (reg.root, None)
+    detour = reg.root / "checkpoints" / "version_9" / ".." / f"version_{n}" / ckpt.name
+    assert Registry.locate(detour) == (reg.root, n)
+    assert Registry.locate("out/exp/logs/version_3/") == (Path("out/exp"), 3)
     with pytest.raises(RegistryError, match="not an experiment root"):
         Registry.locate(reg.root.parent / "nothing-here.ckpt")
 

@@ -812,7 +812,7 @@ class Registry:
         A root itself gives ``(root, None)``. Raises ``RegistryError`` for a path that is
         none of these.
         """
-        p = Path(path)
+        p = Path(os.path.normpath(path))  # lexical: keeps a relative path relative
         for candidate in (p, p.parent):
             match = _VERSION_DIR.match(candidate.name)
             if match and candidate.parent.name in ("checkpoints", "logs"):
