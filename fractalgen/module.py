@@ -284,7 +284,7 @@ class FractalGenModule(pl.LightningModule):
 
     @torch.no_grad()
     def sample_grid(self, per_class: int | None = None) -> np.ndarray:
-        """Sample images for every class (rows of classes) into a uint8 HWC grid.
+        """Sample images for every class (one column per class) into a uint8 HWC grid.
 
         Uses its own fixed-seed generator inside ``fork_rng`` so that sampling does not
         move the training RNG stream (resumed runs stay bitwise identical).
@@ -293,7 +293,8 @@ class FractalGenModule(pl.LightningModule):
         num = max(1, sampling.num_images)
         classes = max(1, self.num_classes)
         per = per_class if per_class is not None else max(1, math.ceil(num / classes))
-        labels = torch.arange(classes, device=self.device).repeat_interleave(per)
+        # one column per class, ``per`` rows
+        labels = torch.arange(classes, device=self.device).repeat(per)
         model = self.eval_model
         was_training = model.training
         model.eval()
@@ -312,7 +313,7 @@ class FractalGenModule(pl.LightningModule):
             )
         model.train(was_training)
         scale = max(1, 64 // max(1, imgs.shape[-1]))
-        return image_grid(imgs.cpu().numpy(), nrow=per, scale=scale)
+        return image_grid(imgs.cpu().numpy(), nrow=classes, scale=scale)
 
     # -- optimiser ---------------------------------------------------------------
 

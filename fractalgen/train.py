@@ -109,6 +109,31 @@ def _saved_config_for(target: str, default_root: Path | None) -> Path | None:
     return saved
 
 
+def _checkpoint_step(path: Path) -> int | None:
+    """The ``global_step`` of a checkpoint, read safely (no arbitrary unpickling)."""
+    import pickle
+
+    import torch
+
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError:
+        raise ConfigError(
+            f"--resume {path}: refusing to load it, it needs arbitrary unpickling (which could "
+            "run code); only checkpoints of plain tensors and containers are loaded"
+        ) from None
+    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+        lines = str(exc).strip().splitlines()
+        raise ConfigError(
+            f"--resume {path}: not a readable checkpoint (truncated or corrupt?): "
+            f"{lines[0] if lines else type(exc).__name__}"
+        ) from None
+    step = blob.get("global_step") if isinstance(blob, dict) else None
+    if not isinstance(blob, dict) or "loops" not in blob or "state_dict" not in blob:
+        raise ConfigError(f"--resume {path}: not a Lightning training checkpoint")
+    return step if isinstance(step, int) else None
+
+
 @contextlib.contextmanager
 def _quiet_lightning() -> Iterator[None]:
     with warnings.catch_warnings():
@@ -183,6 +208,13 @@ def _train(loaded: Any, args: list[str]) -> int:
         if isinstance(saved, dict):
             check_resume_changes(
                 saved, config.model_dump(mode="json"), frozen=FROZEN_ON_RESUME, flags=loaded.flags
+            )
+        step = _checkpoint_step(resume.checkpoint)
+        if step is not None and int(config.trainer.max_steps) <= step:
+            raise ConfigError(
+                f"--resume {resume_value}: the checkpoint is already at step {step} and "
+                f"trainer.max_steps is {config.trainer.max_steps}; raise --max_steps above "
+                f"{step} to train further"
             )
     seed = int(config.experiment.seed)
     pl.seed_everything(seed, workers=True, verbose=False)

@@ -175,6 +175,23 @@ def test_resume_refuses_a_model_change_but_takes_latest(
     assert lines[0] == "✓ Resuming experiment version: 0"
     assert torch.load(f"{ck}/last.ckpt", weights_only=True)["global_step"] == 4
     assert [v.version for v in Registry("outputs/tiny").list()] == [0]
+    # Not above the checkpoint's step: nothing to train, said clearly.
+    assert main(["--resume", ck, "--max_steps", "3"]) == 2
+    assert "already at step 4" in capsys.readouterr().err
+    # A config of another experiment cannot continue this one.
+    other = workdir / "config" / "other.yaml"
+    other.write_text(
+        (workdir / "config" / "tiny.yaml").read_text().replace("name: tiny", "name: other")
+    )
+    assert main(["--config", str(other), "--resume", f"{ck}/last.ckpt", "--max_steps", "9"]) == 2
+    assert "belongs to experiment" in capsys.readouterr().err
+    # A damaged checkpoint is refused before anything starts.
+    data = (workdir / ck / "last.ckpt").read_bytes()
+    (workdir / ck / "last.ckpt").write_bytes(data[: len(data) // 3])
+    assert main(["--resume", ck, "--max_steps", "9"]) == 2
+    err = capsys.readouterr().err
+    assert "not a readable checkpoint" in err and "Traceback" not in err
+    assert Registry("outputs/tiny").get(0).status == "completed"
 
 
 @pytest.mark.slow
