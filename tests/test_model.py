@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,18 @@ from fractalgen.model.mar import MARLevel, neighbour_index, truncated_normal_mas
 from fractalgen.model.pixel import PixelHead
 
 LN256 = math.log(256)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """These models and images are tiny: one intra-op thread is faster and keeps the tests
+    quick on a busy CPU (several threads spin-wait on each other's tiny ops)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 ROOT = Path(__file__).resolve().parent.parent
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
