@@ -109,6 +109,41 @@ def _saved_config_for(target: str, default_root: Path | None) -> Path | None:
     return saved
 
 
+def _check_hardware(config: Any) -> None:
+    """Refuse an accelerator/devices/strategy/precision this machine cannot run, before a
+    version is allocated for it."""
+    import logging
+
+    import pytorch_lightning as pl
+    import torch
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
+
+    kwargs = build_trainer_kwargs(config)
+    keys = ("accelerator", "devices", "num_nodes", "strategy", "precision")
+    quiet = logging.getLogger("pytorch_lightning")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        with _quiet_lightning():
+            pl.Trainer(
+                **{k: kwargs[k] for k in keys},
+                logger=False,
+                enable_checkpointing=False,
+                enable_progress_bar=False,
+                enable_model_summary=False,
+            )
+    except (MisconfigurationException, ValueError, RuntimeError) as exc:
+        lines = str(exc).strip().splitlines()
+        given = ", ".join(f"{k}={kwargs[k]!r}" for k in keys)
+        raise ConfigError(
+            f"trainer: this machine cannot run {given}: {lines[0] if lines else exc}"
+        ) from None
+    finally:
+        quiet.setLevel(level)
+        torch.use_deterministic_algorithms(deterministic)
+
+
 def _checkpoint_step(path: Path) -> int | None:
     """The ``global_step`` of a checkpoint, read safely (no arbitrary unpickling)."""
     import pickle
@@ -227,6 +262,7 @@ def _train(loaded: Any, args: list[str]) -> int:
             f"data.num_classes={config.data.num_classes}"
         )
 
+    _check_hardware(config)
     registry = Registry(root, config.experiment.registry)
     devices = config.trainer.devices
     per_node = devices if isinstance(devices, int) and devices > 0 else 1
@@ -239,6 +275,7 @@ def _train(loaded: Any, args: list[str]) -> int:
         seed=seed,
         devices_per_node=per_node,
     )
+    deterministic_before = torch.are_deterministic_algorithms_enabled()
     try:
         module = FractalGenModule(
             config.model_dump(mode="json"), in_channels=info.channels, num_classes=info.num_classes
@@ -277,8 +314,12 @@ def _train(loaded: Any, args: list[str]) -> int:
     except BaseException as exc:
         run.fail(exc)
         raise
-    with _quiet_lightning():
-        run.fit(trainer, module, train_loader, val_loader)
+    try:
+        with _quiet_lightning():
+            run.fit(trainer, module, train_loader, val_loader)
+    finally:
+        # Trainer(deterministic=True) flips a process-wide switch; leave it as we found it.
+        torch.use_deterministic_algorithms(deterministic_before)
     if run.is_global_zero and trainer.is_global_zero:
         best = registry.best("val_loss", "min", version=run.version)
         if best is not None:

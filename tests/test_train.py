@@ -46,6 +46,10 @@ def test_print_config_round_trips(workdir: Path, capsys: pytest.CaptureFixture[s
         (["--dataset", "folder", "--path", "no/such/folder"], "no/such/folder"),
         (["--config", "missing.yaml"], "missing.yaml"),
         (["--resume", "nowhere/last.ckpt"], "nowhere/last.ckpt"),
+        (
+            ["--accelerator", "gpu"] if not torch.cuda.is_available() else ["--devices", "99"],
+            "cannot run",
+        ),
     ],
 )
 def test_user_mistakes_exit_2_with_one_message(
