@@ -128,8 +128,8 @@ def load_image(path: Path, img_size: int, channels: int) -> Tensor:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
-            im = im.convert("RGB" if channels == 3 else "L")
+        with Image.open(path) as src:
+            im = src.convert("RGB" if channels == 3 else "L")
             w, h = im.size
             side = min(w, h)
             left, top = (w - side) // 2, (h - side) // 2

@@ -24,6 +24,10 @@ __all__ = ["ARLevel"]
 class ARLevel(nn.Module):
     """One causal level over a square grid of ``seq_len`` patches."""
 
+    rope: Tensor
+    pix_mean: Tensor
+    pix_std: Tensor
+
     def __init__(
         self,
         *,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -362,7 +362,7 @@ class FractalGen(nn.Module):
                 raise ValueError(
                     "this model is unconditional (num_classes=0): sample with labels=None"
                 )
-            labels = torch.as_tensor(labels).to(dev)
+            labels = torch.as_tensor(labels).to(device=dev, dtype=torch.long)
             if labels.shape != (batch_size,):
                 raise ValueError(
                     f"labels must have shape ({batch_size},), got {tuple(labels.shape)}"
@@ -389,7 +389,7 @@ class FractalGen(nn.Module):
 
                 return pixel
             below = make_next(i + 1)
-            level = self.levels[i]
+            level = cast("ARLevel | MARLevel", self.levels[i])
 
             def run(c: Tensor, cfg_i: float) -> Tensor:
                 out: Tensor = level.sample(

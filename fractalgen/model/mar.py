@@ -61,6 +61,10 @@ def neighbour_index(grid: int) -> Tensor:
 class MARLevel(nn.Module):
     """One masked-autoregressive level over a square grid of ``seq_len`` patches."""
 
+    nbr: Tensor
+    pix_mean: Tensor
+    pix_std: Tensor
+
     def __init__(
         self,
         *,
