@@ -231,6 +231,37 @@ def test_factory_parameter_counts_match_the_spec() -> None:
         assert f"{count(FACTORIES['fractalmar_base_in256']()) / 1e6:.2f}M" == "186.30M"
 
 
+def test_digits_fidelity_config_matches_the_reference_count() -> None:
+    def build(channels: int) -> FractalGen:
+        with torch.device("meta"):
+            return FractalGen(
+                img_size_list=(8, 2, 1),
+                embed_dim_list=(64, 32, 16),
+                num_blocks_list=(2, 1, 1),
+                num_heads_list=(4, 2, 2),
+                generator_type_list=("mar", "mar"),
+                in_channels=channels,
+                num_classes=10,
+                num_conds=5,
+            )
+
+    assert count(build(3)) == 139_616  # the spec's figure for the reference on 3 channels
+    assert count(build(1)) == 130_336
+
+
+@pytest.mark.parametrize("types", [("ar", "mar"), ("mar", "ar")])
+@pytest.mark.parametrize("num_conds", [None, 1])
+def test_mixed_levels_and_condition_counts(types: tuple[str, str], num_conds: int | None) -> None:
+    torch.manual_seed(0)
+    model = small(types[0], 1, 3, generator_type_list=types, num_conds=num_conds)
+    x = images(3, 1, 8)
+    loss = model(x, torch.tensor([0, 1, 2]))
+    assert abs(loss.item() - LN256) < 0.1
+    loss.backward()
+    out = model.sample(2, torch.tensor([0, 2]), num_iter_list=(2, 4), cfg=1.5)
+    assert out.shape == (2, 1, 8, 8)
+
+
 def test_factory_defaults() -> None:
     with torch.device("meta"):
         ar = FACTORIES["fractalar_in64"]()
