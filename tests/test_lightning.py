@@ -420,3 +420,74 @@ def test_progress_bar_shows_the_version_number(chdir_tmp: Path) -> None:
     assert len(bars) == 1
     run.fit(trainer, model, train, val)
     assert bars[0].get_metrics(trainer, model)["v_num"] == 2
+
+
+_SIGTERM_SCRIPT = textwrap.dedent(
+    """
+    import sys, time, warnings
+    from pathlib import Path
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+    import pytorch_lightning as pl
+    from versionkit.config import ConfigModel, LoadedConfig
+    from versionkit.lightning import start_run
+    from versionkit.registry import Registry
+
+    warnings.simplefilter("ignore")
+
+    class Cfg(ConfigModel):
+        x: int = 1
+
+    class Slow(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Linear(2, 1)
+        def training_step(self, batch, batch_idx):
+            if batch_idx == 2:
+                Path(sys.argv[2]).write_text("started")
+            time.sleep(0.05)
+            return self.net(batch[0]).pow(2).mean()
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    run = start_run(Registry(sys.argv[1]), LoadedConfig(Cfg(), None, None, [], {}))
+    ds = TensorDataset(torch.randn(64, 2))
+    trainer = run.trainer(max_steps=100000, accelerator="cpu", enable_progress_bar=False,
+                          enable_model_summary=False, limit_val_batches=0, logger_kwargs={})
+    run.fit(trainer, Slow(), DataLoader(ds, batch_size=4))
+    """
+)
+
+
+@pytest.mark.slow
+def test_sigterm_marks_the_version_interrupted(tmp_path: Path) -> None:
+    import time
+
+    marker = tmp_path / "started"
+    env = {k: v for k, v in os.environ.items() if k != RUN_ENV}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    log = tmp_path / "stderr.txt"
+    with (
+        log.open("w") as err,
+        subprocess.Popen(
+            [sys.executable, "-c", _SIGTERM_SCRIPT, str(tmp_path / "exp"), str(marker)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        ) as proc,
+    ):
+        try:
+            deadline = time.monotonic() + 120
+            while not marker.exists():
+                assert proc.poll() is None, log.read_text()[-3000:]
+                assert time.monotonic() < deadline, "the training never started"
+                time.sleep(0.1)
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    info = Registry(tmp_path / "exp").get(0)
+    assert info.status == "interrupted", (info.status, info.error)
+    assert info.error == "terminated (SIGTERM)"

@@ -280,6 +280,9 @@ class RegistryCallback(Callback):
         self.status_recorded = True
         if isinstance(exception, KeyboardInterrupt):
             self._registry.set_status(self._version, "interrupted", error="KeyboardInterrupt")
+        elif type(exception).__name__ == "SIGTERMException":
+            # Lightning turns SIGTERM (a scheduler's or the user's kill) into this exception.
+            self._registry.set_status(self._version, "interrupted", error="terminated (SIGTERM)")
         else:
             message = f"{type(exception).__name__}: {exception}".rstrip(": ")
             self._registry.set_status(self._version, "failed", error=message)
