@@ -280,14 +280,22 @@ def test_swiglu_hidden_sizes_are_rounded_to_256() -> None:
     assert swiglu_hidden_dim(64) == 256
 
 
-def test_rope_leaves_the_condition_token_unrotated_and_preserves_norms() -> None:
+def test_rope_matches_the_reference_table() -> None:
     table = rope_2d_table(4, 16, num_prefix=1)
     assert table.shape == (17, 8, 2)
+    # The condition token's entry is all zeros, as in the reference: its q and k vanish.
+    assert table[0].abs().sum() == 0
     x = torch.randn(2, 3, 17, 16)
     y = apply_rope(x, table)
-    torch.testing.assert_close(y[:, :, 0], x[:, :, 0])
-    torch.testing.assert_close(y.norm(dim=-1), x.norm(dim=-1))
-    assert not torch.allclose(y[:, :, 5], x[:, :, 5])
+    assert y[:, :, 0].abs().sum() == 0
+    # Patches are rotated (norm-preserving): rows in the first 4 pairs, columns in the last 4.
+    torch.testing.assert_close(y[:, :, 1:].norm(dim=-1), x[:, :, 1:].norm(dim=-1))
+    torch.testing.assert_close(y[:, :, 1], x[:, :, 1])  # grid cell (0, 0): angle 0
+    cell = 1 + 1 * 4 + 2  # grid cell (row 1, column 2)
+    freqs = 1.0 / 10000 ** (torch.arange(0, 8, 2).float() / 8)
+    angles = torch.cat([1 * freqs, 2 * freqs])
+    torch.testing.assert_close(table[cell, :, 0], torch.cos(angles))
+    torch.testing.assert_close(table[cell, :, 1], torch.sin(angles))
 
 
 @settings(max_examples=25, deadline=None)

@@ -204,8 +204,12 @@ def rope_2d_table(
 ) -> Tensor:
     """Cosine/sine table of the reference's 2D rotary embedding.
 
-    The first half of each head's rotated pairs encodes the row, the second half the column;
-    ``num_prefix`` leading (condition) tokens get zero frequency, i.e. no rotation.
+    The first half of each head's rotated pairs encodes the row, the second half the column.
+    The ``num_prefix`` leading (condition) tokens get an all-zero (cos, sin) entry, exactly
+    as the reference (after LlamaGen) builds its table: their rotated queries and keys are
+    zero, so every query scores the condition token with a constant logit of 0 while its
+    value still flows through attention. (The spec calls this "zero frequency"; a true
+    zero-frequency rotation would be the identity, which the reference does not do.)
 
     Args:
         grid: Side of the square token grid.
@@ -224,10 +228,7 @@ def rope_2d_table(
         [f[:, None, :].expand(-1, grid, -1), f[None, :, :].expand(grid, -1, -1)], dim=-1
     ).flatten(0, 1)
     table = torch.stack([torch.cos(angles), torch.sin(angles)], dim=-1)
-    prefix = torch.stack(
-        [torch.ones(num_prefix, head_dim // 2), torch.zeros(num_prefix, head_dim // 2)], dim=-1
-    )
-    return torch.cat([prefix, table], dim=0)
+    return torch.cat([torch.zeros(num_prefix, head_dim // 2, 2), table], dim=0)
 
 
 def apply_rope(x: Tensor, table: Tensor) -> Tensor:
