@@ -97,12 +97,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
     ap.add_argument("--no-sample", action="store_true")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
     ap.add_argument("--json", action="store_true", help="JSON lines (the default output anyway)")
     args = ap.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
         ap.error("--steps must be >= 1 and --warmup >= 0")
 
     dev = torch.device(args.device)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     kw, num_iter, channels, classes = _preset(args.preset, args.gen)
     with dev:
