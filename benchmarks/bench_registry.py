@@ -100,7 +100,11 @@ def skipped(figure: str, why: str) -> None:
 
 
 def bare_allocate(folder: Path, lock_fd: int, n: int) -> None:
-    """What a durable file allocation does at the OS level, with no Python logic."""
+    """What a durable file allocation does at the OS level, with no Python logic.
+
+    Same order as the registry: the durable record under the lock, the two version
+    folders after it.
+    """
     fcntl.flock(lock_fd, fcntl.LOCK_EX)
     try:
         tmp, final = folder / f".{n}.tmp", folder / f"{n}.json"
@@ -112,10 +116,10 @@ def bare_allocate(folder: Path, lock_fd: int, n: int) -> None:
         dfd = os.open(folder, os.O_RDONLY)
         os.fsync(dfd)
         os.close(dfd)
-        os.mkdir(folder / f"c{n}")
-        os.mkdir(folder / f"l{n}")
     finally:
         fcntl.flock(lock_fd, fcntl.LOCK_UN)
+    os.mkdir(folder / f"c{n}")
+    os.mkdir(folder / f"l{n}")
 
 
 def _bare_child(folder: str, base: int, count: int, barrier: Any, out: Any) -> None:
