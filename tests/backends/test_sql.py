@@ -14,6 +14,7 @@ import json
 import math
 import os
 import socket
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -504,6 +505,16 @@ def test_bad_uris_say_what_was_expected(tmp_path: Path, uri: str, expected: str)
     assert expected in str(info.value)
     assert "\n" not in str(info.value)
     assert isinstance(info.value, (BackendError, ValueError)) and info.value.exit_code == 2
+
+
+def test_a_missing_driver_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if psycopg were not installed
+    with pytest.raises(BackendError, match=r"needs the Python package 'psycopg'.*\[sql\]"):
+        SQLBackend("postgresql://u:pw@localhost/db", tmp_path, "exp")
+    with pytest.raises(SQLURIError, match=r"knows no driver 'postgresql\+nosuch'"):
+        SQLBackend("postgresql+nosuch://u@localhost/db", tmp_path, "exp")
 
 
 def test_a_sqlite_file_that_is_not_a_database_is_corrupt_state(tmp_path: Path) -> None:

@@ -169,6 +169,18 @@ def _parse_uri(uri: str) -> tuple[URL, str | None]:
         url = url.set(database=str(path))
     elif not url.database:
         raise SQLURIError(f"registry URI {shown!r} names no database: {expected}")
+    try:
+        url.get_dialect().import_dbapi()
+    except exc.NoSuchModuleError:
+        raise SQLURIError(
+            f"registry URI {shown!r}: SQLAlchemy knows no driver {url.drivername!r} "
+            f"(use {backend}:// for the default driver)"
+        ) from None
+    except ImportError as err:
+        raise BackendError(
+            f"registry {shown!r} needs the Python package {err.name or driver!r}, which is "
+            f"not installed; install it with: pip install 'versionkit-fractalgen[sql]'"
+        ) from err
     return url, experiment
 
 
