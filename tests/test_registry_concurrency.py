@@ -22,6 +22,9 @@ from versionkit.cli import main as cli_main
 from versionkit.registry import Registry
 
 CTX = multiprocessing.get_context("fork")
+# Python >= 3.12 warns when forking a process that has threads (torch's, started by other
+# test modules); the children here only run the registry's pure-Python code.
+pytestmark = pytest.mark.filterwarnings(r"ignore:.*multi-threaded.*fork:DeprecationWarning")
 
 
 @pytest.fixture(autouse=True)

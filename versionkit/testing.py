@@ -34,6 +34,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -331,8 +332,14 @@ class ProcessContract(ContractBase):
         procs = [
             ctx.Process(target=target, args=(*args, start, out)) for _ in range(self.processes)
         ]
-        for p in procs:
-            p.start()
+        with warnings.catch_warnings():
+            # Python >= 3.12 warns when forking a process that has threads (other test
+            # modules may have started torch's); the children only run the code above.
+            warnings.filterwarnings(
+                "ignore", message=r".*multi-threaded.*fork", category=DeprecationWarning
+            )
+            for p in procs:
+                p.start()
         start.set()
         results = [out.get(timeout=120) for _ in procs]
         for p in procs:
