@@ -32,6 +32,7 @@ reported. The ``version`` inside a stored record always comes from the number co
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import random
@@ -312,6 +313,33 @@ def _encode(value: Mapping[str, Any], what: str) -> str:
         raise BackendError(f"{what} is not JSON-able: {err}") from err
 
 
+@functools.cache
+def _pg_allocate_statement() -> sa.Insert:
+    """``INSERT`` the record at the number an upsert takes from the counter (built once)."""
+    from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+    experiment = sa.bindparam("experiment", type_=sa.Text)
+    floor = sa.bindparam("floor", type_=sa.BigInteger)
+    counter = (
+        pg_insert(_experiments)
+        .values(experiment=experiment, next_number=floor + 1)
+        .on_conflict_do_update(
+            index_elements=[_experiments.c.experiment],
+            set_={"next_number": sa.func.greatest(_experiments.c.next_number, floor) + 1},
+        )
+        .returning((_experiments.c.next_number - 1).label("number"))
+        .cte("counter")
+    )
+    record = sa.bindparam("record", type_=sa.Text)
+    return (
+        sa.insert(_versions)
+        .from_select(
+            ["experiment", "number", "record"], sa.select(experiment, counter.c.number, record)
+        )
+        .returning(_versions.c.number)
+    )
+
+
 # -- the backend ------------------------------------------------------------------------
 
 
@@ -589,30 +617,10 @@ class SQLBackend(Backend):
         commits, never across a client round trip: with 16 writers queueing on that
         one row, this is what sets the throughput.
         """
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        at_least = sa.literal(floor, sa.BigInteger)
-        counter = (
-            pg_insert(_experiments)
-            .values(experiment=self.experiment, next_number=at_least + 1)
-            .on_conflict_do_update(
-                index_elements=[_experiments.c.experiment],
-                set_={"next_number": sa.func.greatest(_experiments.c.next_number, at_least) + 1},
-            )
-            .returning((_experiments.c.next_number - 1).label("number"))
-            .cte("counter")
-        )
-        statement = (
-            sa.insert(_versions)
-            .from_select(
-                ["experiment", "number", "record"],
-                sa.select(sa.literal(self.experiment), counter.c.number, sa.literal(text)),
-            )
-            .returning(_versions.c.number)
-        )
+        params = {"experiment": self.experiment, "floor": floor, "record": text}
         with engine.connect() as conn:
             conn.execution_options(isolation_level="AUTOCOMMIT")
-            return int(conn.execute(statement).scalar_one())
+            return int(conn.execute(_pg_allocate_statement(), params).scalar_one())
 
     def get(self, number: int) -> Record | None:
         _check_number(number)
