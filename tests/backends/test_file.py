@@ -213,3 +213,24 @@ def test_read_only_state_is_a_clear_error(fb: FileBackend) -> None:
     finally:
         os.chmod(fb.state_dir, 0o755)
         os.chmod(fb.records_dir, 0o755)
+
+
+def test_threads_of_one_process_never_share_a_number(tmp_path: Path) -> None:
+    import threading
+
+    results: list[int] = []
+    guard = threading.Lock()
+    shared = FileBackend("file", tmp_path / "exp", "exp")
+
+    def work(own: bool) -> None:
+        b = FileBackend("file", tmp_path / "exp", "exp") if own else shared
+        got = [b.allocate(0, {}) for _ in range(25)]
+        with guard:
+            results.extend(got)
+
+    threads = [threading.Thread(target=work, args=(i % 2 == 0,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == list(range(150))

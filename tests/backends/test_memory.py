@@ -47,3 +47,30 @@ def test_reset_forgets(tmp_path: Path) -> None:
     a.allocate(0, {})
     MemoryBackend.reset("gone")
     assert open_backend("memory://gone", tmp_path, "exp").next_number() == 0
+
+
+def test_threads_never_share_a_number(tmp_path: Path) -> None:
+    # The memory store claims thread safety (notebooks, threaded tests): a thread claim.
+    import threading
+
+    results: list[int] = []
+    guard = threading.Lock()
+
+    def work() -> None:
+        b = MemoryBackend("memory://threads", tmp_path, "exp")
+        got = [b.allocate(0, {}) for _ in range(200)]
+        for n in got[:20]:
+            b.append(n, "items", 1)
+        with guard:
+            results.extend(got)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(results) == list(range(1600))
+        assert MemoryBackend("memory://threads", tmp_path, "exp").next_number() == 1600
+    finally:
+        MemoryBackend.reset("threads")
