@@ -105,6 +105,9 @@ def test_missing_counter_with_records_is_corrupt(fb: FileBackend) -> None:
     fb.counter_path.unlink()
     with pytest.raises(CorruptStateError, match="missing while version records exist"):
         fb.allocate(0, {})
+    report = fb.repair(0)
+    assert report["next_number"] == 2 and "recreated the missing counter" in report["actions"][0]
+    assert fb.allocate(0, {}) == 2
 
 
 def test_repair_rebuilds_and_never_lowers(fb: FileBackend) -> None:

@@ -392,6 +392,8 @@ class FileBackend(Backend):
                 try:
                     counter = self._counter()
                     previous = max(counter or 0, highest + 1)
+                    if counter is None and highest >= 0:
+                        actions.append(f"recreated the missing counter {self.counter_path.name}")
                 except CorruptStateError:
                     kept = self._set_aside(self.counter_path)
                     actions.append(f"set aside unreadable counter (kept as {kept.name})")
