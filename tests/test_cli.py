@@ -103,15 +103,17 @@ def test_list_json_and_table(capsys: pytest.CaptureFixture[str], root: Path) -> 
 
 def test_show(capsys: pytest.CaptureFixture[str], root: Path) -> None:
     reg = Registry(root)
-    n = reg.allocate(config={"a": 1}, command=["train.py", "--a", "1"], seed=3).version
+    config = {"a": 1, "model": {"dims": [8, 2], "head": None}}
+    n = reg.allocate(config=config, command=["train.py", "--a", "1"], seed=3).version
     make_ckpt(reg, n, "step_00000010-val_loss_0.5000.ckpt")
     code, out, _ = run(capsys, "show", str(root), "0")
     assert code == 0
     assert "command         train.py --a 1" in out and "seed            3" in out
     assert "step_00000010-val_loss_0.5000.ckpt" in out and "val_loss=0.5" in out
+    assert "\nconfig:\n  a: 1\n  model.dims: [8, 2]\n  model.head: null\n" in out
     code, out, _ = run(capsys, "show", str(root), "0", "--json")
     data = json.loads(out)
-    assert data["version"] == 0 and data["config"] == {"a": 1}
+    assert data["version"] == 0 and data["config"] == config
     assert data["checkpoint_files"][0]["metrics"] == {"val_loss": 0.5}
 
 
