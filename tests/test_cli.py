@@ -203,6 +203,7 @@ def test_schema(
         """
         )
     )
+    (tmp_path / "broken_schema_mod.py").write_text("def oops(:\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     code, out, _ = run(capsys, "schema", "my_schema_mod:Cfg")
     schema = json.loads(out)
@@ -213,6 +214,7 @@ def test_schema(
         ("no_such_module_xyz:Cfg", "cannot import module 'no_such_module_xyz'"),
         ("my_schema_mod:Missing", "has no attribute 'Missing'"),
         ("my_schema_mod:NotASchema", "is not a versionkit ConfigModel"),
+        ("broken_schema_mod:Cfg", "importing module 'broken_schema_mod' failed: SyntaxError"),
     ]:
         code, _, err = run(capsys, "schema", target)
         assert code == 2 and expected in one_error_line(err)

@@ -353,6 +353,10 @@ def _cmd_schema(args: argparse.Namespace, out: TextIO) -> int:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigError(f"cannot import module {module_name!r}: {exc}") from exc
+    except Exception as exc:  # the user's module raised while importing (a SyntaxError...)
+        raise ConfigError(
+            f"importing module {module_name!r} failed: {type(exc).__name__}: {exc}"
+        ) from exc
     cls = module
     for part in attr.split("."):
         if not hasattr(cls, part):
