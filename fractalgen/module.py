@@ -81,8 +81,9 @@ def cosine_lr_factor(step: int, *, warmup_steps: int, total_steps: int, min_rati
     """
     if warmup_steps > 0 and step < warmup_steps:
         return (step + 1) / warmup_steps
-    span = max(total_steps - warmup_steps, 1)
-    progress = min(max(step - warmup_steps, 0) / span, 1.0)
+    if total_steps <= warmup_steps:
+        return min_ratio
+    progress = min((step - warmup_steps) / (total_steps - warmup_steps), 1.0)
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 

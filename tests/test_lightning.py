@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 import pytorch_lightning as pl
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -343,6 +345,7 @@ def _rank_worker(root: str, rank: int, port: str, out: Any) -> None:
         run.close()
 
 
+@pytest.mark.slow
 def test_torchrun_style_ranks_share_one_allocation(tmp_path: Path) -> None:
     """Ranks started at once (torchrun/srun): rank 0 allocates, the others wait and agree."""
     ctx = mp.get_context("spawn")
@@ -384,6 +387,7 @@ _CRASH_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_checkpoint_never_half_written_on_crash(tmp_path: Path) -> None:
     target = tmp_path / "ck" / "last.ckpt"
     AtomicCheckpointIO().save_checkpoint({"w": torch.ones(2)}, target)
@@ -491,3 +495,25 @@ def test_sigterm_marks_the_version_interrupted(tmp_path: Path) -> None:
     info = Registry(tmp_path / "exp").get(0)
     assert info.status == "interrupted", (info.status, info.error)
     assert info.error == "terminated (SIGTERM)"
+
+
+_leaf = st.one_of(st.integers(-3, 3), st.text("ab", max_size=2), st.none())
+_section = st.dictionaries(st.sampled_from(["x", "y", "z"]), _leaf, min_size=1)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    saved=st.fixed_dictionaries({"model": _section, "trainer": _section}),
+    new=st.fixed_dictionaries({"model": _section, "trainer": _section}),
+)
+def test_check_resume_changes_refuses_exactly_frozen_changes(
+    saved: dict[str, Any], new: dict[str, Any]
+) -> None:
+    from versionkit.config import diff_configs
+
+    frozen_changed = [k for k in diff_configs(saved, new) if k.startswith("model.")]
+    if frozen_changed:
+        with pytest.raises(ConfigError, match=r"cannot change model\."):
+            check_resume_changes(saved, new, frozen=("model",))
+    else:
+        check_resume_changes(saved, new, frozen=("model",))

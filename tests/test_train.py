@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_train_helpers import FILTERS, TINY_YAML, state_of, step_checkpoints, write_tiny
 
 from fractalgen.module import StepBatchSampler, cosine_lr_factor, no_weight_decay_names
@@ -260,3 +262,56 @@ def test_train_small_is_the_fidelity_model() -> None:
     ]
     assert small.model.embed_dim_list == [64, 32, 16] and small.model.num_blocks_list == [2, 1, 1]
     assert small.trainer.accelerator == "cpu" and small.data.train_batch_size == 64
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    size=st.integers(1, 40),
+    batch=st.integers(1, 9),
+    world=st.integers(1, 4),
+    seed=st.integers(0, 2**31 - 1),
+    start=st.integers(0, 30),
+)
+def test_step_sampler_properties(size: int, batch: int, world: int, seed: int, start: int) -> None:
+    """Resuming at any step sees the uninterrupted stream; ranks tile each global batch;
+    every ``size`` consecutive positions of the stream form one permutation (an epoch)."""
+    steps = 6
+    ranks = [
+        iter(StepBatchSampler(size, batch, seed=seed, rank=r, world_size=world))
+        for r in range(world)
+    ]
+    stream = [[next(it) for it in ranks] for _ in range(start + steps)]
+    resumed = [
+        iter(
+            StepBatchSampler(
+                size, batch, seed=seed, rank=r, world_size=world, start_step=lambda: start
+            )
+        )
+        for r in range(world)
+    ]
+    for step in range(start, start + steps):
+        assert [next(it) for it in resumed] == stream[step]
+    flat = [i for per_step in stream for per_rank in per_step for i in per_rank]
+    for lo in range(0, len(flat) - size + 1, size):
+        assert sorted(flat[lo : lo + size]) == list(range(size))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    warmup=st.integers(0, 50),
+    total=st.integers(1, 500),
+    min_ratio=st.floats(0.0, 1.0),
+    step=st.integers(0, 600),
+)
+def test_lr_factor_bounds_and_shape(warmup: int, total: int, min_ratio: float, step: int) -> None:
+    f = cosine_lr_factor(step, warmup_steps=warmup, total_steps=total, min_ratio=min_ratio)
+    if step < warmup:
+        assert f == (step + 1) / warmup
+    else:
+        assert min(min_ratio, 1.0) - 1e-12 <= f <= 1.0 + 1e-12
+        after = cosine_lr_factor(
+            step + 1, warmup_steps=warmup, total_steps=total, min_ratio=min_ratio
+        )
+        assert after <= f + 1e-12
+    if step >= max(total, warmup):
+        assert math.isclose(f, min_ratio, abs_tol=1e-12)
