@@ -205,9 +205,11 @@ class FractalGenModule(pl.LightningModule):
         )
         self.ema: FractalGen | None = None
         if self.cfg.optim.ema_decay is not None:
+            # Left in the same mode as the model (Lightning warns about modules in eval
+            # mode at fit start); it never runs forward in training, and validation and
+            # sampling switch it to eval.
             self.ema = copy.deepcopy(self.model)
             self.ema.requires_grad_(False)
-            self.ema.eval()
         self._rng_to_restore: Tensor | None = None
         self.sample_dir: Path | None = None
 

@@ -315,3 +315,22 @@ def test_lr_factor_bounds_and_shape(warmup: int, total: int, min_ratio: float, s
         assert after <= f + 1e-12
     if step >= max(total, warmup):
         assert math.isclose(f, min_ratio, abs_tol=1e-12)
+
+
+@pytest.mark.slow
+def test_ema_weights_are_kept_checkpointed_and_used_for_sampling(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fractalgen.sample import load_checkpoint
+
+    _run(["--config", "config/tiny.yaml", "--ema_decay", "0.5", "--max_steps", "2"], capsys)
+    ckpt = workdir / "outputs/tiny/checkpoints/version_0/last.ckpt"
+    state = state_of(ckpt)
+    model_keys = sorted(k[len("model.") :] for k in state if k.startswith("model."))
+    ema_keys = sorted(k[len("ema.") :] for k in state if k.startswith("ema."))
+    assert model_keys == ema_keys and model_keys
+    # After two updates with decay 0.5 the EMA differs from the trained weights...
+    assert any(not torch.equal(state[f"model.{k}"], state[f"ema.{k}"]) for k in model_keys)
+    # ...and sampling uses it unless told otherwise.
+    assert load_checkpoint(ckpt).weights == "ema"
+    assert load_checkpoint(ckpt, weights="model").weights == "model"
