@@ -517,3 +517,17 @@ def test_check_resume_changes_refuses_exactly_frozen_changes(
             check_resume_changes(saved, new, frozen=("model",))
     else:
         check_resume_changes(saved, new, frozen=("model",))
+
+
+def test_resuming_a_version_that_is_still_running_is_refused(chdir_tmp: Path) -> None:
+    reg = Registry("exp")
+    run = start_run(reg, _loaded(), printer=lambda _l: None)  # running, pid = this process
+    run.close()
+    (run.checkpoint_dir / "last.ckpt").write_bytes(b"x")
+    target = resolve_resume("latest", default_root=Path("exp"))
+    with pytest.raises(RegistryError, match=r"version 0 of exp is still running \(pid \d+"):
+        start_run(reg, _loaded(), resume=target, printer=lambda _l: None)
+    reg.set_status(0, "failed", error="crashed")
+    again = start_run(reg, _loaded(), resume=target, printer=lambda _l: None)
+    again.close()
+    assert reg.get(0).status == "running" and reg.get(0).error is None

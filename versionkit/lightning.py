@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -760,7 +761,12 @@ def start_run(
         version = info.version
     else:
         version = resume.version
-        registry.get(version)  # VersionNotFoundError when the registry does not know it
+        info = registry.get(version)  # VersionNotFoundError when the registry does not know it
+        if info.status == "running" and info.host == socket.gethostname() and not info.is_dead:
+            raise RegistryError(
+                f"version {version} of {registry.root} is still running (pid {info.pid} on "
+                f"{info.host}); stop that run before resuming it"
+            )
     run = ExperimentRun(
         registry=registry,
         version=version,
