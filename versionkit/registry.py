@@ -27,7 +27,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, overload
@@ -649,40 +649,46 @@ class Registry:
         the root; metrics and step come from the record, else from the file name.
         """
         found = [
-            self._checkpoint_info(rel, n, item)
-            for rel, _name, item in self._existing_checkpoints(n, self._record(n))
+            self._checkpoint_info(folder + name, n, item)
+            for folder, name, item in self._existing_checkpoints(n, self._record(n))
         ]
         found.sort(key=lambda c: (c.step is None, c.step or 0, c.path.name))
         return found
 
     def _existing_checkpoints(
         self, n: int, record: Mapping[str, Any]
-    ) -> Iterator[tuple[str, str, Mapping[str, Any] | None]]:
-        """(path relative to the root, file name, recorded entry or None) per existing file.
+    ) -> _List[tuple[str, str, Mapping[str, Any] | None]]:
+        """(folder relative to the root + "/", file name, recorded entry or None) per file.
 
-        Works on strings, not Paths: ``best`` runs this over every checkpoint there is.
+        Strings, not Paths, and one ``listdir`` per version: ``best`` runs this over every
+        checkpoint there is. The folder listing decides what exists, so a recorded file
+        that was deleted costs nothing.
         """
-        folder_rel = f"checkpoints/version_{n}"
-        recorded: dict[str, Mapping[str, Any]] = {}
+        prefix = f"checkpoints/version_{n}/"
+        in_folder: dict[str, Mapping[str, Any]] = {}
+        elsewhere: _List[tuple[str, Mapping[str, Any]]] = []
         for item in record.get("checkpoints") or ():
-            if isinstance(item, dict) and isinstance(item.get("path"), str):
-                recorded[item["path"]] = item
+            path = item.get("path") if isinstance(item, dict) else None
+            if not isinstance(path, str):
+                continue
+            if path.startswith(prefix) and "/" not in path[len(prefix) :]:
+                in_folder[path[len(prefix) :]] = item
+            else:
+                elsewhere.append((path, item))
         try:
             # A "*.ckpt" folder counts too: sharded (DeepSpeed / FSDP) checkpoints are folders.
-            names = [
-                e for e in os.listdir(os.path.join(self.root, folder_rel)) if e.endswith(".ckpt")
-            ]
+            names = os.listdir(os.path.join(self.root, prefix))
         except (FileNotFoundError, NotADirectoryError):
             names = []
-        for name in names:
-            rel = f"{folder_rel}/{name}"
-            yield rel, name, recorded.pop(rel, None)
-        for rel, item in recorded.items():
+        found = [(prefix, name, in_folder.get(name)) for name in names if name.endswith(".ckpt")]
+        for path, item in elsewhere:
             # A hand-edited record must not point us outside the root.
-            if rel.startswith("/") or ".." in rel.split("/"):
+            if path.startswith("/") or ".." in path.split("/"):
                 continue
-            if os.path.exists(os.path.join(self.root, rel)):
-                yield rel, rel.rsplit("/", 1)[-1], item
+            if os.path.exists(os.path.join(self.root, path)):
+                folder, _, name = path.rpartition("/")
+                found.append((folder + "/" if folder else "", name, item))
+        return found
 
     def _checkpoint_info(self, rel: str, n: int, item: Mapping[str, Any] | None) -> CheckpointInfo:
         step, metrics = parse_checkpoint_name(rel.rsplit("/", 1)[-1])
@@ -710,7 +716,7 @@ class Registry:
         best_key: tuple[float, int, int] | None = None
         best_hit: tuple[str, int, Mapping[str, Any] | None] | None = None
         for n, record in records.items():
-            for rel, name, item in self._existing_checkpoints(n, record):
+            for folder, name, item in self._existing_checkpoints(n, record):
                 value: Any = None
                 if item is not None and isinstance(item.get("metrics"), dict):
                     value = item["metrics"].get(metric)
@@ -729,7 +735,7 @@ class Registry:
                     step = int(step_match.group(1)) if step_match else -1
                 key = (scaled, -step, -n)
                 if best_key is None or key < best_key:
-                    best_key, best_hit = key, (rel, n, item)
+                    best_key, best_hit = key, (folder + name, n, item)
         if best_hit is None:
             return None
         return self._checkpoint_info(*best_hit)
