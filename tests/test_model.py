@@ -14,12 +14,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fractalgen.model import FACTORIES, FractalGen, build_model
+from fractalgen.model import FACTORIES, FractalGen, ModelError, build_model
 from fractalgen.model.ar import ARLevel
 from fractalgen.model.blocks import apply_rope, rope_2d_table, swiglu_hidden_dim
 from fractalgen.model.common import patchify, unpatchify
 from fractalgen.model.mar import MARLevel, neighbour_index, truncated_normal_mask_counts
 from fractalgen.model.pixel import PixelHead
+from versionkit.errors import ConfigError
 
 LN256 = math.log(256)
 
@@ -635,6 +636,8 @@ def test_bad_inputs_raise_clear_value_errors() -> None:
     model = tiny("mar", 3, 0)
     with pytest.raises(ValueError, match=r"\(B, 3, 16, 16\)"):
         model(torch.rand(2, 1, 16, 16))
+    with pytest.raises(ModelError, match=r"labels must have shape \(2,\)"):
+        tiny("mar", 3, 10)(torch.rand(2, 3, 16, 16), torch.tensor([1, 2, 3]))
     with pytest.raises(ValueError, match="unconditional"):
         model(torch.rand(2, 3, 16, 16), torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="num_iter_list needs 2"):
@@ -672,6 +675,8 @@ def test_build_model_from_the_config_section() -> None:
         build_model({**cfg, "depth": 3}, in_channels=1, num_classes=10)
     with pytest.raises(ValueError, match="invalid model config: img_size_list"):
         build_model({**cfg, "img_size_list": [8, 3, 1]}, in_channels=1, num_classes=10)
+    err = ModelError("x")
+    assert isinstance(err, ValueError) and isinstance(err, ConfigError) and err.exit_code == 2
 
 
 # -------------------------------------------------------------------------- devices

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fractalgen.model.fractalgen import (
     FractalGen,
+    ModelError,
     build_model,
     fractalar_in64,
     fractalmar_base_in256,
@@ -15,6 +16,7 @@ from fractalgen.model.fractalgen import (
 __all__ = [
     "FACTORIES",
     "FractalGen",
+    "ModelError",
     "build_model",
     "fractalar_in64",
     "fractalmar_base_in256",

@@ -19,9 +19,11 @@ from fractalgen.model.ar import ARLevel
 from fractalgen.model.common import NextLevel
 from fractalgen.model.mar import MARLevel
 from fractalgen.model.pixel import PixelHead
+from versionkit.errors import ConfigError
 
 __all__ = [
     "FractalGen",
+    "ModelError",
     "build_model",
     "fractalar_in64",
     "fractalmar_base_in256",
@@ -34,9 +36,13 @@ _GENERATOR_TYPES = ("ar", "mar")
 _CFG_SCHEDULES = ("linear", "constant")
 
 
+class ModelError(ConfigError):
+    """A model built or called with bad settings (a ``ValueError``; CLIs exit 2)."""
+
+
 def _check(ok: bool, message: str) -> None:
     if not ok:
-        raise ValueError(message)
+        raise ModelError(message)
 
 
 class FractalGen(nn.Module):
@@ -87,7 +93,8 @@ class FractalGen(nn.Module):
             grad_checkpointing: Recompute block activations in backward to save memory.
 
         Raises:
-            ValueError: If the lists are inconsistent (the message names the problem).
+            ModelError: (a ``ValueError``) if the lists are inconsistent; the message names
+                the setting and what was expected.
         """
         super().__init__()
         sizes = [int(s) for s in img_size_list]
@@ -216,7 +223,7 @@ class FractalGen(nn.Module):
     def _check_generator(self, generator: torch.Generator | None) -> None:
         dev = self.fake_latent.device
         if generator is not None and generator.device.type != dev.type:
-            raise ValueError(
+            raise ModelError(
                 f"generator is on {generator.device} but the model is on {dev}; create it "
                 f"with torch.Generator(device={str(dev)!r}).manual_seed(seed)"
             )
@@ -225,12 +232,12 @@ class FractalGen(nn.Module):
         size = self.img_size_list[0]
         expected = (self.in_channels, size, size)
         if imgs.dim() != 4 or tuple(imgs.shape[1:]) != expected:
-            raise ValueError(
+            raise ModelError(
                 f"FractalGen expects images of shape (B, {expected[0]}, {expected[1]}, "
                 f"{expected[2]}) with values in [0, 1], got shape {tuple(imgs.shape)}"
             )
         if not imgs.is_floating_point():
-            raise ValueError(f"FractalGen expects float images in [0, 1], got dtype {imgs.dtype}")
+            raise ModelError(f"FractalGen expects float images in [0, 1], got dtype {imgs.dtype}")
 
     def _class_cond(
         self, labels: Tensor | None, batch: int, *, drop: bool, generator: torch.Generator | None
@@ -240,7 +247,7 @@ class FractalGen(nn.Module):
         if labels is None:
             return null
         if self.class_emb is None:
-            raise ValueError(
+            raise ModelError(
                 "this model is unconditional (num_classes=0): pass labels=None, not labels"
             )
         emb = self.class_emb(labels)
@@ -280,6 +287,11 @@ class FractalGen(nn.Module):
             Scalar loss (plus the guiding-pixel losses when enabled).
         """
         self._check_images(imgs)
+        if labels is not None and tuple(labels.shape) != (imgs.shape[0],):
+            raise ModelError(
+                f"labels must have shape ({imgs.shape[0]},) to match the images, "
+                f"got {tuple(labels.shape)}"
+            )
         cond0 = self._class_cond(labels, imgs.shape[0], drop=self.training, generator=None)
         return self._loss(imgs, cond0, None)
 
@@ -342,34 +354,34 @@ class FractalGen(nn.Module):
         """
         n_levels = len(self.levels)
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise ModelError(f"batch_size must be >= 1, got {batch_size}")
         iters = [int(i) for i in num_iter_list]
         if len(iters) != n_levels or any(i < 1 for i in iters):
-            raise ValueError(
+            raise ModelError(
                 f"num_iter_list needs {n_levels} positive entries (one per level above the "
                 f"pixel head), got {list(num_iter_list)}"
             )
         if cfg_schedule not in _CFG_SCHEDULES:
-            raise ValueError(f"cfg_schedule must be 'linear' or 'constant', got {cfg_schedule!r}")
+            raise ModelError(f"cfg_schedule must be 'linear' or 'constant', got {cfg_schedule!r}")
         if not temperature > 0:
-            raise ValueError(
+            raise ModelError(
                 f"temperature must be > 0 (logits are divided by it), got {temperature}"
             )
         self._check_generator(generator)
         dev = self.fake_latent.device
         if labels is not None:
             if self.class_emb is None:
-                raise ValueError(
+                raise ModelError(
                     "this model is unconditional (num_classes=0): sample with labels=None"
                 )
             labels = torch.as_tensor(labels).to(device=dev, dtype=torch.long)
             if labels.shape != (batch_size,):
-                raise ValueError(
+                raise ModelError(
                     f"labels must have shape ({batch_size},), got {tuple(labels.shape)}"
                 )
             lo, hi = int(labels.min()), int(labels.max())
             if lo < 0 or hi >= self.num_classes:
-                raise ValueError(
+                raise ModelError(
                     f"labels must be in 0..{self.num_classes - 1}, got values {lo}..{hi}"
                 )
         guided = labels is not None and cfg != 1.0
@@ -500,19 +512,20 @@ def build_model(model_cfg: Mapping[str, Any], *, in_channels: int, num_classes: 
         The model, freshly initialised.
 
     Raises:
-        ValueError: On unknown keys or inconsistent values, naming the ``model.`` field.
+        ModelError: (a ``ValueError`` and versionkit ``ConfigError``, exit code 2) on
+            unknown keys or inconsistent values, naming the field.
     """
     dump = getattr(model_cfg, "model_dump", None)
     cfg: dict[str, Any] = dict(dump() if callable(dump) else model_cfg)
     unknown = sorted(set(cfg) - set(_MODEL_KEYS))
     if unknown:
-        raise ValueError(
+        raise ModelError(
             f"unknown model config keys {unknown}; expected some of {list(_MODEL_KEYS)}"
         )
     missing = [k for k in _MODEL_KEYS[:5] if k not in cfg]
     if missing:
-        raise ValueError(f"model config is missing {missing}")
+        raise ModelError(f"model config is missing {missing}")
     try:
         return FractalGen(in_channels=in_channels, num_classes=num_classes, **cfg)
-    except ValueError as exc:
-        raise ValueError(f"invalid model config: {exc}") from None
+    except ModelError as exc:
+        raise ModelError(f"invalid model config: {exc}") from None
