@@ -177,7 +177,7 @@ def test_sigkill_mid_allocation_loses_and_reuses_nothing(uri: str, tmp_path: Pat
         child = ctx.Process(target=_allocate_forever, args=(uri, tmp_path, experiment))
         child.start()
         deadline = time.monotonic() + 60
-        while b.next_number() < target and time.monotonic() < deadline:
+        while b.next_number() < target and child.is_alive() and time.monotonic() < deadline:
             time.sleep(0.002)
         time.sleep(rng.uniform(0, 0.004))  # land somewhere inside a transaction
         assert child.pid is not None
