@@ -274,6 +274,7 @@ def _train(loaded: Any, args: list[str]) -> int:
         command=[Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "fractalgen-train", *args],
         seed=seed,
         devices_per_node=per_node,
+        num_nodes=int(config.trainer.num_nodes),
     )
     deterministic_before = torch.are_deterministic_algorithms_enabled()
     try:

@@ -531,3 +531,23 @@ def test_resuming_a_version_that_is_still_running_is_refused(chdir_tmp: Path) ->
     again = start_run(reg, _loaded(), resume=target, printer=lambda _l: None)
     again.close()
     assert reg.get(0).status == "running" and reg.get(0).error is None
+
+
+def test_multi_node_rank_zero_publishes_even_without_world_size(tmp_path: Path) -> None:
+    """Lightning's launcher on node 1 (NODE_RANK=1, no WORLD_SIZE) waits for node 0's number."""
+    root = tmp_path / "exp"
+    env0 = {"MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "4242", "NODE_RANK": "0"}
+    run0 = start_run(Registry(root), _loaded(), printer=lambda _l: None, env=env0, num_nodes=2)
+    env1 = {**env0, "NODE_RANK": "1"}
+    run1 = start_run(
+        Registry(root),
+        _loaded(),
+        printer=lambda _l: None,
+        env=env1,
+        devices_per_node=2,
+        rendezvous_timeout=5,
+    )
+    assert run1.version == run0.version == 0 and run1.rank == 2
+    assert [v.version for v in Registry(root).list()] == [0]
+    run0.close()
+    assert not list((root / ".versionkit" / "rendezvous").glob("*.json"))

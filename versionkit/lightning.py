@@ -695,6 +695,7 @@ def start_run(
     command: Sequence[str] | None = None,
     seed: int | None = None,
     devices_per_node: int = 1,
+    num_nodes: int = 1,
     printer: Callable[[str], None] = print,
     rendezvous_timeout: float = 600.0,
     env: Mapping[str, str] | None = None,
@@ -716,6 +717,8 @@ def start_run(
         command: the command line to record (default ``sys.argv``).
         seed: the run's seed, recorded.
         devices_per_node: devices per node, to tell a node's launcher process's rank.
+        num_nodes: nodes of the run; above 1, rank 0 always publishes its number for the
+            other nodes (which may not have WORLD_SIZE set).
         printer: where the console lines go.
         rendezvous_timeout: how long a rank waits for rank 0's number.
         env: the environment to read (default ``os.environ``).
@@ -735,7 +738,7 @@ def start_run(
             printer=printer,
         )
     rank = global_rank_from_env(environ, devices_per_node=devices_per_node)
-    distributed = _world_is_distributed(environ)
+    distributed = _world_is_distributed(environ) or num_nodes > 1
     key = _rendezvous_key(environ)
     if rank != 0:
         body = _await_rendezvous(registry.root, key, rank, rendezvous_timeout)
