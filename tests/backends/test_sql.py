@@ -192,6 +192,38 @@ def test_rows_written_behind_the_counter_are_stepped_over(store: SQLBackend) -> 
     assert store.next_number() == 4
 
 
+def test_endless_conflicts_give_up_after_a_few_tries_with_a_clear_error(store: SQLBackend) -> None:
+    store.allocate(0, {})
+    engine = raw_engine(store)
+    with engine.begin() as conn:
+        # Every insert of a version now fails as if another writer had taken the number.
+        if store._dialect == "sqlite":
+            conn.exec_driver_sql(
+                "CREATE TRIGGER always_taken BEFORE INSERT ON versionkit_versions "
+                "BEGIN SELECT RAISE(ABORT, 'number taken'); END"
+            )
+        else:
+            conn.exec_driver_sql(
+                "CREATE FUNCTION always_taken() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN RAISE EXCEPTION 'number taken' USING ERRCODE = 'unique_violation'; END $$"
+            )
+            conn.exec_driver_sql(
+                "CREATE TRIGGER always_taken BEFORE INSERT ON versionkit_versions "
+                "FOR EACH ROW EXECUTE FUNCTION always_taken()"
+            )
+    with pytest.raises(BackendError, match=r"after 5 attempts, each one conflicting") as info:
+        store.allocate(0, {})
+    assert "number taken" in str(info.value) and "\n" not in str(info.value)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "DROP TRIGGER always_taken"
+            + ("" if store._dialect == "sqlite" else " ON versionkit_versions")
+        )
+    engine.dispose()
+    assert store.next_number() == 1, "a failed allocation must not use up a number"
+    assert store.allocate(0, {}) == 1
+
+
 def test_experiments_in_one_database_count_separately(uri: str, tmp_path: Path) -> None:
     a = SQLBackend(uri, tmp_path / "a", f"a-{uuid.uuid4().hex}")
     b = SQLBackend(uri, tmp_path / "b", f"b-{uuid.uuid4().hex}")
