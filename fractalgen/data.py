@@ -4,9 +4,11 @@ Every item is ``(image, label)``: a float tensor (C, H, W) with values in [0, 1]
 The model turns each value ``x`` into the 8-bit level ``round(255 * x)``.
 
 * ``digits``: scikit-learn's 1,797 8x8 grayscale digits (shipped inside scikit-learn, no
-  download). Their values 0..16 map linearly to [0, 1] (``v / 16``, so 8-bit levels
-  ``round(255 * v / 16)``). Sizes that are a multiple of 8 are reached by
-  nearest-neighbour upsampling, which keeps the 17 discrete levels intact.
+  download). Their values ``v`` in 0..16 map to the 8-bit levels ``floor(255 v / 16 + 0.5)``
+  (0, 16, 32, ..., 128, ..., 255), stored exactly as ``level / 255``. Rounding here, not in
+  the model, matters: ``v = 8`` would be exactly 127.5, where the model's tiny rounding noise
+  turns the target into a coin flip worth a spurious bit. Sizes that are a multiple of 8
+  are reached by nearest-neighbour upsampling, which keeps the 17 discrete levels intact.
 * ``folder``: ``path/<class>/<image>`` with one subfolder per class (sorted names are the
   labels 0, 1, ...); each image is center-cropped to a square and resized (bicubic) to the
   configured size, as RGB (3 channels) or grayscale ``L`` (1 channel).
@@ -177,7 +179,8 @@ def _digits(channels: int, num_classes: int, img_size: int) -> tuple[Tensor, lis
             "(model.img_size_list[0])"
         )
     bunch = load_digits()
-    imgs = torch.from_numpy(np.asarray(bunch.images, dtype=np.float32) / 16.0).unsqueeze(1)
+    levels = np.floor(np.asarray(bunch.images, dtype=np.float64) * 255.0 / 16.0 + 0.5)
+    imgs = torch.from_numpy((levels / 255.0).astype(np.float32)).unsqueeze(1)
     factor = img_size // 8
     if factor > 1:
         imgs = imgs.repeat_interleave(factor, dim=2).repeat_interleave(factor, dim=3)

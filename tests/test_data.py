@@ -57,8 +57,12 @@ def test_digits_split_values_and_labels() -> None:
     imgs, labels = all_items(train)
     assert imgs.shape == (1617, 1, 8, 8) and imgs.dtype == torch.float32
     assert imgs.min() >= 0 and imgs.max() <= 1
-    # 0..16 map to v / 16: every value is a multiple of 1/16.
-    torch.testing.assert_close(imgs * 16, (imgs * 16).round())
+    # 0..16 map to exact 8-bit levels floor(255 v / 16 + 0.5) / 255: 17 of them.
+    levels = imgs * 255
+    torch.testing.assert_close(levels, levels.round(), atol=1e-4, rtol=0)
+    expected = {int(np.floor(255 * v / 16 + 0.5)) for v in range(17)}
+    assert set(levels.round().long().unique().tolist()) <= expected
+    assert {0, 128, 255} <= set(levels.round().long().unique().tolist())
     assert set(labels) == set(range(10))
 
 
