@@ -80,10 +80,17 @@ def _fork_all(target: Any, args: tuple[Any, ...], count: int) -> list[Any]:
 
 
 def _allocate_and_merge(
-    uri: str, root: Path, experiment: str, count: int, index: int, start: Any, out: Any
+    uri: str,
+    root: Path,
+    experiment: str,
+    count: int,
+    lock_timeout: float,
+    index: int,
+    start: Any,
+    out: Any,
 ) -> None:
     try:
-        b = SQLBackend(uri, root, experiment)
+        b = SQLBackend(uri, root, experiment, lock_timeout=lock_timeout)
         start.wait(30)
         numbers = []
         for step in range(count):
@@ -101,7 +108,8 @@ def test_sixteen_processes_allocate_distinct_numbers(uri: str, tmp_path: Path) -
     parent = SQLBackend(uri, tmp_path, experiment)
     assert parent.allocate(0, {"metrics": {}}) == 0  # the parent's engine is live at fork
     per_process = 10
-    chunks = _fork_all(_allocate_and_merge, (uri, tmp_path, experiment, per_process), PROCESSES)
+    args = (uri, tmp_path, experiment, per_process, 60.0)
+    chunks = _fork_all(_allocate_and_merge, args, PROCESSES)
     numbers = sorted(n for chunk in chunks for n in chunk)
     assert numbers == list(range(1, PROCESSES * per_process + 1)), "numbers collided or skipped"
     assert all(chunk == sorted(chunk) for chunk in chunks)
@@ -110,6 +118,18 @@ def test_sixteen_processes_allocate_distinct_numbers(uri: str, tmp_path: Path) -
     assert record is not None
     assert record["metrics"] == {f"w{i}": per_process - 1 for i in range(PROCESSES)}
     assert parent.allocate(0, {}) == PROCESSES * per_process + 1
+
+
+def test_writers_with_their_own_lock_timeout_also_never_collide(uri: str, tmp_path: Path) -> None:
+    # A non-default lock timeout takes the multi-statement transaction on PostgreSQL
+    # (SELECT ... FOR UPDATE) instead of the one-statement allocation.
+    experiment = f"exp-{uuid.uuid4().hex}"
+    parent = SQLBackend(uri, tmp_path, experiment, lock_timeout=30.0)
+    assert parent.allocate(0, {"metrics": {}}) == 0
+    chunks = _fork_all(_allocate_and_merge, (uri, tmp_path, experiment, 8, 30.0), 6)
+    assert sorted(n for chunk in chunks for n in chunk) == list(range(1, 6 * 8 + 1))
+    record = parent.get(0)
+    assert record is not None and record["metrics"] == {f"w{i}": 7 for i in range(6)}
 
 
 _FIRST_USE = textwrap.dedent(
