@@ -625,6 +625,9 @@ def test_grad_checkpointing_gives_the_same_gradients() -> None:
         ({"num_heads_list": (5, 2, 2)}, "not divisible"),
         ({"generator_type_list": ("ar", "ar"), "num_heads_list": (32, 2, 2)}, "multiple of 4"),
         ({"num_classes": -1}, "num_classes"),
+        ({"proj_dropout": 1.0}, r"proj_dropout must be in \[0, 1\)"),
+        ({"r_weight": 0.0}, "r_weight must be > 0"),
+        ({"num_conds": 0}, "num_conds must be >= 1"),
     ],
 )
 def test_bad_configs_raise_clear_value_errors(change: dict[str, Any], message: str) -> None:

@@ -151,6 +151,9 @@ class FractalGen(nn.Module):
             0.0 <= label_drop_prob <= 1.0,
             f"label_drop_prob must be in [0, 1], got {label_drop_prob}",
         )
+        for name, value in (("attn_dropout", attn_dropout), ("proj_dropout", proj_dropout)):
+            _check(0.0 <= value < 1.0, f"{name} must be in [0, 1), got {value}")
+        _check(r_weight > 0, f"r_weight must be > 0, got {r_weight}")
         _check(num_conds is None or num_conds >= 1, f"num_conds must be >= 1, got {num_conds}")
 
         self.img_size_list = tuple(sizes)
