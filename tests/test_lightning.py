@@ -334,9 +334,13 @@ def _rank_worker(root: str, rank: int, port: str, out: Any) -> None:
         "MASTER_PORT": port,
         "TORCHELASTIC_RUN_ID": "t1",
     }
-    run = start_run(
-        Registry(root), _loaded(), printer=lambda _l: None, env=env, rendezvous_timeout=60
-    )
+    try:
+        run = start_run(
+            Registry(root), _loaded(), printer=lambda _l: None, env=env, rendezvous_timeout=180
+        )
+    except Exception as exc:  # reported to the test, which fails with it
+        out.put((rank, f"{type(exc).__name__}: {exc}"))
+        return
     out.put((rank, run.version))
     if rank == 0:
         import time
@@ -355,7 +359,7 @@ def test_torchrun_style_ranks_share_one_allocation(tmp_path: Path) -> None:
     procs = [ctx.Process(target=_rank_worker, args=(root, r, "29911", out)) for r in (2, 1, 0)]
     for p in procs:
         p.start()
-    results = dict(out.get(timeout=120) for _ in procs)
+    results = dict(out.get(timeout=300) for _ in procs)
     for p in procs:
         p.join(60)
         assert p.exitcode == 0

@@ -743,7 +743,7 @@ def start_run(
     if rank != 0:
         body = _await_rendezvous(registry.root, key, rank, rendezvous_timeout)
         resume_path = body.get("resume")
-        return ExperimentRun(
+        waited = ExperimentRun(
             registry=registry,
             version=int(body["version"]),
             rank=rank,
@@ -751,6 +751,13 @@ def start_run(
             resume_from=Path(resume_path) if resume_path else None,
             printer=printer,
         )
+        if env is None:
+            # This node's launcher process: hand the number on to the processes it starts.
+            os.environ[RUN_ENV] = json.dumps(
+                {"root": root_key, "version": waited.version, "resume": resume_path}
+            )
+            waited._env_set = True
+        return waited
 
     config = loaded.config
     config_dict = _config_dict(config)
