@@ -326,7 +326,7 @@ def test_handed_over_version_is_reused_not_allocated(chdir_tmp: Path) -> None:
     assert run.version == 0
 
 
-def _rank_worker(root: str, rank: int, port: str, out: Any) -> None:
+def _rank_worker(root: str, rank: int, port: str, out: Any, done: Any) -> None:
     env = {
         "RANK": str(rank),
         "WORLD_SIZE": "3",
@@ -343,9 +343,9 @@ def _rank_worker(root: str, rank: int, port: str, out: Any) -> None:
         return
     out.put((rank, run.version))
     if rank == 0:
-        import time
-
-        time.sleep(1.0)  # let the others read the rendezvous file before it is removed
+        # As in training: rank 0 ends (and removes the rendezvous file) only after the
+        # other ranks have joined.
+        done.wait(300)
         run.close()
 
 
@@ -356,10 +356,14 @@ def test_torchrun_style_ranks_share_one_allocation(tmp_path: Path) -> None:
     out = ctx.Queue()
     root = str(tmp_path / "exp")
     Registry(root).allocate()  # an earlier version, so the run gets 1
-    procs = [ctx.Process(target=_rank_worker, args=(root, r, "29911", out)) for r in (2, 1, 0)]
+    done = ctx.Event()
+    procs = [
+        ctx.Process(target=_rank_worker, args=(root, r, "29911", out, done)) for r in (2, 1, 0)
+    ]
     for p in procs:
         p.start()
     results = dict(out.get(timeout=300) for _ in procs)
+    done.set()
     for p in procs:
         p.join(60)
         assert p.exitcode == 0
