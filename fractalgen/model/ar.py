@@ -86,7 +86,8 @@ class ARLevel(nn.Module):
             norm = normalize_channels(patches, self.pix_mean, self.pix_std)
             tokens.append(self.patch_emb(norm))
         x = torch.cat(tokens, dim=1)
-        return self.patch_emb_ln(x + self.pos_embed[:, : x.shape[1]])
+        out: Tensor = self.patch_emb_ln(x + self.pos_embed[:, : x.shape[1]])
+        return out
 
     def _run(self, x: Tensor) -> Tensor:
         rope = self.rope[: x.shape[1]]
@@ -95,7 +96,8 @@ class ARLevel(nn.Module):
                 x = checkpoint(block, x, rope, use_reentrant=False)
             else:
                 x = block(x, rope)
-        return self.norm(x)
+        out: Tensor = self.norm(x)
+        return out
 
     def forward(
         self, imgs: Tensor, cond: Tensor, generator: torch.Generator | None = None

@@ -95,7 +95,8 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Apply the feed-forward."""
-        return self.dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
+        out: Tensor = self.dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
+        return out
 
 
 class Mlp(nn.Module):
@@ -118,7 +119,8 @@ class Mlp(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Apply the MLP."""
-        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+        out: Tensor = self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+        return out
 
 
 class Attention(nn.Module):
@@ -158,7 +160,8 @@ class Attention(nn.Module):
         out = F.scaled_dot_product_attention(
             q, k, v, dropout_p=self.attn_dropout if self.training else 0.0, is_causal=causal
         )
-        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, d)))
+        y: Tensor = self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, d)))
+        return y
 
 
 class ViTBlock(nn.Module):
@@ -196,7 +199,8 @@ class ViTBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Apply the block to (B, N, D)."""
         x = x + self.attn(self.norm1(x), causal=self.causal)
-        return x + self.mlp(self.norm2(x))
+        y: Tensor = x + self.mlp(self.norm2(x))
+        return y
 
 
 def rope_2d_table(
@@ -233,7 +237,7 @@ def rope_2d_table(
 
 def apply_rope(x: Tensor, table: Tensor) -> Tensor:
     """Rotate adjacent pairs of ``x`` (B, H, N, hd) by ``table`` (N, hd // 2, 2), in fp32."""
-    xf = x.float().unflatten(-1, (-1, 2))
+    xf = x.float().reshape(*x.shape[:-1], -1, 2)
     cos, sin = table[..., 0], table[..., 1]
     x0, x1 = xf[..., 0], xf[..., 1]
     out = torch.stack([x0 * cos - x1 * sin, x1 * cos + x0 * sin], dim=-1)
@@ -302,7 +306,8 @@ class LlamaBlock(nn.Module):
             if n > 1:
                 mask = torch.ones(n, pos + n, dtype=torch.bool, device=x.device).tril(pos)
             out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
-        return self.resid_dropout(self.wo(out.transpose(1, 2).reshape(b, n, d)))
+        y: Tensor = self.resid_dropout(self.wo(out.transpose(1, 2).reshape(b, n, d)))
+        return y
 
     def forward(
         self,
@@ -325,4 +330,5 @@ class LlamaBlock(nn.Module):
             Tokens (B, n, D).
         """
         h = x + self._attend(self.attention_norm(x), rope, cache, pos, max_len)
-        return h + self.feed_forward(self.ffn_norm(h))
+        y: Tensor = h + self.feed_forward(self.ffn_norm(h))
+        return y

@@ -253,7 +253,7 @@ class FractalGen(nn.Module):
             raise ModelError(
                 "this model is unconditional (num_classes=0): pass labels=None, not labels"
             )
-        emb = self.class_emb(labels)
+        emb: Tensor = self.class_emb(labels)
         if drop and self.label_drop_prob > 0:
             u = torch.rand(batch, device=emb.device, generator=generator)
             emb = torch.where((u < self.label_drop_prob).unsqueeze(1), null.to(emb.dtype), emb)

@@ -179,7 +179,8 @@ class MARLevel(nn.Module):
             else:
                 x = block(x)
         x = self.norm(x)
-        return x[:, self.num_prefix :]
+        out: Tensor = x[:, self.num_prefix :]
+        return out
 
     def gather_conds(self, out: Tensor, rows: Tensor, pos: Tensor) -> Tensor:
         """Five conditions (M, 5, d) of patches ``pos`` of batch rows ``rows`` (both (M,))."""

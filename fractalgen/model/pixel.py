@@ -43,8 +43,9 @@ def channel_stats(channels: int) -> tuple[Tensor, Tensor]:
 def normalize_channels(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
     """Normalise ``x`` (..., C * k) laid out channel-major, with per-channel ``mean``/``std``."""
     c = mean.shape[0]
-    xv = x.unflatten(-1, (c, -1))
-    return ((xv - mean[:, None].to(x.dtype)) / std[:, None].to(x.dtype)).flatten(-2)
+    xv = x.reshape(*x.shape[:-1], c, -1)
+    out: Tensor = (xv - mean[:, None].to(x.dtype)) / std[:, None].to(x.dtype)
+    return out.flatten(-2)
 
 
 class PixelHead(nn.Module):
