@@ -367,6 +367,95 @@ def test_mar_sends_only_masked_patches_down_with_five_conditions() -> None:
     assert conds.shape == (child.shape[0], 5, 16)
 
 
+def test_mar_evaluation_masks_a_uniform_count_from_one_to_seq_len() -> None:
+    torch.manual_seed(0)
+    level = MARLevel(
+        seq_len=4,
+        patch_size=2,
+        in_channels=1,
+        cond_dim=8,
+        embed_dim=16,
+        num_blocks=1,
+        num_heads=2,
+    ).eval()
+    x, cond = images(2, 1, 4), torch.randn(2, 5, 8)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        ks = [level(x, cond, gen)[0].shape[0] // 2 for _ in range(200)]
+    assert set(ks) == {1, 2, 3, 4}
+    assert all(25 <= ks.count(k) <= 75 for k in range(1, 5))
+
+
+@pytest.mark.parametrize("schedule", ["linear", "constant"])
+def test_mar_sampling_follows_the_cosine_schedule(schedule: str) -> None:
+    torch.manual_seed(0)
+    level = MARLevel(
+        seq_len=16,
+        patch_size=1,
+        in_channels=1,
+        cond_dim=8,
+        embed_dim=16,
+        num_blocks=1,
+        num_heads=2,
+    ).eval()
+    calls: list[tuple[int, float]] = []
+
+    def next_level(c: torch.Tensor, cfg: float) -> torch.Tensor:
+        calls.append((c.shape[0], cfg))
+        return torch.full((c.shape[0] // 2, 1, 1, 1), len(calls) / 255)
+
+    cond = torch.randn(6, 5, 8)  # 3 images, doubled for guidance
+    with torch.no_grad():
+        out = level.sample(
+            cond,
+            num_iter=4,
+            cfg=3.0,
+            cfg_schedule=schedule,
+            guided=True,
+            temperature=1.0,
+            generator=None,
+            next_level=next_level,
+        )
+    # Masked counts after each step: floor(16 cos(pi/2 (i+1)/4)) = 14, 11, 6, then 0.
+    assert [n // 6 for n, _ in calls] == [2, 3, 5, 6]
+    expected = [1 + 2 * (16 - m) / 16 for m in (14, 11, 6, 1)]
+    assert [c for _, c in calls] == (expected if schedule == "linear" else [3.0] * 4)
+    # Every patch was written exactly once, by one of the four steps.
+    counts = torch.bincount((out.flatten() * 255).round().long(), minlength=5)
+    assert counts.tolist() == [0, 6, 9, 15, 18]
+
+
+def test_ar_sampling_ramps_guidance_linearly_one_patch_per_step() -> None:
+    torch.manual_seed(0)
+    level = ARLevel(
+        seq_len=4,
+        patch_size=1,
+        in_channels=1,
+        cond_dim=8,
+        embed_dim=16,
+        num_blocks=1,
+        num_heads=2,
+    ).eval()
+    calls: list[tuple[int, float]] = []
+
+    def next_level(c: torch.Tensor, cfg: float) -> torch.Tensor:
+        calls.append((c.shape[0], cfg))
+        return torch.zeros(c.shape[0] // 2, 1, 1, 1)
+
+    with torch.no_grad():
+        level.sample(
+            torch.randn(4, 1, 8),
+            num_iter=99,
+            cfg=5.0,
+            cfg_schedule="linear",
+            guided=True,
+            temperature=1.0,
+            generator=None,
+            next_level=next_level,
+        )
+    assert calls == [(4, 1 + 4 * (i + 1) / 4) for i in range(4)]
+
+
 def test_mar_neighbour_conditions_are_zero_at_borders() -> None:
     torch.manual_seed(0)
     level = MARLevel(
