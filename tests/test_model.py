@@ -275,6 +275,20 @@ def test_factory_defaults() -> None:
     assert base.class_emb is None and base.in_channels == 1
 
 
+def test_initialisation_follows_the_reference() -> None:
+    torch.manual_seed(0)
+    model = tiny("mar", 3, 1000, embed_dim_list=(256, 128, 64))
+    for name, p in model.named_parameters():
+        if name.endswith("bias"):
+            assert p.abs().sum() == 0, name
+    for t in (model.class_emb.weight, model.levels[0].pos_embed, model.pixel_head.codebook):
+        assert abs(t.std().item() - 0.02) < 0.002
+    w = model.levels[0].blocks[0].mlp.fc1.weight  # xavier-uniform: U(-a, a), a = sqrt(6/(in+out))
+    bound = math.sqrt(6 / (w.shape[0] + w.shape[1]))
+    assert w.abs().max() <= bound and w.abs().max() > 0.95 * bound
+    assert torch.equal(model.levels[0].norm.weight, torch.ones(256))
+
+
 def test_swiglu_hidden_sizes_are_rounded_to_256() -> None:
     assert swiglu_hidden_dim(1024) == 2816
     assert swiglu_hidden_dim(512) == 1536
