@@ -16,41 +16,17 @@ import sys
 import textwrap
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.pool import NullPool
 
 from versionkit.backends import sql as sqlmod
 from versionkit.backends.sql import SQLBackend
 
-PG_ENV = "VERSIONKIT_TEST_POSTGRES"
 REPO = Path(__file__).resolve().parents[1]
 PROCESSES = 16
-
-
-@pytest.fixture
-def pg_uri() -> Iterator[str]:
-    """A PostgreSQL registry URI whose tables live in a schema of this test's own."""
-    base = os.environ.get(PG_ENV)
-    if not base:
-        pytest.skip(f"PostgreSQL tests need ${PG_ENV} (e.g. postgresql://postgres@127.0.0.1/test)")
-    schema = f"vk_test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(sqlmod._parse_uri(base)[0], poolclass=NullPool)
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-    sep = "&" if "?" in base else "?"
-    try:
-        yield f"{base}{sep}options=-csearch_path%3D{schema}"
-    finally:
-        for key in [k for k in sqlmod._engines if schema in k]:
-            sqlmod._dispose_engine(key)
-        with admin.begin() as conn:
-            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
-        admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import socket
 import sys
 import uuid
@@ -37,38 +36,6 @@ from versionkit.errors import (
     VersionNotFoundError,
 )
 from versionkit.testing import BackendContractSuite
-
-PG_ENV = "VERSIONKIT_TEST_POSTGRES"
-
-
-def sa_url(uri: str) -> str:
-    """A registry URI as SQLAlchemy wants it (psycopg 3 driver, no ?experiment=)."""
-    scheme, _, rest = uri.partition("://")
-    if scheme in ("postgresql", "postgres"):
-        return f"postgresql+psycopg://{rest}"
-    return uri
-
-
-@pytest.fixture
-def pg_uri() -> Iterator[str]:
-    """A PostgreSQL registry URI whose tables live in a schema of this test's own."""
-    base = os.environ.get(PG_ENV)
-    if not base:
-        pytest.skip(f"PostgreSQL tests need ${PG_ENV} (e.g. postgresql://postgres@127.0.0.1/test)")
-    schema = f"vk_test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(sa_url(base), poolclass=NullPool)
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-    sep = "&" if "?" in base else "?"
-    try:
-        yield f"{base}{sep}options=-csearch_path%3D{schema}"
-    finally:
-        # Backends a test left open still pool connections into the schema: end them.
-        for key in [k for k in sqlmod._engines if schema in k]:
-            sqlmod._dispose_engine(key)
-        with admin.begin() as conn:
-            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
-        admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

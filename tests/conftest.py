@@ -1,0 +1,39 @@
+"""Fixtures shared across test modules."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+#: The PostgreSQL server for tests (``.ci/run`` sets it); without it those tests skip.
+PG_ENV = "VERSIONKIT_TEST_POSTGRES"
+
+
+@pytest.fixture
+def pg_uri() -> Iterator[str]:
+    """A PostgreSQL registry URI whose tables live in a schema of this test's own."""
+    base = os.environ.get(PG_ENV)
+    if not base:
+        pytest.skip(f"PostgreSQL tests need ${PG_ENV} (e.g. postgresql://postgres@127.0.0.1/test)")
+    import sqlalchemy as sa
+    from sqlalchemy.pool import NullPool
+
+    from versionkit.backends import sql as sqlmod
+
+    schema = f"vk_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(sqlmod._parse_uri(base)[0], poolclass=NullPool)
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    sep = "&" if "?" in base else "?"
+    try:
+        yield f"{base}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        # Backends a test left open still pool connections into the schema: end them.
+        for key in [k for k in sqlmod._engines if schema in k]:
+            sqlmod._dispose_engine(key)
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+        admin.dispose()
