@@ -18,9 +18,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import enum
-import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -34,6 +31,8 @@ from typing import Any, Literal, Optional, Union, get_args, get_origin
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _common import emit as common_emit  # noqa: E402
+from _common import machine  # noqa: E402
 from pydantic import BaseModel  # noqa: E402
 
 from fractalgen.config import TrainConfig, parse_train_args  # noqa: E402
@@ -65,25 +64,11 @@ JSONARG_FLAGS = [  # and in jsonargparse's (full dotted names)
 ]
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cpus, Python {platform.python_version()}"
-
-
 MACHINE = machine()
 
 
 def emit(figure: str, value: float, unit: str, target: str = "") -> None:
-    print(json.dumps({"bench": "config", "figure": figure, "value": round(value, 4),
-                      "unit": unit, "target": target, "machine": MACHINE}), flush=True)
+    common_emit("config", figure, value, unit, target, MACHINE)
 
 
 def median_ms(fn: Callable[[], object], repeat: int, rounds: int = 5) -> float:

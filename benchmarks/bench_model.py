@@ -14,9 +14,6 @@ Prints one JSON object per line and figure::
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -28,6 +25,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
+from _common import emit as common_emit
+from _common import machine
 
 from fractalgen.model import FACTORIES, FractalGen
 
@@ -140,31 +139,23 @@ def main(argv: list[str] | None = None) -> int:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    machine = (
-        f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus torch {torch.__version__}"
+    device_text = (
+        torch.cuda.get_device_name(dev)
+        if dev.type == "cuda"
+        else f"threads {torch.get_num_threads()}"
     )
     if dev.type == "cuda":
-        machine += " " + torch.cuda.get_device_name(dev)
         torch.cuda.reset_peak_memory_stats(dev)
-    else:
-        machine += f" threads {torch.get_num_threads()}"
+    machine_text = machine(f"torch {torch.__version__}, {device_text}")
     name = f"model_{args.preset}_{args.gen}" if "factory" not in kw else f"model_{args.preset}"
     targets = TARGETS.get((args.preset, args.gen), {})
 
     def emit(figure: str, value: float, unit: str) -> None:
         target = targets.get(figure)
-        line = {
-            "bench": name,
-            "figure": figure,
-            "value": round(value, 6) if isinstance(value, float) else value,
-            "unit": unit,
-            "target": f"<= {target}" if target is not None else None,
-            "machine": machine,
-            "batch": args.batch,
-            "device": str(dev),
-            "bf16": args.bf16,
-        }
-        print(json.dumps(line), flush=True)
+        common_emit(
+            name, figure, value, unit, f"<= {target}" if target is not None else None,
+            machine_text, digits=6, batch=args.batch, device=str(dev), bf16=args.bf16,
+        )
 
     emit("params", sum(p.numel() for p in model.parameters()), "count")
     step_s = _median_time(train_step, args.steps, args.warmup, sync)

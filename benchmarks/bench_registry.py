@@ -32,7 +32,6 @@ import fcntl
 import json
 import multiprocessing
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -46,6 +45,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _common import emit as common_emit  # noqa: E402
+from _common import machine  # noqa: E402
+
 from versionkit import registry as registry_module  # noqa: E402
 from versionkit.errors import VersionkitError  # noqa: E402
 from versionkit.registry import Registry  # noqa: E402
@@ -53,40 +55,11 @@ from versionkit.registry import Registry  # noqa: E402
 CTX = multiprocessing.get_context("fork")
 
 
-def machine() -> str:
-    cpu = platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (
-        f"{cpu}, {os.cpu_count()} cpus, Python {platform.python_version()}, "
-        f"{platform.system()} {platform.release()}, load {load:.1f} at start"
-    )
-
-
 MACHINE = machine()
 
 
 def emit(figure: str, value: float | int, unit: str, target: str | None = None) -> None:
-    print(
-        json.dumps(
-            {
-                "bench": "registry",
-                "figure": figure,
-                "value": round(value, 4) if isinstance(value, float) else value,
-                "unit": unit,
-                "target": target,
-                "machine": MACHINE,
-            }
-        ),
-        flush=True,
-    )
+    common_emit("registry", figure, value, unit, target, MACHINE)
 
 
 def skipped(figure: str, why: str) -> None:

@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -40,27 +38,17 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from _common import emit, machine  # noqa: E402
+
 
 def _machine() -> str:
     import torch
 
-    return (
-        f"{platform.machine()} {platform.processor() or platform.system()}, "
-        f"{os.cpu_count()} cpus, torch {torch.__version__} ({torch.get_num_threads()} threads)"
-    )
+    return machine(f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
 
 
 def _emit(figure: str, value: float, unit: str, target: str, machine: str, **extra: Any) -> None:
-    row = {
-        "bench": "train",
-        "figure": figure,
-        "value": round(value, 4),
-        "unit": unit,
-        "target": target,
-        "machine": machine,
-        **extra,
-    }
-    print(json.dumps(row), flush=True)
+    emit("train", figure, value, unit, target, machine, **extra)
 
 
 def _config(path: Path, steps: int) -> Any:
