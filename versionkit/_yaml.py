@@ -352,6 +352,13 @@ def parse_yaml(text: str, source: str) -> tuple[Any, dict[Loc, Mark], bool]:
         pm = exc.problem_mark
         where = f"{source}:{pm.line + 1}:{pm.column + 1}" if pm is not None else source
         detail = exc.problem or "malformed YAML"
+        if "maximum nesting depth" in detail:
+            # PyYAML >= 6.0.4 has a nesting limit of its own that its scanner, which reads
+            # ahead of the events checked above, can reach first: say the same thing.
+            raise ConfigError(
+                f"{where}: nesting deeper than {MAX_DEPTH} levels; "
+                "a config this deep is almost certainly a mistake"
+            ) from None
         context = f" ({exc.context})" if exc.context else ""
         raise ConfigError(f"{where}: invalid YAML: {detail}{context}") from None
     except yaml.reader.ReaderError as exc:
