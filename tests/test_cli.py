@@ -294,3 +294,57 @@ def test_module_entry_point_exit_codes(tmp_path: Path) -> None:
         done.stderr.strip() == f"error: version 3 does not exist in {tmp_path} "
         "(it has no versions yet)"
     )
+
+
+def test_best_finds_values_with_exponents_and_signs(
+    capsys: pytest.CaptureFixture[str], root: Path
+) -> None:
+    reg = Registry(root)
+    reg.allocate()
+    tiny = make_ckpt(reg, 0, "epoch=3-val_loss=1.23e-04.ckpt")
+    make_ckpt(reg, 0, "epoch=4-val_loss=2.5e-03.ckpt")
+    code, out, err = run(capsys, "best", str(root), "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert (data["path"], data["val_loss"]) == (str(tiny), 1.23e-04)
+    high = make_ckpt(reg, 0, "step=7-val_ll=-1.25.ckpt")
+    make_ckpt(reg, 0, "step=8-val_ll=-3.5.ckpt")
+    code, out, err = run(capsys, "best", str(root), "--metric", "val_ll", "--mode", "max", "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert (data["path"], data["val_ll"], data["step"]) == (str(high), -1.25, 7)
+    code, out, _ = run(capsys, "show", str(root), "0", "--json")
+    shown = {Path(c["path"]).name: c["metrics"] for c in json.loads(out)["checkpoint_files"]}
+    assert shown["epoch=3-val_loss=1.23e-04.ckpt"] == {"val_loss": 1.23e-04}
+    assert shown["step=8-val_ll=-3.5.ckpt"] == {"val_ll": -3.5}
+
+
+def test_json_output_is_strict_json_even_with_nan_metrics(
+    capsys: pytest.CaptureFixture[str], root: Path
+) -> None:
+    reg = Registry(root)
+    n = reg.allocate().version
+    reg.log_metrics(n, {"val_loss": float("nan"), "train/loss": float("inf")}, step=1)
+    code, out, _ = run(capsys, "list", str(root), "--json")
+    assert code == 0
+    # json.loads would accept NaN; a strict parser must too.
+    rows = json.loads(out, parse_constant=lambda c: pytest.fail(f"non-standard JSON {c}"))
+    assert rows[0]["metrics"] == {"val_loss": None, "train/loss": None}
+
+
+def test_repair_fixes_a_record_without_its_version(
+    capsys: pytest.CaptureFixture[str], root: Path
+) -> None:
+    reg = Registry(root)
+    for _ in range(2):
+        reg.allocate()
+    (root / ".versionkit" / "versions" / "0.json").write_text('{"status": "completed"}')
+    code, _, err = run(capsys, "list", str(root))
+    assert code == 1 and "versionkit repair" in one_error_line(err)
+    code, out, err = run(capsys, "repair", str(root), "--json")
+    assert code == 0, err
+    code, out, err = run(capsys, "list", str(root), "--json")
+    assert code == 0, err
+    assert [row["version"] for row in json.loads(out)] == [0, 1]
+    code, out, _ = run(capsys, "allocate", str(root), "--json")
+    assert json.loads(out)["version"] == 2

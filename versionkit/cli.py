@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -102,8 +103,20 @@ def _parser() -> argparse.ArgumentParser:
 # -- output helpers -------------------------------------------------------------------
 
 
+def _finite(value: Any) -> Any:
+    """NaN and infinities -> None: strict JSON parsers (jq, JavaScript) reject NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _dump(value: Any, out: TextIO) -> None:
-    out.write(json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n")
+    text = json.dumps(_finite(value), indent=2, ensure_ascii=False, default=str, allow_nan=False)
+    out.write(text + "\n")
 
 
 def _table(rows: list[list[str]], out: TextIO) -> None:

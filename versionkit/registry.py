@@ -15,6 +15,7 @@ are read from package metadata.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import functools
 import getpass
@@ -50,6 +51,7 @@ _TERMINAL = frozenset(STATUSES[1:])
 _VERSION_DIR = re.compile(r"^version_(\d+)$")
 _STEP_IN_NAME = re.compile(r"(?:^|[-_/])step[=_](\d+)")
 _NUMBER = r"([-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:nan|inf))"
+_ANY_METRIC = re.compile(rf"(?:^|-)([A-Za-z][\w./]*?)[=_]{_NUMBER}(?=$|-[A-Za-z])")
 
 
 def _now() -> str:
@@ -195,9 +197,10 @@ def parse_checkpoint_name(
         if match:
             metrics[metric] = float(match.group(2))
         return step, metrics
-    for part in stem.split("-"):
-        match = re.match(rf"^([A-Za-z][\w./]*?)[=_]{_NUMBER}$", part)
-        if match and match.group(1) not in ("step", "epoch"):
+    # One pass over the whole stem, not a split on "-": values such as 1.23e-04 or -1.25
+    # hold a "-" of their own.
+    for match in _ANY_METRIC.finditer(stem):
+        if match.group(1) not in ("step", "epoch"):
             metrics[match.group(1)] = float(match.group(2))
     return step, metrics
 
@@ -715,6 +718,7 @@ class Registry:
         pattern = _metric_pattern(metric)
         best_key: tuple[float, int, int] | None = None
         best_hit: tuple[str, int, Mapping[str, Any] | None] | None = None
+        best_value = 0.0
         for n, record in records.items():
             for folder, name, item in self._existing_checkpoints(n, record):
                 value: Any = None
@@ -735,10 +739,14 @@ class Registry:
                     step = int(step_match.group(1)) if step_match else -1
                 key = (scaled, -step, -n)
                 if best_key is None or key < best_key:
-                    best_key, best_hit = key, (folder + name, n, item)
+                    best_key, best_hit, best_value = key, (folder + name, n, item), float(value)
         if best_hit is None:
             return None
-        return self._checkpoint_info(*best_hit)
+        info = self._checkpoint_info(*best_hit)
+        if metric in info.metrics:
+            return info
+        # Found by a pattern the generic name parser does not know: report what won.
+        return dataclasses.replace(info, metrics={**info.metrics, metric: best_value})
 
     # -- configs ------------------------------------------------------------------------
 

@@ -370,7 +370,7 @@ class FileBackend(Backend):
                         record = self._read_json(path)
                     except CorruptStateError:
                         record = None
-                    if record is not None and record.get("version", number) == number:
+                    if record is not None and record.get("version") == number:
                         continue
                     kept = self._set_aside(path)
                     self._write_record(
