@@ -805,3 +805,18 @@ def test_runs_on_every_device_with_autocast(device: str, gen: str) -> None:
         bpd = model.nll_bpd(x, generator=torch.Generator(device=dev).manual_seed(0))
     assert torch.isfinite(loss) and torch.isfinite(bpd)
     assert out.device.type == dev.type and out.dtype == torch.uint8
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("gen", ["ar", "mar"])
+def test_sampling_works_with_non_fp32_weights(gen: str, dtype: torch.dtype) -> None:
+    """Patches and guiding pixels are made in the weights' dtype, not always fp32."""
+    torch.manual_seed(0)
+    model = tiny(gen, 3, 10, img_size_list=(8, 2, 1), guiding_pixel=True).to(dtype)
+    g = torch.Generator().manual_seed(0)
+    labels = torch.tensor([1, 2])
+    out = model.sample(2, labels, num_iter_list=(2, 2), cfg=2.0, generator=g)
+    assert out.dtype == torch.uint8 and out.shape == (2, 3, 8, 8)
+    assert int(out.min()) >= 0 and int(out.max()) <= 255
+    uncond = model.sample(2, None, num_iter_list=(2, 2), generator=g)
+    assert uncond.dtype == torch.uint8 and uncond.shape == (2, 3, 8, 8)

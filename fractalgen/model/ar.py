@@ -153,7 +153,8 @@ class ARLevel(nn.Module):
         n2 = cond.shape[0]
         n = n2 // 2 if guided else n2
         dim = self.in_channels * self.patch_size**2
-        patches = cond.new_zeros(n, self.seq_len, dim, dtype=torch.float32)
+        # In the weights' dtype: fp32 patches would not multiply bf16 / fp64 weights.
+        patches = cond.new_zeros(n, self.seq_len, dim, dtype=self.patch_emb.weight.dtype)
         caches = [KVCache() for _ in self.blocks]
         c0 = cond[:, 0]
         for step in range(self.seq_len):

@@ -275,7 +275,8 @@ class MARLevel(nn.Module):
             )
             if guided:
                 pix = torch.cat([pix, pix], dim=0)
-        patches = torch.zeros(n, seq, dim, device=dev)
+        # In the weights' dtype: fp32 patches would not multiply bf16 / fp64 weights.
+        patches = torch.zeros(n, seq, dim, device=dev, dtype=self.patch_emb.weight.dtype)
         mask = torch.ones(n, seq, dtype=torch.bool, device=dev)
         orders = torch.argsort(torch.rand(n, seq, device=dev, generator=generator), dim=1)
         num_iter = min(seq, num_iter)

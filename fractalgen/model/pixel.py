@@ -176,7 +176,8 @@ class PixelHead(nn.Module):
                 cond_logits, uncond_logits = logits[:n], logits[n:]
                 logits = uncond_logits + cfg * (cond_logits - uncond_logits)
             values[:, i] = sample_categorical(logits, generator)
-        return values.float() / 255
+        # In the conditions' dtype (the model's): the guiding pixel feeds a Linear layer.
+        return (values.float() / 255).to(c.dtype)
 
 
 def sample_categorical(logits: Tensor, generator: torch.Generator | None = None) -> Tensor:
