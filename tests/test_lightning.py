@@ -326,6 +326,24 @@ def test_handed_over_version_is_reused_not_allocated(chdir_tmp: Path) -> None:
     assert run.version == 0
 
 
+def test_a_second_start_run_in_one_process_is_a_new_run(chdir_tmp: Path) -> None:
+    # A notebook or sweep that retries after an error before fit(): the hand-over the first
+    # run left in os.environ (meant for the processes it launches) must not make the
+    # second one a silent "rank 1" of the first.
+    reg = Registry("exp")
+    lines: list[str] = []
+    first = start_run(reg, _loaded(), display_root="exp", printer=lines.append)
+    assert RUN_ENV in os.environ
+    second = start_run(reg, _loaded(), display_root="exp", printer=lines.append)
+    try:
+        assert (first.version, second.version) == (0, 1)
+        assert first.is_global_zero and second.is_global_zero
+        assert [v.version for v in reg.list()] == [0, 1]
+        assert sum("Experiment version" in line for line in lines) == 2
+    finally:
+        os.environ.pop(RUN_ENV, None)
+
+
 def _rank_worker(root: str, rank: int, port: str, out: Any, done: Any) -> None:
     env = {
         "RANK": str(rank),

@@ -754,7 +754,12 @@ def start_run(
         if env is None:
             # This node's launcher process: hand the number on to the processes it starts.
             os.environ[RUN_ENV] = json.dumps(
-                {"root": root_key, "version": waited.version, "resume": resume_path}
+                {
+                    "root": root_key,
+                    "version": waited.version,
+                    "resume": resume_path,
+                    "owner": os.getpid(),
+                }
             )
             waited._env_set = True
         return waited
@@ -794,6 +799,7 @@ def start_run(
         "root": root_key,
         "version": version,
         "resume": str(run.resume_from) if run.resume_from else None,
+        "owner": os.getpid(),
     }
     if env is None:
         os.environ[RUN_ENV] = json.dumps(payload)
@@ -812,6 +818,10 @@ def _handed_over(environ: Mapping[str, str], root_key: str) -> dict[str, Any] | 
     except ValueError:
         return None
     if not isinstance(body, dict) or body.get("root") != root_key:
+        return None
+    if body.get("owner") == os.getpid():
+        # Set by this very process for the processes it launches, and left behind by a
+        # run that never reached fit(): a second start_run here is a new run, not a rank.
         return None
     return body
 
