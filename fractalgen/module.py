@@ -1,6 +1,6 @@
 """The LightningModule that trains FractalGen with the reference's recipe.
 
-AdamW (betas 0.9/0.95, weight decay except on biases, 1-D parameters and embeddings),
+AdamW (betas 0.9/0.95, weight decay except on biases and parameters with < 2 dims),
 lr = ``optim.lr`` or ``base_lr * global_batch / 256``, linear warm-up then cosine decay
 to ``min_lr`` stepped every iteration, gradient clipping (set on the Trainer), an
 optional EMA of the weights, ``val_loss`` = validation NLL in bits per dimension, and
@@ -32,45 +32,19 @@ __all__ = [
     "no_weight_decay_names",
 ]
 
-# Parameter-name fragments that never get weight decay (the reference's no-decay list:
-# position embeddings, mask/condition tokens, class embedding, codebooks).
-_NO_DECAY_FRAGMENTS = (
-    "pos_embed",
-    "mask_token",
-    "class_emb",
-    "fake_latent",
-    "cls_token",
-)
-
 
 def no_weight_decay_names(model: nn.Module) -> set[str]:
     """Names of the parameters that AdamW must not decay.
 
-    Biases, every parameter with fewer than two dimensions (norm scales), embeddings
-    (``nn.Embedding`` weights) and the names in ``_NO_DECAY_FRAGMENTS``; a model's own
-    ``no_weight_decay()`` set is honoured too.
+    The reference's rule (``add_weight_decay`` in LTH14/fractalgen ``util/misc.py``):
+    a parameter is not decayed iff it has fewer than two dimensions (biases, norm
+    scales, 1-D tokens) or its name ends with ``bias`` (which also covers the 2-D
+    ``pixel_head.logit_bias``). Everything else is decayed, embeddings, position
+    embeddings and mask / class tokens included: there is no skip list.
     """
-    names: set[str] = set()
-    embedding_weights: set[int] = set()
-    for module in model.modules():
-        if isinstance(module, nn.Embedding):
-            embedding_weights.add(id(module.weight))
-    custom: set[str] = set()
-    hook = getattr(model, "no_weight_decay", None)
-    if callable(hook):
-        custom = {str(n) for n in hook()}
-    for name, param in model.named_parameters():
-        leaf = name.rsplit(".", 1)[-1]
-        if (
-            param.ndim < 2
-            or leaf == "bias"
-            or id(param) in embedding_weights
-            or name in custom
-            or leaf in custom
-            or any(fragment in name for fragment in _NO_DECAY_FRAGMENTS)
-        ):
-            names.add(name)
-    return names
+    return {
+        name for name, param in model.named_parameters() if param.ndim < 2 or name.endswith("bias")
+    }
 
 
 def cosine_lr_factor(step: int, *, warmup_steps: int, total_steps: int, min_ratio: float) -> float:

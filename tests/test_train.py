@@ -77,10 +77,20 @@ def test_lr_schedule_and_no_decay_groups() -> None:
     model = build_model(TrainConfig().model.model_dump(), in_channels=1, num_classes=10)
     skip = no_weight_decay_names(model)
     params = dict(model.named_parameters())
-    assert "class_emb.weight" in skip and "fake_latent" in skip
-    assert any(n.endswith("pos_embed") for n in skip)
-    assert all(params[n].ndim >= 2 for n in params if n not in skip)
-    assert any(n.endswith("qkv.weight") for n in params if n not in skip)
+    # The reference's add_weight_decay: no decay iff ndim <= 1 or the name ends in bias.
+    assert skip == {n for n, p in params.items() if p.ndim < 2 or n.endswith("bias")}
+    assert "pixel_head.logit_bias" in skip and params["pixel_head.logit_bias"].ndim == 2
+    assert {"levels.0.patch_emb.bias", "levels.0.norm.weight"} <= skip
+    # Embeddings, tokens and position embeddings are decayed: there is no skip list.
+    decayed = {
+        "class_emb.weight",
+        "fake_latent",
+        "levels.0.pos_embed",
+        "levels.0.mask_token",
+        "levels.0.blocks.0.attn.qkv.weight",
+        "pixel_head.codebook",
+    }
+    assert decayed <= params.keys() and not decayed & skip
 
 
 def test_step_sampler_is_a_function_of_the_step() -> None:
