@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-__all__ = ["MISSING", "diff_plain"]
+__all__ = ["MISSING", "diff_plain", "flatten"]
 
 
 class _Missing:
@@ -29,6 +29,13 @@ class _Missing:
 
 
 MISSING: Any = _Missing()
+
+
+def flatten(value: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"a": {"b": 1}, "c": {}}`` -> ``{"a.b": 1, "c": {}}`` (empty sections stay ``{}``)."""
+    out: dict[str, Any] = {}
+    _flatten(value, "", out)
+    return out
 
 
 def _flatten(value: Mapping[str, Any], prefix: str, out: dict[str, Any]) -> None:

@@ -148,18 +148,6 @@ def _metrics(metrics: dict[str, Any], limit: int = 3) -> str:
     return " ".join(items) or "-"
 
 
-def _flatten(value: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    """``{"a": {"b": 1}}`` -> ``[("a.b", 1)]``; empty sections stay as ``{}``."""
-    items: list[tuple[str, Any]] = []
-    for key, sub in value.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(sub, dict) and sub:
-            items += _flatten(sub, dotted + ".")
-        else:
-            items.append((dotted, sub))
-    return items
-
-
 def _git(info: VersionInfo) -> str:
     if not info.git_commit:
         return "-"
@@ -276,8 +264,10 @@ def _cmd_show(reg: Registry, args: argparse.Namespace, out: TextIO) -> int:
         out.write(f"{key.ljust(width)}  {value}\n")
     config = info.record.get("config")
     if isinstance(config, dict) and config:
+        from versionkit._diff import flatten  # light: no pydantic, no yaml
+
         out.write("\nconfig:\n")
-        for key, value in _flatten(config):
+        for key, value in flatten(config).items():
             out.write(f"  {key}: {json.dumps(value, default=str)}\n")
     if checkpoints:
         out.write("\n")
