@@ -11,7 +11,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_train_helpers import FILTERS, TINY_YAML, state_of, step_checkpoints, write_tiny
+from test_train_helpers import FILTERS, state_of, step_checkpoints, write_tiny
 
 from fractalgen.module import StepBatchSampler, cosine_lr_factor, no_weight_decay_names
 from fractalgen.train import main
@@ -242,7 +242,9 @@ def test_flags_only_run_uses_schema_defaults(
     saved = (workdir / "outputs/fractalgen/checkpoints/version_0/config.yaml").read_text()
     assert "train_batch_size: 8" in saved and "# Flags: --train_batch_size 8 --max_steps 2" in saved
     assert not (workdir / "outputs/fractalgen/checkpoints/version_0/config.source.yaml").exists()
-    assert TINY_YAML  # the file config is not involved here
+    # The tiny file config in config/ is not involved: schema defaults, not its values.
+    assert "  name: fractalgen\n" in saved and "name: tiny" not in saved
+    assert not (workdir / "outputs" / "tiny").exists()
 
 
 @pytest.mark.parametrize(
