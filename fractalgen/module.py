@@ -165,6 +165,9 @@ class FractalGenModule(pl.LightningModule):
         num_classes: number of class labels of the data.
     """
 
+    #: Most images one ``model.sample`` call of the validation grid generates.
+    SAMPLE_CHUNK = 64
+
     def __init__(self, config: Mapping[str, Any], in_channels: int, num_classes: int) -> None:
         super().__init__()
         self.cfg = TrainConfig.model_validate(dict(config))
@@ -271,37 +274,50 @@ class FractalGenModule(pl.LightningModule):
             Image.fromarray(grid).save(self.sample_dir / f"samples_step_{step:08d}.png")
 
     @torch.no_grad()
-    def sample_grid(self, per_class: int | None = None) -> np.ndarray:
-        """Sample images for every class (one column per class) into a uint8 HWC grid.
+    def sample_grid(self, num_images: int | None = None) -> np.ndarray:
+        """Sample exactly ``num_images`` (default ``sampling.num_images``) into a uint8 HWC grid.
 
-        Uses its own fixed-seed generator inside ``fork_rng`` so that sampling does not
-        move the training RNG stream (resumed runs stay bitwise identical).
+        Labels spread evenly over the classes: ``i % num_classes`` when there are at least
+        as many images as classes (one column per class: the digits grid is rows of the
+        ten digits), else ``num_images`` evenly spaced classes.
+        Sampling runs in chunks of at most ``SAMPLE_CHUNK`` images, with its own
+        fixed-seed generator inside ``fork_rng`` so that it does not move the training
+        RNG stream (resumed runs stay bitwise identical).
         """
         sampling = self.cfg.sampling
-        num = max(1, sampling.num_images)
+        num = max(1, int(num_images if num_images is not None else sampling.num_images))
         classes = max(1, self.num_classes)
-        per = per_class if per_class is not None else max(1, math.ceil(num / classes))
-        # one column per class, ``per`` rows
-        labels = torch.arange(classes, device=self.device).repeat(per)
+        if num >= classes:
+            labels = torch.arange(num, device=self.device) % classes
+            nrow = classes
+        else:
+            labels = torch.arange(num, device=self.device) * classes // num
+            nrow = math.ceil(math.sqrt(num))
         model = self.eval_model
         was_training = model.training
         model.eval()
         devices = [self.device] if self.device.type == "cuda" else []
+        chunks: list[Tensor] = []
         with torch.random.fork_rng(devices=devices):
             generator = torch.Generator(device=self.device)
             generator.manual_seed(self.cfg.experiment.seed)
-            imgs = model.sample(
-                labels.numel(),
-                labels,
-                num_iter_list=list(sampling.num_iter_list),
-                cfg=sampling.cfg,
-                cfg_schedule=sampling.cfg_schedule,
-                temperature=sampling.temperature,
-                generator=generator,
-            )
+            for start in range(0, num, self.SAMPLE_CHUNK):
+                part = labels[start : start + self.SAMPLE_CHUNK]
+                chunks.append(
+                    model.sample(
+                        part.numel(),
+                        part,
+                        num_iter_list=list(sampling.num_iter_list),
+                        cfg=sampling.cfg,
+                        cfg_schedule=sampling.cfg_schedule,
+                        temperature=sampling.temperature,
+                        generator=generator,
+                    ).cpu()
+                )
         model.train(was_training)
+        imgs = torch.cat(chunks)
         scale = max(1, 64 // max(1, imgs.shape[-1]))
-        return image_grid(imgs.cpu().numpy(), nrow=classes, scale=scale)
+        return image_grid(imgs.numpy(), nrow=nrow, scale=scale)
 
     # -- optimiser ---------------------------------------------------------------
 

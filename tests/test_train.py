@@ -6,14 +6,21 @@ import itertools
 import math
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_train_helpers import FILTERS, state_of, step_checkpoints, write_tiny
 
-from fractalgen.module import StepBatchSampler, cosine_lr_factor, no_weight_decay_names
+from fractalgen.module import (
+    FractalGenModule,
+    StepBatchSampler,
+    cosine_lr_factor,
+    no_weight_decay_names,
+)
 from fractalgen.train import main
 from versionkit.lightning import RUN_ENV
 from versionkit.registry import Registry
@@ -346,3 +353,41 @@ def test_ema_weights_are_kept_checkpointed_and_used_for_sampling(
     # ...and sampling uses it unless told otherwise.
     assert load_checkpoint(ckpt).weights == "ema"
     assert load_checkpoint(ckpt, weights="model").weights == "model"
+
+
+def _tiny_module(num_classes: int, num_images: int) -> FractalGenModule:
+    config = {
+        "model": {
+            "img_size_list": [8, 2, 1],
+            "embed_dim_list": [16, 8, 8],
+            "num_blocks_list": [1, 1, 1],
+            "num_heads_list": [2, 1, 1],
+        },
+        "sampling": {"num_iter_list": [1, 1], "num_images": num_images},
+    }
+    return FractalGenModule(config, in_channels=1, num_classes=num_classes)
+
+
+@pytest.mark.parametrize(
+    ("num_classes", "num_images", "calls"),
+    [
+        (1000, 4, [[0, 250, 500, 750]]),
+        (10, 20, [list(range(10)) * 2]),
+        (3, 70, [[i % 3 for i in range(64)], [i % 3 for i in range(64, 70)]]),
+    ],
+)
+def test_sample_grid_samples_exactly_num_images(
+    monkeypatch: pytest.MonkeyPatch, num_classes: int, num_images: int, calls: list[list[int]]
+) -> None:
+    module = _tiny_module(num_classes, num_images)
+    seen: list[list[int]] = []
+    real = module.model.sample
+
+    def spy(batch_size: int, labels: torch.Tensor | None = None, **kw: Any) -> torch.Tensor:
+        seen.append(labels.tolist() if labels is not None else [])
+        return real(batch_size, labels, **kw)
+
+    monkeypatch.setattr(module.model, "sample", spy)
+    grid = module.sample_grid()
+    assert seen == calls
+    assert grid.dtype == np.uint8 and grid.ndim == 3 and grid.shape[2] == 3
