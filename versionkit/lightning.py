@@ -24,7 +24,6 @@ import os
 import signal
 import socket
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.loggers import TensorBoardLogger
 
+from versionkit._atomic import write_atomic
 from versionkit.config import ConfigModel, LoadedConfig, config_hash, diff_configs, dump_config
 from versionkit.errors import ConfigError, RegistryError
 from versionkit.registry import Registry
@@ -118,33 +118,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 def atomic_write_bytes(target: Path, write: Callable[[Any], Any]) -> None:
     """Call ``write(file)`` on a temp file beside ``target``, fsync it, then rename it over."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise
-    _fsync_dir(target.parent)
+    write_atomic(target, write, sync_dir=True)
 
 
 def atomic_write_text(target: Path, text: str) -> None:
     """Write UTF-8 ``text`` to ``target`` atomically."""
     atomic_write_bytes(target, lambda f: f.write(text.encode("utf-8")))
-
-
-def _fsync_dir(folder: Path) -> None:
-    # Makes the rename itself durable; not possible on every platform.
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 # --------------------------------------------------------------------------------------

@@ -28,7 +28,6 @@ import json
 import os
 import re
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -36,6 +35,7 @@ from typing import Any, ClassVar
 
 import filelock
 
+from versionkit._atomic import fsync_dir, write_atomic
 from versionkit.backends.base import Backend, Record
 from versionkit.errors import BackendError, CorruptStateError, LockTimeout, VersionNotFoundError
 
@@ -51,38 +51,6 @@ _HOLDER_WIDTH = 160
 # filelock waits by polling a non-blocking flock; its 50 ms default turns 16 contending
 # processes into ~20 allocations/s. A hold lasts ~1 ms, so poll at about that scale.
 _POLL_INTERVAL = 0.002
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, data: bytes, *, sync: bool = True) -> None:
-    """Replace ``path`` by ``data`` so that readers see the old or the new bytes only.
-
-    With ``sync`` the bytes are fsynced before the rename; the caller fsyncs the folder
-    afterwards to make the rename itself durable.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            if sync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _encode(record: Mapping[str, Any], what: str) -> bytes:
@@ -248,11 +216,11 @@ class FileBackend(Backend):
         return numbers
 
     def _write_counter(self, number: int) -> None:
-        _write_atomic(self.counter_path, _encode({"next": number}, "counter"))
-        _fsync_dir(self.state_dir)
+        write_atomic(self.counter_path, _encode({"next": number}, "counter"))
+        fsync_dir(self.state_dir)
 
     def _write_record(self, number: int, record: Mapping[str, Any]) -> None:
-        _write_atomic(self._record_path(number), _encode(record, f"record of version {number}"))
+        write_atomic(self._record_path(number), _encode(record, f"record of version {number}"))
 
     def _wrap_os(self, exc: OSError) -> BackendError:
         where = exc.filename or self.state_dir
@@ -271,7 +239,7 @@ class FileBackend(Backend):
                 if not has_counter:  # a new registry: from now on a missing counter is damage
                     self._write_counter(0)
                 self._write_record(number, data)
-                _fsync_dir(self.records_dir)
+                fsync_dir(self.records_dir)
             except OSError as exc:
                 raise self._wrap_os(exc) from exc
         return number
@@ -314,8 +282,8 @@ class FileBackend(Backend):
             record["version"] = number
             data = _encode(record, f"record of version {number}")
             try:
-                _write_atomic(path, data)
-                _fsync_dir(self.records_dir)
+                write_atomic(path, data)
+                fsync_dir(self.records_dir)
             except OSError as exc:
                 raise self._wrap_os(exc) from exc
 
@@ -403,8 +371,8 @@ class FileBackend(Backend):
                     self._write_counter(target)
                 if previous != target:
                     actions.append(f"next number set to {target} (was {previous})")
-                _fsync_dir(self.records_dir)
-                _fsync_dir(self.state_dir)
+                fsync_dir(self.records_dir)
+                fsync_dir(self.state_dir)
             except OSError as exc:
                 raise self._wrap_os(exc) from exc
         return {"next_number": target, "previous_next_number": previous, "actions": actions}
