@@ -574,3 +574,23 @@ def test_lock_timeout_reaches_a_backend_built_from_a_uri(tmp_path: Path) -> None
     own = FileBackend("file", tmp_path / "b", "b", lock_timeout=3.0)
     assert Registry(tmp_path / "b", own, lock_timeout=0.25).backend is own
     assert own.lock_timeout == 3.0
+
+
+def test_read_only_root_as_seen_by_a_normal_user(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # CI runs as root, for whom chmod 555 changes nothing (the test above skips there):
+    # make mkdir fail the way it does for a normal user on a read-only folder.
+    parent = tmp_path / "ro"
+    parent.mkdir()
+    real_mkdir = Path.mkdir
+
+    def refuse(self: Path, *args: object, **kwargs: object) -> None:
+        if self.is_relative_to(parent):
+            raise PermissionError(13, "Permission denied", str(self))
+        real_mkdir(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    with pytest.raises(RegistryError, match=r"cannot create experiment root .*Permission denied"):
+        Registry(parent / "exp").allocate()
+    assert not (parent / "exp").exists()

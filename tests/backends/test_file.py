@@ -9,6 +9,7 @@ import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -237,3 +238,31 @@ def test_threads_of_one_process_never_share_a_number(tmp_path: Path) -> None:
     for t in threads:
         t.join()
     assert sorted(results) == list(range(150))
+
+
+def test_unwritable_state_as_seen_by_a_normal_user(
+    fb: FileBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As root (CI), chmod cannot make the state read-only: fail the temp-file creation
+    # the way a read-only folder does for a normal user.
+    import tempfile
+
+    import versionkit._atomic as atomic
+
+    fb.allocate(0, {"status": "running"})
+    real_mkstemp = tempfile.mkstemp
+
+    def refuse(*args: Any, **kwargs: Any) -> tuple[int, str]:
+        if Path(kwargs["dir"]).is_relative_to(fb.state_dir):
+            raise PermissionError(13, "Permission denied", str(kwargs["dir"]))
+        return real_mkstemp(*args, **kwargs)
+
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", refuse)
+    with pytest.raises(BackendError, match=r"cannot write registry state .*Permission denied"):
+        fb.allocate(0, {})
+    with pytest.raises(BackendError, match="cannot write registry state"):
+        fb.update(0, {"status": "completed"})
+    monkeypatch.undo()
+    # Nothing was half-written: the record and the counter are as before.
+    assert fb.get(0) is not None and fb.get(0)["status"] == "running"  # type: ignore[index]
+    assert fb.next_number() == 1
