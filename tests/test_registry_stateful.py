@@ -34,12 +34,15 @@ class RegistryMachine(RuleBasedStateMachine):
         self.status: dict[int, str] = {}
         # version -> file name -> (step, val_loss as the registry should see it)
         self.ckpts: dict[int, dict[str, tuple[int, float]]] = {}
+        # version -> which of its folders exist ("checkpoints", "logs"): the floor comes
+        # from this model, never from the registry's own folder scan.
+        self.folders: dict[int, set[str]] = {}
 
     def teardown(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def _folder_numbers(self) -> set[int]:
-        return self.reg.folder_versions()
+        return {n for n, kinds in self.folders.items() if kinds}
 
     @rule(target=versions)
     def allocate(self) -> int:
@@ -54,6 +57,7 @@ class RegistryMachine(RuleBasedStateMachine):
         self.metrics[info.version] = {}
         self.status[info.version] = "running"
         self.ckpts[info.version] = {}
+        self.folders[info.version] = {"checkpoints", "logs"}
         return info.version
 
     @rule(n=versions, which=st.sampled_from(["checkpoints", "logs", "both"]))
@@ -61,8 +65,10 @@ class RegistryMachine(RuleBasedStateMachine):
         if which in ("checkpoints", "both"):
             shutil.rmtree(self.reg.checkpoint_dir(n), ignore_errors=True)
             self.ckpts[n] = {}
+            self.folders[n].discard("checkpoints")
         if which in ("logs", "both"):
             shutil.rmtree(self.reg.log_dir(n), ignore_errors=True)
+            self.folders[n].discard("logs")
 
     @rule(k=st.integers(0, 80), create=st.booleans())
     def foreign_folder(self, k: int, create: bool) -> None:
@@ -72,9 +78,17 @@ class RegistryMachine(RuleBasedStateMachine):
         if create:
             folder.mkdir(parents=True, exist_ok=True)
             self.foreign.add(k)
+            self.folders.setdefault(k, set()).add("logs")
         else:
             shutil.rmtree(folder, ignore_errors=True)
             self.foreign.discard(k)
+            self.folders.get(k, set()).discard("logs")
+
+    @rule(k=st.integers(0, 200), kind=st.sampled_from(["checkpoints", "logs"]),
+          name=st.sampled_from(["version_{k}_old", "version_abc", "old_version_{k}", "v{k}"]))
+    def odd_folder(self, k: int, kind: str, name: str) -> None:
+        # Names that only look like versions never move the next number (not in the model).
+        (self.reg.root / kind / name.format(k=k)).mkdir(parents=True, exist_ok=True)
 
     @rule(
         n=versions,
@@ -102,6 +116,7 @@ class RegistryMachine(RuleBasedStateMachine):
         name = f"step_{step:08d}-val_loss_{value:.4f}.ckpt"
         path = self.reg.checkpoint_dir(n) / name
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.folders[n].add("checkpoints")
         path.write_bytes(b"ckpt")
         if record:
             self.reg.add_checkpoint(n, path, step=step, metrics={"val_loss": value})
