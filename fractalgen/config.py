@@ -79,7 +79,11 @@ class DataConfig(ConfigSection):
     )
     path: Path | None = Field(None, description="Image folder root; required for 'folder'.")
     channels: Literal[1, 3] = Field(1, description="Image channels: 1 (gray) or 3 (RGB).")
-    num_classes: PositiveInt = Field(10, description="Number of class labels.")
+    num_classes: NonNegativeInt = Field(
+        10,
+        description="Number of class labels; 0 = unconditional only (every label is the "
+        "null class).",
+    )
     val_fraction: float = Field(
         0.1, gt=0.0, lt=1.0, description="Fraction of the data held out for validation."
     )

@@ -4,7 +4,8 @@ AdamW (betas 0.9/0.95, weight decay except on biases and parameters with < 2 dim
 lr = ``optim.lr`` or ``base_lr * global_batch / 256``, linear warm-up then cosine decay
 to ``min_lr`` stepped every iteration, gradient clipping (set on the Trainer), an
 optional EMA of the weights, ``val_loss`` = validation NLL in bits per dimension, and
-a grid of class-conditional samples logged to TensorBoard at every validation.
+a grid of samples (class-conditional; unconditional when ``num_classes`` is 0) logged
+to TensorBoard at every validation.
 """
 
 from __future__ import annotations
@@ -203,10 +204,15 @@ class FractalGenModule(pl.LightningModule):
 
     # -- steps -------------------------------------------------------------------
 
+    def _labels(self, labels: Tensor) -> Tensor | None:
+        """The batch's labels, or None for an unconditional model (``num_classes == 0``):
+        its data set's labels are ignored and every image gets the null class."""
+        return labels if self.num_classes > 0 else None
+
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         """One optimisation step's loss; logs ``train/loss`` and ``lr``."""
         imgs, labels = batch
-        loss: Tensor = self.model(imgs, labels)
+        loss: Tensor = self.model(imgs, self._labels(labels))
         self.log(
             "train/loss",
             loss,
@@ -258,7 +264,7 @@ class FractalGenModule(pl.LightningModule):
                 ema_b.copy_(b)
 
     def on_validation_epoch_end(self) -> None:
-        """Log a grid of class-conditional samples (global rank 0, not in the sanity check)."""
+        """Log the grid of ``sample_grid`` (global rank 0, not in the sanity check)."""
         trainer = self.trainer
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
@@ -279,15 +285,19 @@ class FractalGenModule(pl.LightningModule):
 
         Labels spread evenly over the classes: ``i % num_classes`` when there are at least
         as many images as classes (one column per class: the digits grid is rows of the
-        ten digits), else ``num_images`` evenly spaced classes.
+        ten digits), else ``num_images`` evenly spaced classes; an unconditional model
+        (``num_classes == 0``) samples without labels.
         Sampling runs in chunks of at most ``SAMPLE_CHUNK`` images, with its own
         fixed-seed generator inside ``fork_rng`` so that it does not move the training
         RNG stream (resumed runs stay bitwise identical).
         """
         sampling = self.cfg.sampling
         num = max(1, int(num_images if num_images is not None else sampling.num_images))
-        classes = max(1, self.num_classes)
-        if num >= classes:
+        classes = self.num_classes
+        labels: Tensor | None
+        if classes == 0:
+            labels, nrow = None, math.ceil(math.sqrt(num))
+        elif num >= classes:
             labels = torch.arange(num, device=self.device) % classes
             nrow = classes
         else:
@@ -302,10 +312,11 @@ class FractalGenModule(pl.LightningModule):
             generator = torch.Generator(device=self.device)
             generator.manual_seed(self.cfg.experiment.seed)
             for start in range(0, num, self.SAMPLE_CHUNK):
-                part = labels[start : start + self.SAMPLE_CHUNK]
+                stop = min(num, start + self.SAMPLE_CHUNK)
+                part = labels[start:stop] if labels is not None else None
                 chunks.append(
                     model.sample(
-                        part.numel(),
+                        stop - start,
                         part,
                         num_iter_list=list(sampling.num_iter_list),
                         cfg=sampling.cfg,

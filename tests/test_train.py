@@ -391,3 +391,26 @@ def test_sample_grid_samples_exactly_num_images(
     grid = module.sample_grid()
     assert seen == calls
     assert grid.dtype == np.uint8 and grid.ndim == 3 and grid.shape[2] == 3
+
+
+@pytest.mark.slow
+def test_unconditional_run_trains_checkpoints_and_samples(
+    workdir: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from fractalgen import sample
+
+    _run(["--config", "config/tiny.yaml", "--data.num_classes", "0", "--max_steps", "2"], capsys)
+    ckpt = workdir / "outputs/tiny/checkpoints/version_0/last.ckpt"
+    blob = torch.load(ckpt, weights_only=True)
+    assert blob["global_step"] == 2 and blob["hyper_parameters"]["num_classes"] == 0
+    assert not any(k.startswith("model.class_emb") for k in blob["state_dict"])
+    assert list((workdir / "outputs/tiny/logs/version_0/samples").glob("samples_step_*.png"))
+    out = tmp_path / "uncond"
+    common = ["--checkpoint", str(ckpt), "--num_images", "2", "--num_iter", "1,1"]
+    assert sample.main([*common, "--mode", "unconditional", "--output_dir", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["00000.png", "00001.png", "grid.png"]
+    capsys.readouterr()
+    assert sample.main([*common, "--mode", "class", "--output_dir", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --mode class: this model has no classes")
+    assert err.count("error:") == 1 and "Traceback" not in err
