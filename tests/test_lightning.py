@@ -344,6 +344,38 @@ def test_a_second_start_run_in_one_process_is_a_new_run(chdir_tmp: Path) -> None
         os.environ.pop(RUN_ENV, None)
 
 
+def test_rank_zero_clears_a_killed_runs_rendezvous_before_allocating(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A relaunch with the same rendezvous key (torchrun's default run id, a fixed port):
+    # while rank 0 allocates, the other ranks must not find the killed run's number.
+    from versionkit import lightning as vl
+
+    env = {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29511"}
+    reg = Registry(tmp_path / "exp")
+    key = vl._rendezvous_key(env)
+    stale = vl._publish_rendezvous(reg.root, key, {"root": "x", "version": 41, "resume": None})
+    seen: list[bool] = []
+    real_allocate = reg.allocate
+
+    def allocate(**kwargs: Any) -> Any:
+        seen.append(stale.exists())
+        return real_allocate(**kwargs)
+
+    monkeypatch.setattr(reg, "allocate", allocate)
+    run = start_run(reg, _loaded(), printer=lambda _l: None, env=env)
+    try:
+        assert seen == [False]
+        assert json.loads(stale.read_text())["version"] == run.version == 0
+        ranked = start_run(
+            Registry(tmp_path / "exp"), _loaded(), printer=lambda _l: None,
+            env={**env, "RANK": "1"}, rendezvous_timeout=10,
+        )
+        assert ranked.version == 0 and not ranked.is_global_zero
+    finally:
+        run.close()
+
+
 def _rank_worker(root: str, rank: int, port: str, out: Any, done: Any) -> None:
     env = {
         "RANK": str(rank),

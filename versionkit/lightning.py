@@ -328,8 +328,11 @@ def _await_rendezvous(root: Path, key: str, rank: int, timeout: float) -> dict[s
     while True:
         with contextlib.suppress(OSError, ValueError):
             body = json.loads(path.read_text(encoding="utf-8"))
-            fresh = float(body.get("created", 0.0)) >= _PROCESS_START - _RENDEZVOUS_MAX_AGE_S
-            if isinstance(body, dict) and body.get("key") == key and fresh:
+            if (
+                isinstance(body, dict)
+                and body.get("key") == key
+                and float(body.get("created", 0.0)) >= _PROCESS_START - _RENDEZVOUS_MAX_AGE_S
+            ):
                 return body
         if time.monotonic() >= deadline:
             raise RegistryError(
@@ -719,6 +722,11 @@ def start_run(
     rank = global_rank_from_env(environ, devices_per_node=devices_per_node)
     distributed = _world_is_distributed(environ) or num_nodes > 1
     key = _rendezvous_key(environ)
+    if rank == 0 and distributed:
+        # A relaunch with the same key (torchrun's default run id, a fixed master port)
+        # must not let the other ranks read a killed run's number while we allocate.
+        with contextlib.suppress(FileNotFoundError):
+            _rendezvous_file(registry.root, key).unlink()
     if rank != 0:
         body = _await_rendezvous(registry.root, key, rank, rendezvous_timeout)
         resume_path = body.get("resume")
