@@ -848,17 +848,18 @@ def _save_config(
     if resume is None:
         fields.update(config_file=source, flags=flags, config_path=str(run.config_path))
     else:
-        record = registry.get(version).record
-        resumes = list(record.get("resumes") or [])
-        resumes.append(
+        # Appended atomically by the backend: a read-modify-write here could lose an
+        # entry written by another process meanwhile.
+        registry.backend.append(
+            version,
+            "resumes",
             {
                 "checkpoint": str(resume.checkpoint),
                 "flags": flags,
                 "at": time.time(),
                 "command": list(command if command is not None else sys.argv),
-            }
+            },
         )
-        fields.update(resumes=resumes)
     registry.update(version, **fields)
     if resume is not None:
         registry.set_status(version, "running")
