@@ -111,9 +111,12 @@ def parse_args(
 ) -> ParsedArgs:
     """Split ``argv`` into the config file, field overrides and control values.
 
+    A field given twice (``--max_steps 5 --trainer.max_steps 7``) takes its last value,
+    as argparse does, so an alias or wrapper script can append overrides.
+
     Raises:
-        ConfigError: an unknown, ambiguous or repeated flag, a missing value, a stray
-            positional argument, or a value that cannot be read.
+        ConfigError: an unknown or ambiguous flag, ``--config`` given twice, a missing
+            value, a stray positional argument, or a value that cannot be read.
     """
     index = leaf_index(schema)
     by_name = {c.name: c for c in controls}
