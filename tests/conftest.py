@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -37,3 +38,13 @@ def pg_uri() -> Iterator[str]:
         with admin.begin() as conn:
             conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
         admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A SQL registry URI: a fresh SQLite file, then PostgreSQL (skipped when not set up)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/registry.db"
+    value = request.getfixturevalue("pg_uri")
+    assert isinstance(value, str)
+    return value

@@ -29,15 +29,6 @@ REPO = Path(__file__).resolve().parents[1]
 PROCESSES = 16
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/registry.db"
-    value = request.getfixturevalue("pg_uri")
-    assert isinstance(value, str)
-    return value
-
-
 def _fork_all(target: Any, args: tuple[Any, ...], count: int) -> list[Any]:
     """Run ``target(*args, index, start, out)`` in ``count`` forked processes at once."""
     ctx = multiprocessing.get_context("fork")

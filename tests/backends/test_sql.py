@@ -38,15 +38,6 @@ from versionkit.errors import (
 from versionkit.testing import BackendContractSuite
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/registry.db"
-    value = request.getfixturevalue("pg_uri")
-    assert isinstance(value, str)
-    return value
-
-
 @pytest.fixture
 def store(uri: str, tmp_path: Path) -> Iterator[SQLBackend]:
     """One SQL backend on a fresh experiment key."""
