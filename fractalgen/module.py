@@ -398,7 +398,16 @@ class FractalGenModule(pl.LightningModule):
         self._rng_to_restore = state if isinstance(state, Tensor) else None
 
     def on_train_start(self) -> None:
-        """Restore the RNG state of the checkpoint we resumed from (if any)."""
+        """Restore the RNG state of the checkpoint we resumed from (if any); split it per rank.
+
+        Under DDP every rank starts from the same seed; like the reference (seed + rank),
+        each rank then draws its own masks, orders, dropout and label drops. The per-rank
+        seed comes from the shared stream, so a run stays reproducible for a given
+        world size.
+        """
         if self._rng_to_restore is not None:
             torch.set_rng_state(self._rng_to_restore)
             self._rng_to_restore = None
+        if self.trainer.world_size > 1:
+            base = int(torch.randint(0, 2**62, (1,)).item())  # same on every rank
+            torch.manual_seed((base + 1_000_003 * self.global_rank) % 2**63)

@@ -414,3 +414,28 @@ def test_unconditional_run_trains_checkpoints_and_samples(
     err = capsys.readouterr().err
     assert err.startswith("error: --mode class: this model has no classes")
     assert err.count("error:") == 1 and "Traceback" not in err
+
+
+def test_ddp_ranks_draw_their_own_random_numbers() -> None:
+    # Like the reference's seed + rank: the same start on every rank, then one stream each
+    # (masks, orders, dropout, label drop), reproducible for a given rank.
+    import types
+
+    from fractalgen.config import TrainConfig
+
+    module = FractalGenModule(TrainConfig().model_dump(mode="json"), 1, 10)
+
+    def draws(world_size: int, rank: int) -> torch.Tensor:
+        module._trainer = types.SimpleNamespace(world_size=world_size, global_rank=rank)
+        torch.manual_seed(0)
+        module.on_train_start()
+        return torch.rand(4)
+
+    try:
+        rank0, rank1 = draws(2, 0), draws(2, 1)
+        assert not torch.equal(rank0, rank1)
+        assert torch.equal(rank1, draws(2, 1))
+        untouched = torch.rand(4, generator=torch.Generator().manual_seed(0))
+        assert torch.equal(draws(1, 0), untouched)  # one process: the stream is as seeded
+    finally:
+        module._trainer = None
