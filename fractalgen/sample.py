@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
-import pickle
 import sys
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,25 +199,23 @@ def load_checkpoint(path: Path, *, weights: str = "auto", device: str = "cpu") -
     Raises:
         SampleError: unreadable, truncated or malicious file, or not a fractalgen checkpoint.
     """
-    import torch
     from pydantic import ValidationError
 
+    from fractalgen.checkpoint import UnreadableCheckpoint, UnsafeCheckpoint, load_checkpoint
     from fractalgen.config import TrainConfig
     from fractalgen.model import build_model
 
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        blob = load_checkpoint(path)
+    except UnsafeCheckpoint as exc:
         raise SampleError(
             f"refusing to load {path}: it needs arbitrary unpickling, which could run code "
-            f"(torch.load weights_only=True said: {first}). Only checkpoints of plain tensors "
+            f"(torch.load weights_only=True said: {exc}). Only checkpoints of plain tensors "
             "and containers are loaded."
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except UnreadableCheckpoint as exc:
         raise SampleError(
-            f"{path} is not a readable checkpoint (truncated or corrupt?): {first}"
+            f"{path} is not a readable checkpoint (truncated or corrupt?): {exc}"
         ) from None
     hparams = blob.get("hyper_parameters") if isinstance(blob, dict) else None
     state = blob.get("state_dict") if isinstance(blob, dict) else None

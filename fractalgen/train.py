@@ -146,22 +146,18 @@ def _check_hardware(config: Any) -> None:
 
 def _checkpoint_step(path: Path) -> int | None:
     """The ``global_step`` of a checkpoint, read safely (no arbitrary unpickling)."""
-    import pickle
-
-    import torch
+    from fractalgen.checkpoint import UnreadableCheckpoint, UnsafeCheckpoint, load_checkpoint
 
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError:
+        blob = load_checkpoint(path, mmap=True)
+    except UnsafeCheckpoint:
         raise ConfigError(
             f"--resume {path}: refusing to load it, it needs arbitrary unpickling (which could "
             "run code); only checkpoints of plain tensors and containers are loaded"
         ) from None
-    except (RuntimeError, EOFError, ValueError, OSError) as exc:
-        lines = str(exc).strip().splitlines()
+    except UnreadableCheckpoint as exc:
         raise ConfigError(
-            f"--resume {path}: not a readable checkpoint (truncated or corrupt?): "
-            f"{lines[0] if lines else type(exc).__name__}"
+            f"--resume {path}: not a readable checkpoint (truncated or corrupt?): {exc}"
         ) from None
     step = blob.get("global_step") if isinstance(blob, dict) else None
     if not isinstance(blob, dict) or "loops" not in blob or "state_dict" not in blob:
