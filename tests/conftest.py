@@ -48,3 +48,15 @@ def uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     value = request.getfixturevalue("pg_uri")
     assert isinstance(value, str)
     return value
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One torch intra-op thread for a module of tiny models: faster, and quick on a busy
+    CPU (several threads spin-wait on each other's tiny ops)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

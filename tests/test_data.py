@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -19,15 +18,8 @@ from torch.utils.data import DataLoader
 from fractalgen.data import DataError, DataInfo, build_datasets
 from versionkit.errors import ConfigError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """These models and images are tiny: one intra-op thread is faster and keeps the tests
-    quick on a busy CPU (several threads spin-wait on each other's tiny ops)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny models and images: one intra-op thread (the conftest fixture) is faster.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cfg(**kw: Any) -> SimpleNamespace:
