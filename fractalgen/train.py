@@ -214,7 +214,7 @@ def _train(loaded: Any, args: list[str]) -> int:
     import torch
     from torch.utils.data import DataLoader
 
-    from fractalgen.data import build_datasets
+    from fractalgen.data import build_datasets, rank_share
     from fractalgen.module import FractalGenModule, StepBatchSampler
     from versionkit.lightning import check_resume_changes, resolve_resume, start_run
     from versionkit.registry import Registry
@@ -292,6 +292,7 @@ def _train(loaded: Any, args: list[str]) -> int:
             rank=trainer.global_rank,
             world_size=trainer.world_size,
             start_step=lambda: int(module.global_step),
+            flip=bool(config.data.random_flip),
         )
         workers = int(config.data.num_workers)
         train_loader = DataLoader(
@@ -302,7 +303,7 @@ def _train(loaded: Any, args: list[str]) -> int:
             persistent_workers=workers > 0,
         )
         val_loader = DataLoader(
-            val_set,
+            rank_share(val_set, trainer.global_rank, trainer.world_size),
             batch_size=int(config.data.val_batch_size),
             shuffle=False,
             num_workers=workers,
