@@ -269,6 +269,19 @@ def _takes_filter_threshold(model: Any) -> bool:
     return "filter_threshold" in inspect.signature(model.sample).parameters
 
 
+def resolve_num_iter(config: Any, settings: EvalSettings) -> list[int]:
+    """``settings.num_iter`` or the config's, checked against the model's levels."""
+    levels = len(config.model.img_size_list) - 1
+    num_iter = list(settings.num_iter or config.sampling.num_iter_list)
+    if len(num_iter) != levels or any(i < 1 for i in num_iter):
+        raise EvalError(
+            f"--num_iter {','.join(map(str, num_iter))}: expected {levels} positive "
+            "integer(s), one per level above the pixel head",
+            2,
+        )
+    return num_iter
+
+
 def evaluate(
     loaded: Any, settings: EvalSettings, *, progress: Callable[[], None] = lambda: None
 ) -> dict[str, Any]:
@@ -285,14 +298,7 @@ def evaluate(
 
     config = loaded.config
     sampling = config.sampling
-    levels = len(config.model.img_size_list) - 1
-    num_iter = list(settings.num_iter or sampling.num_iter_list)
-    if len(num_iter) != levels or any(i < 1 for i in num_iter):
-        raise EvalError(
-            f"--num_iter {','.join(map(str, num_iter))}: expected {levels} positive "
-            "integer(s), one per level above the pixel head",
-            2,
-        )
+    num_iter = resolve_num_iter(config, settings)
     temperature = float(
         settings.temperature if settings.temperature is not None else sampling.temperature
     )
@@ -533,6 +539,7 @@ def _run(args: argparse.Namespace) -> int:
         loaded = load_checkpoint(path, weights=args.weights, device=device)
     except SampleError as exc:
         raise EvalError(str(exc), 2) from None
+    resolve_num_iter(loaded.config, settings)  # refuse before any work starts
     digits = loaded.config.data.dataset == "digits"
     samples = settings.samples if digits else 0
     batches = math.ceil(samples / settings.batch_size) if samples else 0
