@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from versionkit.backends import sql as sqlmod
 from versionkit.backends.sql import SQLBackend
+from versionkit.backends.sql import engine as sqlmod
 
 REPO = Path(__file__).resolve().parents[1]
 PROCESSES = 16
@@ -201,7 +201,7 @@ def test_a_forked_child_never_touches_the_parents_connections(uri: str, tmp_path
     experiment = f"exp-{uuid.uuid4().hex}"
     b = SQLBackend(uri, tmp_path, experiment)
     b.allocate(0, {})
-    _key, engine = sqlmod._engine_for(b._url)
+    _key, engine = sqlmod.engine_for(b._url)
     with engine.connect() as conn:
         before = _session_id(conn)
     chunks = _fork_all(_allocate_after_fork, (uri, tmp_path, experiment), 4)
