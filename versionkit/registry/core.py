@@ -27,12 +27,19 @@ from versionkit.registry.folders import Folders
 from versionkit.registry.queries import Queries
 from versionkit.registry.views import VersionInfo
 
-__all__ = ["Registry"]
+__all__ = ["Registry", "RootError"]
+
+
+class RootError(RegistryError, ValueError):
+    """An experiment root that cannot be one (empty, a file, a symlink loop): a usage
+    mistake, so CLIs exit 2."""
+
+    exit_code = 2
 
 
 def _checked_root(root: str | Path) -> Path:
     if isinstance(root, str) and not root.strip():
-        raise RegistryError(
+        raise RootError(
             "the experiment root is empty; give a folder such as outputs/my_experiment"
         )
     path = Path(root)
@@ -40,7 +47,7 @@ def _checked_root(root: str | Path) -> Path:
         path.resolve(strict=False)
         is_dir, exists = path.is_dir(), os.path.lexists(path)
     except (RuntimeError, OSError) as exc:  # RuntimeError: "Symlink loop" (Python < 3.13)
-        raise RegistryError(
+        raise RootError(
             f"experiment root {root} cannot be used: it is (or goes through) a symlink loop "
             f"or an unreadable path ({exc})"
         ) from None
@@ -49,11 +56,11 @@ def _checked_root(root: str | Path) -> Path:
             try:
                 os.stat(path)
             except OSError as exc:
-                raise RegistryError(
+                raise RootError(
                     f"experiment root {root} is a symlink that leads nowhere usable "
                     f"({exc.strerror or exc})"
                 ) from None
-        raise RegistryError(f"experiment root {root} exists but is not a folder")
+        raise RootError(f"experiment root {root} exists but is not a folder")
     return path
 
 
