@@ -309,7 +309,7 @@ def _run(args: argparse.Namespace) -> int:
     from PIL import Image
     from tqdm import tqdm
 
-    from fractalgen.module import image_grid
+    from fractalgen.images import image_grid
 
     if args.num_images is not None and args.num_images < 1:
         raise SampleError(f"--num_images {args.num_images}: must be at least 1", 2)
