@@ -153,8 +153,16 @@ def main(argv: list[str] | None = None) -> int:
     def emit(figure: str, value: float, unit: str) -> None:
         target = targets.get(figure)
         common_emit(
-            name, figure, value, unit, f"<= {target}" if target is not None else None,
-            machine_text, digits=6, batch=args.batch, device=str(dev), bf16=args.bf16,
+            name,
+            figure,
+            value,
+            unit,
+            f"<= {target}" if target is not None else None,
+            machine_text,
+            digits=6,
+            batch=args.batch,
+            device=str(dev),
+            bf16=args.bf16,
         )
 
     emit("params", sum(p.numel() for p in model.parameters()), "count")

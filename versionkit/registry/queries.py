@@ -44,6 +44,16 @@ def untracked_record(n: int) -> Record:
     return {"version": n, "status": "untracked", "metrics": {}, "checkpoints": []}
 
 
+def _first_per_number(records: Iterator[Record]) -> Iterator[Record]:
+    """Drop the folder stand-in that follows a version's own record in the merge."""
+    last: int | None = None
+    for record in records:
+        number = int(record["version"])
+        if number != last:
+            yield record
+        last = number
+
+
 def _safe(path: str) -> bool:
     # A hand-edited record must not point us outside the root.
     return not path.startswith("/") and ".." not in path.split("/")
@@ -118,15 +128,16 @@ class Queries:
             raise RegistryError(f"limit must be an integer >= 0, got {limit!r}")
         if limit == 0:
             return
-        untracked = sorted(self.folders.numbers() - self.backend.numbers(), reverse=newest_first)
-        records: Iterator[Record] = self.backend.iter_records(newest_first=newest_first)
-        if untracked:
-            records = heapq.merge(
-                records,
-                (untracked_record(n) for n in untracked),
-                key=lambda r: int(r["version"]),
-                reverse=newest_first,
-            )
+        # Folders and records merge in order; a folder whose number has a record is that
+        # version's, the others list as untracked. No set of record numbers is built.
+        folders = sorted(self.folders.numbers(), reverse=newest_first)
+        records: Iterator[Record] = heapq.merge(
+            self.backend.iter_records(newest_first=newest_first),
+            (untracked_record(n) for n in folders),
+            key=lambda r: int(r["version"]),
+            reverse=newest_first,
+        )
+        records = _first_per_number(records)
         count = 0
         for record in records:
             if status is not None and record.get("status", "unknown") != status:

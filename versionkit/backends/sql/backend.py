@@ -313,10 +313,15 @@ class SQLBackend(Backend):
 
     def numbers(self) -> set[int]:
         def body(engine: Engine) -> set[int]:
-            v = schema.versions.c
             with self._transaction(engine, write=False) as conn:
-                rows = conn.execute(sa.select(v.number).where(v.experiment == self.experiment))
-                return {int(n) for n in rows.scalars()}
+                # The driver's cursor: SQLAlchemy's per-row work would be most of the cost.
+                cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+                mark = "?" if self._dialect == "sqlite" else "%s"
+                cursor.execute(
+                    f"SELECT number FROM {schema.versions.name} WHERE experiment = {mark}",
+                    (self.experiment,),
+                )
+                return {int(n) for (n,) in cursor.fetchall()}
 
         return self._run("list version numbers", body)
 
