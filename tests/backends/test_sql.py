@@ -595,3 +595,21 @@ def test_any_lock_timeout_works_without_contention(store: SQLBackend, timeout: f
     store.update(0, {"status": "completed"})
     assert store.raise_next_number(5) == 5
     assert store.get(0) == {"status": "completed", "version": 0}
+
+
+def test_records_and_best_candidates_stream_across_pages(
+    store: SQLBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from versionkit.backends.sql import backend as backend_module
+
+    monkeypatch.setattr(backend_module, "_FIRST_PAGE", 2)
+    monkeypatch.setattr(backend_module, "_PAGE", 5)
+    for n in range(13):
+        item = {"path": f"c/{n}.ckpt", "step": n, "metrics": {"val_loss": (n * 5) % 13}}
+        store.allocate(0, {"checkpoints": [item]})
+    assert [r["version"] for r in store.iter_records()] == list(range(13))
+    assert [r["version"] for r in store.iter_records(newest_first=True)] == list(range(12, -1, -1))
+    values = [item["metrics"]["val_loss"] for _n, item in store.best_candidates("val_loss", "min")]
+    assert values == sorted(values) and len(values) == 13
+    top = [n for n, _item in store.best_candidates("val_loss", "max")]
+    assert top[0] == 5 and len(top) == 13  # (5 * 5) % 13 == 12 is the highest
