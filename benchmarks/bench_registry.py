@@ -366,18 +366,20 @@ def main() -> None:
 
             sizes = [int(s) for s in args.scale_sizes.split(",") if s.strip()]
             backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-            _registry_scale.run(
-                sizes,
-                backends,
-                tmp,
-                uri_for,
-                lambda figure, value, unit, target, **extra: common_emit(
-                    "registry", figure, value, unit, target, MACHINE, **extra
-                ),
-            )
-            shutil.rmtree(tmp, ignore_errors=True)
-            if _PG_SCHEMAS:
-                _drop_pg_schemas()
+            try:
+                _registry_scale.run(
+                    sizes,
+                    backends,
+                    tmp,
+                    uri_for,
+                    lambda figure, value, unit, target, **extra: common_emit(
+                        "registry", figure, value, unit, target, MACHINE, **extra
+                    ),
+                )
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+                if _PG_SCHEMAS:
+                    _drop_pg_schemas()
             return
         bench_bare(args, tmp)
         for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
