@@ -238,6 +238,8 @@ class RecordContract(ContractBase):
             b.modify(n, lambda record: {"bad": object()})
         with pytest.raises(BackendError, match="not JSON-able"):
             b.append(n, "items", object())
+        with pytest.raises(BackendError, match="must be a mapping"):
+            b.modify(n, lambda record: [("bad", 1)])  # type: ignore[arg-type,return-value]
         assert b.get(n) == {"ok": 1, "version": n}, "a refused patch changes nothing"
 
     def test_modify_returns_the_stored_record(self, backend: BackendFactory) -> None:
