@@ -13,7 +13,8 @@ import json
 import math
 import os
 import sys
-from collections.abc import Sequence
+import textwrap
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -77,7 +78,14 @@ def _parser() -> argparse.ArgumentParser:
 
     p = add("allocate", "allocate a new version and create its checkpoint and log folders")
     p.add_argument("--seed", type=int, default=None, help="seed to record")
-    add("list", "list the versions of an experiment (dead runs are marked 'dead')")
+    p = add("list", "list the versions of an experiment (dead runs are marked 'dead')")
+    p.add_argument(
+        "--limit",
+        type=_limit_arg,
+        default=None,
+        metavar="N",
+        help="only the latest N versions, newest first (the cost does not grow with history)",
+    )
     p = add("show", "show everything recorded about one version")
     p.add_argument("version", metavar="N", type=_version_arg)
     p = add("best", "the best checkpoint by a metric, over every version")
@@ -194,11 +202,32 @@ def _cmd_allocate(reg: Registry, args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _limit_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def _dump_stream(items: Iterator[Any], out: TextIO) -> None:
+    """The same text as ``_dump(list(items))``, written an item at a time."""
+    sep = "[\n"
+    for item in items:
+        text = json.dumps(_finite(item), indent=2, ensure_ascii=False, default=str, allow_nan=False)
+        out.write(sep + textwrap.indent(text, "  "))
+        sep = ",\n"
+    out.write("[]\n" if sep == "[\n" else "\n]\n")
+
+
 def _cmd_list(reg: Registry, args: argparse.Namespace, out: TextIO) -> int:
-    versions = reg.list()
+    stream = reg.iter_versions(limit=args.limit, newest_first=args.limit is not None)
     if args.json:
-        _dump([v.to_json() for v in versions], out)
+        _dump_stream((v.to_json() for v in stream), out)
         return 0
+    versions = list(stream)
     if not versions:
         out.write(f"no versions in {reg.root}\n")
         return 0
