@@ -53,7 +53,7 @@ def test_layout_records_and_final_last_ckpt(tmp_path: Path, lightning: str) -> N
     assert [n[:13] for n in _steps(folder)] == ["step_00000002", "step_00000004", "step_00000005"]
     assert _step_of(folder / "last.ckpt") == 5
     info = run.registry.get(0)
-    assert info.status == "completed" and run.finished == [("completed", None)]
+    assert info.status == "completed" and run.status == "completed"
     assert "val_loss" in info.metrics and "epoch" not in info.metrics
     recorded = sorted(Path(c["path"]).name for c in info.record["checkpoints"] if c["metrics"])
     assert recorded == _steps(folder)
@@ -132,8 +132,9 @@ def test_top_k_holds_across_a_resume_from_an_older_checkpoint(tmp_path: Path) ->
     fit(run, trainer, Toy(val_by_step=vals), *loaders())
     older = run.checkpoint_dir / "older.ckpt.bak"
     os.replace(run.checkpoint_dir / "last.ckpt", older)  # the state at step 4
-    trainer = build_trainer(resumed(run, older), save_top_k=3, **trainer_kwargs(max_steps=8))
-    fit(resumed(run, older), trainer, Toy(val_by_step=vals), *loaders())
+    second = resumed(run, older)
+    trainer = build_trainer(second, save_top_k=3, **trainer_kwargs(max_steps=8))
+    fit(second, trainer, Toy(val_by_step=vals), *loaders())
     assert len(_steps(run.checkpoint_dir)) == 3  # 4, 6, 8 (2 dropped by top-k)
     os.replace(older, run.checkpoint_dir / "last.ckpt")  # "crash": back to step 4
     again = resumed(run, run.checkpoint_dir / "last.ckpt")
