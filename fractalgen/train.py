@@ -297,7 +297,7 @@ def _resume_plan(loaded: LoadedConfig[Any]) -> tuple[Any, Any, Any]:
     """``(target, registry, config)``: for ``--resume``, the target, its registry and the
     config the resume trains with; otherwise ``(None, None, loaded.config)``."""
     text = loaded.controls.get("resume")
-    if not text:
+    if text is None:
         return None, None, loaded.config
     from versionkit.registry import Registry
     from versionkit.run import plan_resume, resolve_target
