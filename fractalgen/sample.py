@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fractalgen import limits
+
 __all__ = [
     "LoadedCheckpoint",
     "SampleError",
@@ -79,13 +81,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--num_images",
-        type=int,
+        type=limits.image_count,
         default=None,
         help="how many images (default: the config's sampling.num_images)",
     )
     p.add_argument(
         "--cfg",
-        type=float,
+        type=limits.finite_float,
         default=None,
         help="classifier-free guidance scale, 1.0 = none (default: the config's)",
     )
@@ -97,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--temperature",
-        type=float,
+        type=limits.finite_float,
         default=None,
         help="sampling temperature: the logits are DIVIDED by it (below 1 sharper, "
         "above 1 more diverse; the reference code multiplies instead). "
@@ -109,7 +111,7 @@ def _parser() -> argparse.ArgumentParser:
         help="generation steps per level above the pixel head, e.g. 4,4 "
         "(default: the config's sampling.num_iter_list)",
     )
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=limits.seed, default=0, help="random seed (default 0)")
     p.add_argument(
         "--batch_size", type=int, default=64, help="images per forward batch (default 64)"
     )
