@@ -420,3 +420,11 @@ def test_a_launched_rank_gets_rank_zeros_version_and_writes_nothing(done: Regist
     child.finish("failed")
     assert snapshot(done, 0) == before
     run.finish("completed")
+
+
+def test_a_pruned_run_keeps_its_files_and_says_so(done: Registry) -> None:
+    run, _ = resume(done, "--max_steps", "9")
+    run.finish("pruned")
+    info = done.get(0)
+    assert info.status == "pruned" and info.record["lease"] is None
+    assert (done.checkpoint_dir(0) / "last.ckpt").is_file()
