@@ -415,7 +415,8 @@ CONTROLS: tuple[ControlFlag, ...] = (
     ControlFlag(
         "resume",
         "Continue a run in the same version: a .ckpt file, a version folder, an experiment "
-        "root or 'latest'. Its saved config.yaml is used unless --config is given.",
+        "root, 'latest', or ROOT@N|latest|best|TAG. Its saved config.yaml is used; only "
+        "the step budget, cadence, hardware, workers and sampling may change.",
         takes_value=True,
         default=None,
     ),
