@@ -88,9 +88,9 @@ def test_fractalgen_clis_follow_the_table(
     out = ["--experiment.output_root", str(tmp_path)]
     assert main([*out, "--lr", "nan"]) == 2
     assert main([*out, "--config", str(tmp_path / "nope.yaml")]) == 2
-    assert main([*out, "--resume", str(tmp_path / "nope.ckpt")]) == 2
+    assert main([*out, "--resume", str(tmp_path / "nope.ckpt")]) == 3
     assert main([*out, "--print_config"]) == 0
-    assert sample.main(["--checkpoint", str(tmp_path / "nope.ckpt")]) == 2
+    assert sample.main(["--checkpoint", str(tmp_path / "nope.ckpt")]) == 3
     with pytest.raises(SystemExit) as info:
         sample.main(["--checkpoint", "x", "--seed", "-1"])
     assert info.value.code == 2
