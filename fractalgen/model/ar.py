@@ -2,7 +2,8 @@
 
 The sequence is ``[condition, patch_0, ..., patch_{L-2}]``; the output at position ``i``
 is the condition handed to the next level for patch ``i`` (raster order). Positions carry
-a learned embedding plus a 2D rotary embedding (zero frequency on the condition token).
+a learned embedding plus a 2D rotary embedding; the condition token's entry is all zeros,
+as in the reference (see ``rope_2d_table``).
 
 Sampling embeds each new token once and extends a per-block key/value cache, instead of
 re-embedding and re-attending the whole prefix at every step as the reference does.

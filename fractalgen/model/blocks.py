@@ -246,7 +246,9 @@ def rope_2d_table(
     as the reference (after LlamaGen) builds its table: their rotated queries and keys are
     zero, so every query scores the condition token with a constant logit of 0 while its
     value still flows through attention. (The spec calls this "zero frequency"; a true
-    zero-frequency rotation would be the identity, which the reference does not do.)
+    zero-frequency rotation would be the identity, which the reference does not do.) We keep
+    the reference's entry on purpose: a level with the reference's weights then computes
+    the reference's function, which the identity would change (tests/test_model_reference.py).
 
     Args:
         grid: Side of the square token grid.
