@@ -259,6 +259,7 @@ def _build(
     import torch
     from torch.utils.data import DataLoader
 
+    from fractalgen.data import rank_share
     from fractalgen.module import FractalGenModule, StepBatchSampler
     from versionkit.lightning import build_trainer
 
@@ -286,6 +287,7 @@ def _build(
         rank=trainer.global_rank,
         world_size=trainer.world_size,
         start_step=lambda: int(module.global_step),
+        flip=bool(config.data.random_flip),
     )
     workers = int(config.data.num_workers)
     train_loader = DataLoader(
@@ -296,7 +298,7 @@ def _build(
         persistent_workers=workers > 0,
     )
     val_loader = DataLoader(
-        val_set,
+        rank_share(val_set, trainer.global_rank, trainer.world_size),
         batch_size=int(config.data.val_batch_size),
         shuffle=False,
         num_workers=workers,
