@@ -77,7 +77,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = add("allocate", "allocate a new version and create its checkpoint and log folders")
     p.add_argument("--seed", type=int, default=None, help="seed to record")
-    add("list", "list the versions of an experiment (dead runs are marked 'dead')")
+    p = add("list", "list the versions of an experiment (dead runs are marked 'dead')")
+    p.add_argument("--sweep", metavar="STUDY", default=None,
+                   help="only the versions that the trials of sweep STUDY made")
     p = add("show", "show everything recorded about one version")
     p.add_argument("version", metavar="N", type=_version_arg)
     p = add("best", "the best checkpoint by a metric, over every version")
@@ -196,11 +198,16 @@ def _cmd_allocate(reg: Registry, args: argparse.Namespace, out: TextIO) -> int:
 
 def _cmd_list(reg: Registry, args: argparse.Namespace, out: TextIO) -> int:
     versions = reg.list()
+    if args.sweep is not None:
+        from versionkit.sweep.records import sweep_versions
+
+        versions = sweep_versions(versions, args.sweep)
     if args.json:
         _dump([v.to_json() for v in versions], out)
         return 0
     if not versions:
-        out.write(f"no versions in {reg.root}\n")
+        of = f" of sweep {args.sweep}" if args.sweep is not None else ""
+        out.write(f"no versions{of} in {reg.root}\n")
         return 0
     rows = [["VERSION", "STATUS", "CREATED", "ENDED", "HOST", "PID", "GIT", "CONFIG", "METRICS"]]
     for v in versions:

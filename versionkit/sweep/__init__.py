@@ -3,8 +3,10 @@
 Any training script whose config is a versionkit :class:`~versionkit.ConfigModel` can be
 swept: give :class:`Sweep` a ``parse`` function (command line -> LoadedConfig) and an
 ``objective`` (TrialContext -> number or outcome) and call :func:`run_sweep`.
-The objective starts one run with ``extra=ctx.extra``, adds ``ctx.callbacks()`` to its
-Lightning trainer (reports the metric, prunes) and returns the run's best metric::
+The objective starts one run with ``extra=ctx.extra`` and ``printer=ctx.print``, adds
+``ctx.callbacks()`` to its Lightning trainer (links the version, reports the metric,
+prunes) and returns the run's best metric (or an object with ``version``, ``status``,
+``best_metric`` and ``checkpoint_dir``)::
 
     from versionkit.sweep import SearchSpace, Sweep, parse_storage, run_sweep
 
@@ -14,24 +16,32 @@ Lightning trainer (reports the metric, prunes) and returns the run's best metric
         fit(run, trainer, MyModule(ctx.loaded.config), ...)
         return run.registry.best("val_loss", version=run.version).metrics["val_loss"]
 
-Nothing here imports torch; optuna is imported when a study is opened.
+Names are imported on first use: ``versionkit.sweep.records`` (used by
+``versionkit list --sweep``) stays free of pydantic and optuna; nothing imports torch.
 """
 
 from __future__ import annotations
 
-from versionkit.sweep.records import sweep_of, sweep_versions
-from versionkit.sweep.runner import (
-    Outcome,
-    Sweep,
-    TrialContext,
-    format_summary,
-    run_sweep,
-    summary_rows,
-    work,
-    worker_threads,
-)
-from versionkit.sweep.space import Dimension, SearchSpace, parse_dimension
-from versionkit.sweep.storage import StorageSpec, parse_storage
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS: dict[str, str] = {
+    "Dimension": "versionkit.sweep.space",
+    "SearchSpace": "versionkit.sweep.space",
+    "parse_dimension": "versionkit.sweep.space",
+    "StorageSpec": "versionkit.sweep.storage",
+    "parse_storage": "versionkit.sweep.storage",
+    "Outcome": "versionkit.sweep.runner",
+    "Sweep": "versionkit.sweep.runner",
+    "TrialContext": "versionkit.sweep.runner",
+    "format_summary": "versionkit.sweep.runner",
+    "run_sweep": "versionkit.sweep.runner",
+    "summary_rows": "versionkit.sweep.runner",
+    "work": "versionkit.sweep.runner",
+    "worker_threads": "versionkit.sweep.runner",
+    "sweep_of": "versionkit.sweep.records",
+    "sweep_versions": "versionkit.sweep.records",
+}
 
 __all__ = [
     "Dimension",
@@ -50,3 +60,31 @@ __all__ = [
     "work",
     "worker_threads",
 ]
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from versionkit.sweep.records import sweep_of, sweep_versions
+    from versionkit.sweep.runner import (
+        Outcome,
+        Sweep,
+        TrialContext,
+        format_summary,
+        run_sweep,
+        summary_rows,
+        work,
+        worker_threads,
+    )
+    from versionkit.sweep.space import Dimension, SearchSpace, parse_dimension
+    from versionkit.sweep.storage import StorageSpec, parse_storage
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'versionkit.sweep' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
