@@ -128,13 +128,12 @@ class StorageSpec:
     @contextlib.contextmanager
     def _advisory_lock(self, study: str) -> Iterator[None]:
         import sqlalchemy as sa
-        from sqlalchemy.pool import NullPool
 
         key = int.from_bytes(hashlib.sha256(f"versionkit-sweep:{study}".encode()).digest()[:8],
                              "big", signed=True)
         engine = _advisory_engines.get(self.target)
         if engine is None:
-            engine = sa.create_engine(self.target, poolclass=NullPool)
+            engine = sa.create_engine(self.target, pool_size=1, max_overflow=0)
             _advisory_engines[self.target] = engine
         with engine.connect() as conn:
             conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": key})
