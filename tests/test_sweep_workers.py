@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from versionkit.config import ConfigModel, LoadedConfig, load_config
 
@@ -33,6 +33,13 @@ class ToyConfig(ConfigModel):
     sizes: list[int] = Field(default_factory=lambda: [1, 2])
     sleep: float = 0.0
     registry: str | None = None
+    even_width: bool = False
+
+    @model_validator(mode="after")
+    def _even(self) -> ToyConfig:
+        if self.even_width and self.width % 2:
+            raise ValueError(f"width must be even, given {self.width}")
+        return self
 
 
 def parse(argv: list[str]) -> LoadedConfig[ToyConfig]:
@@ -211,6 +218,33 @@ def test_a_killed_worker_leaves_a_fail_trial_and_the_sweep_resumes(tmp_path: Pat
     assert "its worker (pid" in out
 
 
+@pytest.mark.slow
+def test_ctrl_c_stops_the_workers_marks_their_trials_interrupted_and_a_rerun_continues(
+    tmp_path: Path,
+) -> None:
+    journal = tmp_path / "int.journal"
+    parent = _start(tmp_path, "i", str(journal), 3, 2, "tpe", "--sleep=30")
+    deadline = time.monotonic() + 60
+    while not all((tmp_path / f"started_{n}").exists() for n in (0, 1)):
+        assert parent.poll() is None, parent.communicate()[0]
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    os.kill(parent.pid, signal.SIGINT)  # the parent only: it passes it on to its workers
+    out = parent.communicate(timeout=60)[0]
+    assert parent.returncode == 130, out
+    stopped = _trials(str(journal), "i")
+    assert sorted((t.state.name, t.user_attrs["status"]) for t in stopped[:2]) == [
+        ("FAIL", "interrupted"), ("FAIL", "interrupted")]
+    # their values are queued, so the same command finishes the study with them
+    again = _start(tmp_path, "i", str(journal), 3, 2, "tpe", "--sleep=0")
+    out = again.communicate(timeout=120)[0]
+    assert again.returncode == 0, out
+    trials = _trials(str(journal), "i")
+    done = [t for t in trials if t.state.name == "COMPLETE"]
+    assert len(done) == 3
+    assert {t.params["x"] for t in stopped[:2]} <= {t.params["x"] for t in done}
+
+
 def test_a_failing_trial_is_failed_on_both_sides_and_the_sweep_goes_on(tmp_path: Path) -> None:
     from versionkit.sweep import format_summary, run_sweep, summary_rows
 
@@ -242,6 +276,35 @@ def test_list_values_go_through_the_study_as_json_and_back(tmp_path: Path) -> No
     assert sorted(json.dumps(v.record["sweep"]["params"]["sizes"]) for v in records) == [
         "[1, 2]", "[3, 4, 5]"]
     assert sorted(v.record["config"]["sizes"] for v in records) == [[1, 2], [3, 4, 5]]
+
+
+def test_a_sampled_value_that_breaks_a_cross_field_rule_fails_only_its_trial(
+    tmp_path: Path,
+) -> None:
+    from versionkit.sweep import run_sweep
+
+    # (a grid, so that the odd value surely comes up; the ends of a range were checked)
+    sweep = make_sweep(tmp_path, "odd", None, 3, "grid", ("width=choice(4,5,6)",),
+                       ("--even_width=true",))
+    assert run_sweep(sweep, jobs=1) == 0
+    trials = sweep.open_study().get_trials()
+    assert sorted(t.params["width"] for t in trials) == [4, 5, 6]
+    for t in trials:
+        if t.params["width"] % 2:
+            assert t.state.name == "FAIL" and t.user_attrs["status"] == "failed"
+            assert "width must be even" in t.user_attrs["error"]
+        else:
+            assert t.state.name == "COMPLETE"
+
+
+def test_a_study_that_searched_other_fields_is_refused(tmp_path: Path) -> None:
+    from versionkit.errors import ConfigError
+    from versionkit.sweep import run_sweep
+
+    assert run_sweep(make_sweep(tmp_path, "same", None, 1, "random", ("x=uniform(0,1)",)),
+                     jobs=1) == 0
+    with pytest.raises(ConfigError, match="searches x; this command searches width"):
+        run_sweep(make_sweep(tmp_path, "same", None, 2, "random", ("width=int(4,8)",)), jobs=1)
 
 
 if __name__ == "__main__":

@@ -31,12 +31,12 @@ _EXPORTS: dict[str, str] = {
     "parse_dimension": "versionkit.sweep.space",
     "StorageSpec": "versionkit.sweep.storage",
     "parse_storage": "versionkit.sweep.storage",
-    "Outcome": "versionkit.sweep.runner",
-    "Sweep": "versionkit.sweep.runner",
-    "TrialContext": "versionkit.sweep.runner",
-    "format_summary": "versionkit.sweep.runner",
+    "Outcome": "versionkit.sweep.study",
+    "Sweep": "versionkit.sweep.study",
+    "TrialContext": "versionkit.sweep.study",
+    "format_summary": "versionkit.sweep.summary",
     "run_sweep": "versionkit.sweep.runner",
-    "summary_rows": "versionkit.sweep.runner",
+    "summary_rows": "versionkit.sweep.summary",
     "work": "versionkit.sweep.runner",
     "worker_threads": "versionkit.sweep.runner",
     "sweep_of": "versionkit.sweep.records",
@@ -63,18 +63,11 @@ __all__ = [
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from versionkit.sweep.records import sweep_of, sweep_versions
-    from versionkit.sweep.runner import (
-        Outcome,
-        Sweep,
-        TrialContext,
-        format_summary,
-        run_sweep,
-        summary_rows,
-        work,
-        worker_threads,
-    )
+    from versionkit.sweep.runner import run_sweep, work, worker_threads
     from versionkit.sweep.space import Dimension, SearchSpace, parse_dimension
     from versionkit.sweep.storage import StorageSpec, parse_storage
+    from versionkit.sweep.study import Outcome, Sweep, TrialContext
+    from versionkit.sweep.summary import format_summary, summary_rows
 
 
 def __getattr__(name: str) -> Any:

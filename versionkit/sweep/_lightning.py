@@ -11,7 +11,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from versionkit.sweep.runner import TrialContext
+    from versionkit.sweep.study import TrialContext
 
 __all__ = ["trial_callback"]
 

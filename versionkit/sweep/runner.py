@@ -23,168 +23,24 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any
 
 from versionkit.errors import ConfigError
-from versionkit.sweep.space import SearchSpace
-from versionkit.sweep.storage import MAX_RETRY, StorageSpec, quiet_experimental
+from versionkit.sweep.storage import MAX_RETRY, quiet_experimental
+from versionkit.sweep.study import (
+    ATTR_ERROR,
+    ATTR_STATUS,
+    ATTR_WORKER,
+    Sweep,
+    TrialContext,
+)
 
 if TYPE_CHECKING:
     import optuna
 
-    from versionkit.config import ConfigModel, LoadedConfig
-
-__all__ = ["Outcome", "Sweep", "TrialContext", "run_sweep", "worker_threads"]
-
-#: user attributes each trial carries in the study
-ATTR_VERSION = "version"
-ATTR_CHECKPOINT_DIR = "checkpoint_dir"
-ATTR_STATUS = "status"
-ATTR_ERROR = "error"
-#: "host:pid" of the worker process that runs the trial
-ATTR_WORKER = "worker"
-
-
-class Outcome(Protocol):
-    """What an objective may return instead of a bare number (``fractalgen.train``'s
-    ``TrainResult`` is one)."""
-
-    version: int
-    status: str
-    best_metric: float | None
-    checkpoint_dir: Path
-
-
-@dataclass(frozen=True)
-class Sweep:
-    """Everything a worker needs; picklable, so ``parse`` and ``objective`` must be
-    module-level functions (or other picklable callables).
-
-    Attributes:
-        study: the Optuna study name.
-        storage: where the study lives.
-        space: the searched fields.
-        trials: the study's total number of trials (counted as the module says).
-        schema: the config schema.
-        parse: turns a command line (base flags + sampled values) into a LoadedConfig.
-        objective: runs one trial; gets a :class:`TrialContext`, returns a number or an
-            :class:`Outcome`; may raise (the trial fails, the sweep goes on).
-        base_args: the training flags every trial shares.
-        sampler: ``tpe``, ``random`` or ``grid``.
-        pruner: ``median`` or ``none``.
-        pruner_startup: trials that finish before the median pruner starts pruning.
-        metric: the metric the objective optimises (reported while training).
-        direction: ``minimize`` or ``maximize``.
-    """
-
-    study: str
-    storage: StorageSpec
-    space: SearchSpace
-    trials: int
-    schema: type[ConfigModel]
-    parse: Callable[[list[str]], LoadedConfig[Any]]
-    objective: Callable[[TrialContext], float | Outcome]
-    base_args: tuple[str, ...] = ()
-    sampler: Literal["tpe", "random", "grid"] = "tpe"
-    pruner: Literal["median", "none"] = "median"
-    pruner_startup: int = 3
-    metric: str = "val_loss"
-    direction: Literal["minimize", "maximize"] = "minimize"
-
-    def make_sampler(self) -> optuna.samplers.BaseSampler:
-        """The Optuna sampler (a fresh random seed per worker)."""
-        import optuna
-
-        if self.sampler == "grid":
-            return optuna.samplers.GridSampler(self.space.grid())
-        if self.sampler == "random":
-            return optuna.samplers.RandomSampler()
-        return optuna.samplers.TPESampler()
-
-    def make_pruner(self) -> optuna.pruners.BasePruner:
-        """The Optuna pruner."""
-        import optuna
-
-        if self.pruner == "none":
-            return optuna.pruners.NopPruner()
-        return optuna.pruners.MedianPruner(n_startup_trials=self.pruner_startup)
-
-    def open_study(self, *, create: bool = False) -> optuna.Study:
-        """Open (or with ``create``, create or continue) the study.
-
-        Raises:
-            ConfigError: the existing study optimises in the other direction.
-        """
-        import optuna
-
-        storage = self.storage.open()
-        if create:
-            study = optuna.create_study(
-                storage=storage, study_name=self.study, direction=self.direction,
-                sampler=self.make_sampler(), pruner=self.make_pruner(), load_if_exists=True,
-            )
-            if study.direction.name.lower() != self.direction:
-                raise ConfigError(
-                    f"study {self.study!r} in {self.storage.shown} was created with direction "
-                    f"{study.direction.name.lower()}; --direction {self.direction} would mix "
-                    "the two (use another --study)"
-                )
-            return study
-        return optuna.load_study(
-            study_name=self.study, storage=storage, sampler=self.make_sampler(),
-            pruner=self.make_pruner(),
-        )
-
-
-@dataclass
-class TrialContext:
-    """One trial as its objective sees it.
-
-    Attributes:
-        trial: the Optuna trial (report to it, or let :meth:`callbacks` do it).
-        sweep: the sweep.
-        params: the sampled values, ``{dotted field: config value}``.
-        loaded: the trial's complete config (base flags with the sampled values in place).
-    """
-
-    trial: optuna.Trial
-    sweep: Sweep
-    params: dict[str, Any]
-    loaded: LoadedConfig[Any]
-    linked: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def number(self) -> int:
-        """The trial's number in the study."""
-        return int(self.trial.number)
-
-    @property
-    def extra(self) -> dict[str, Any]:
-        """What the version's record holds about the trial (give it to ``start_run``)."""
-        return {"sweep": {"study": self.sweep.study, "trial": self.number,
-                          "params": dict(self.params)}}
-
-    def print(self, line: str) -> None:
-        """Print a console line prefixed with the trial number."""
-        print(f"[trial {self.number}] {line}", flush=True)
-
-    def link(self, version: int, checkpoint_dir: str | Path) -> None:
-        """Record the trial's version and checkpoint folder in the study (idempotent)."""
-        if self.linked.get(ATTR_VERSION) == version:
-            return
-        self.linked[ATTR_VERSION] = version
-        self.trial.set_user_attr(ATTR_VERSION, int(version))
-        self.trial.set_user_attr(ATTR_CHECKPOINT_DIR, str(checkpoint_dir))
-
-    def callbacks(self, *, lightning: str = "pytorch_lightning") -> list[Any]:
-        """Lightning callbacks for this trial: link the version, report ``metric`` after
-        each validation, and stop a trial the pruner gives up on (``RunPruned``)."""
-        from versionkit.sweep._lightning import trial_callback
-
-        return [trial_callback(self, lightning=lightning)]
+__all__ = ["run_sweep", "work", "worker_threads"]
 
 
 class _TrialFailed(Exception):
@@ -280,20 +136,23 @@ def _run_one(sweep: Sweep, trial: optuna.Trial) -> float:
     import optuna
 
     trial.set_user_attr(ATTR_WORKER, f"{socket.gethostname()}:{os.getpid()}")
-    params = sweep.space.suggest(trial)
-    loaded = sweep.parse([*sweep.base_args, *sweep.space.flags(sweep.schema, params)])
-    ctx = TrialContext(trial, sweep, params, loaded)
 
     def fail(message: str) -> None:
         trial.set_user_attr(ATTR_STATUS, "failed")
         trial.set_user_attr(ATTR_ERROR, message)
-        ctx.print(f"✗ failed: {message}")
+        print(f"[trial {trial.number}] ✗ failed: {message}", flush=True)
 
     try:
+        params = sweep.space.suggest(trial)
+        # A range's ends were checked before the sweep started; a value between them can
+        # still break a rule across fields (e.g. width divisible by heads): that trial
+        # fails on its own, like a run that fails.
+        loaded = sweep.parse([*sweep.base_args, *sweep.space.flags(sweep.schema, params)])
+        ctx = TrialContext(trial, sweep, params, loaded)
         result = sweep.objective(ctx)
     except _pruned_types() as exc:
         trial.set_user_attr(ATTR_STATUS, "pruned")
-        ctx.print(f"✗ pruned: {exc}" if str(exc) else "✗ pruned")
+        print(f"[trial {trial.number}] ✗ pruned" + (f": {exc}" if str(exc) else ""), flush=True)
         raise optuna.TrialPruned(str(exc)) from None
     except KeyboardInterrupt:
         trial.set_user_attr(ATTR_STATUS, "interrupted")
@@ -359,6 +218,19 @@ def work(sweep: Sweep, *, threads: int | None = None) -> int:
             claim.close()
 
 
+def _check_same_space(sweep: Sweep, study: optuna.Study) -> None:
+    """Refuse to continue a study that searched other fields (its trials would count)."""
+    fields = set(sweep.space.fields)
+    for trial in study.get_trials(deepcopy=False):
+        names = set(trial.distributions)
+        if names and names != fields:
+            raise ConfigError(
+                f"study {sweep.study!r} ({sweep.storage.shown}) searches "
+                f"{', '.join(sorted(names))}; this command searches "
+                f"{', '.join(sorted(fields))}: give another --study"
+            )
+
+
 def _child(sweep: Sweep, threads: int) -> None:
     sys.exit(work(sweep, threads=threads))
 
@@ -379,6 +251,7 @@ def run_sweep(sweep: Sweep, *, jobs: int = 1, printer: Callable[[str], None] = p
     # failed trial).
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = sweep.open_study(create=True)
+    _check_same_space(sweep, study)
     have = sum(_counted(t) for t in study.get_trials(deepcopy=False))
     if have >= sweep.trials:
         printer(f"✓ Study {sweep.study} already holds {have} trials (--trials {sweep.trials}); "
@@ -417,64 +290,3 @@ def run_sweep(sweep: Sweep, *, jobs: int = 1, printer: Callable[[str], None] = p
     if interrupted or 130 in codes:
         return 130
     return 0 if all(code == 0 for code in codes) else 1
-
-
-def summary_rows(sweep: Sweep, study: optuna.Study) -> list[dict[str, Any]]:
-    """The trials ranked: completed by value, then pruned, then the rest by number."""
-    from optuna.trial import TrialState
-
-    sign = 1.0 if sweep.direction == "minimize" else -1.0
-    rows: list[tuple[tuple[int, float, int], dict[str, Any]]] = []
-    for t in study.get_trials(deepcopy=False):
-        status = t.user_attrs.get(ATTR_STATUS)
-        if t.state == TrialState.COMPLETE:
-            status, best = "completed", t.value
-        elif t.state == TrialState.PRUNED:
-            status = "pruned"
-            seen = list(t.intermediate_values.values())
-            best = (min if sign > 0 else max)(seen) if seen else None
-        elif t.state == TrialState.FAIL:
-            status, best = status or "dead", None
-        else:
-            status, best = t.state.name.lower(), None
-        group = {"completed": 0, "pruned": 1}.get(str(status), 2)
-        key = (group, sign * best if best is not None else math.inf, t.number)
-        rows.append((key, {
-            "trial": t.number,
-            "version": t.user_attrs.get(ATTR_VERSION),
-            "params": sweep.space.decode(t.params),
-            "best": best,
-            "status": status,
-            "error": t.user_attrs.get(ATTR_ERROR),
-        }))
-    return [row for _, row in sorted(rows, key=lambda r: r[0])]
-
-
-def format_summary(sweep: Sweep, rows: Sequence[Mapping[str, Any]]) -> str:
-    """The summary table: trial, version, each sampled field, best metric, status."""
-    head = ["trial", "version", *sweep.space.fields, f"best {sweep.metric}", "status"]
-    body = []
-    for row in rows:
-        params = row["params"]
-        best = row["best"]
-        body.append([
-            str(row["trial"]),
-            "-" if row["version"] is None else str(row["version"]),
-            *(_short(params.get(f)) for f in sweep.space.fields),
-            "-" if best is None else f"{best:.4f}",
-            str(row["status"]),
-        ])
-    widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-             for r in [head, *body]]
-    return "\n".join(lines)
-
-
-def _short(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_short(v) for v in value) + "]"
-    return str(value)
