@@ -12,6 +12,11 @@ from typing import Any
 import pytest
 import yaml
 
+import fractalgen.train
+
+if not hasattr(fractalgen.train, "train"):  # until the run lifecycle lands
+    pytest.skip("needs fractalgen.train.train (the run lifecycle)", allow_module_level=True)
+
 REPO = Path(__file__).resolve().parent.parent
 TINY = [
     "--config", "config/train_small.yaml", "--max_steps", "6", "--val_every_n_steps", "3",
