@@ -102,17 +102,22 @@ def test_a_trial_that_looks_bad_is_pruned_and_its_version_is_pruned(
     from fractalgen.sweep import main
     from versionkit.registry import Registry
 
-    # grid order is the trial order: two good learning rates, then one that learns nothing
-    code = main([*TINY, f"--output_root={tmp_path}", "--space",
-                 "optim.lr=choice(0.03,0.02,1e-9)", "--sampler", "grid",
-                 "--pruner-startup", "2", "--study", "p"])
+    # Two trials whose model learns, then (the same study, continued) one whose warm-up is
+    # so long that the learning rate stays near zero for the whole run.
+    base = [*TINY, f"--output_root={tmp_path}", "--lr", "0.03", "--pruner-startup", "2",
+            "--study", "p"]
+    code = main([*base, "--space", "optim.warmup_steps=int(0,2)", "--sampler", "random",
+                 "--trials", "2"])
+    assert code == 0, capsys.readouterr()
+    code = main([*base, "--space", "optim.warmup_steps=int(100000,100001)", "--sampler",
+                 "random", "--trials", "3"])
     out = capsys.readouterr().out
     assert code == 0, out
     study = _journal_study(tmp_path / "fractalgen_small", "p")
-    states = {t.params["optim.lr"]: t for t in study.get_trials()}
-    bad = states[1e-9]
+    good_1, good_2, bad = study.get_trials()
+    assert bad.params["optim.warmup_steps"] >= 100000
     assert bad.state.name == "PRUNED", out
-    assert [states[0.03].state.name, states[0.02].state.name] == ["COMPLETE", "COMPLETE"]
+    assert [good_1.state.name, good_2.state.name] == ["COMPLETE", "COMPLETE"]
     assert 3 in bad.intermediate_values  # reported at its first validation
     with Registry(tmp_path / "fractalgen_small") as registry:
         info = registry.get(bad.user_attrs["version"])
@@ -121,4 +126,4 @@ def test_a_trial_that_looks_bad_is_pruned_and_its_version_is_pruned(
         best = registry.best("val_loss", "min")
         assert best is not None and best.version != info.version
     assert "[trial 2] ✗ pruned" in out
-    assert re.search(r"^2\s+2\s+1e-09\s+\S+\s+pruned$", out, re.M), out
+    assert re.search(r"^2\s+2\s+10000[01]\s+\S+\s+pruned$", out, re.M), out

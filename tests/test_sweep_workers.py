@@ -305,6 +305,10 @@ def test_a_study_that_searched_other_fields_is_refused(tmp_path: Path) -> None:
                      jobs=1) == 0
     with pytest.raises(ConfigError, match="searches x; this command searches width"):
         run_sweep(make_sweep(tmp_path, "same", None, 2, "random", ("width=int(4,8)",)), jobs=1)
+    assert run_sweep(make_sweep(tmp_path, "ch", None, 1, "grid", ("width=choice(4,8)",)),
+                     jobs=1) == 0
+    with pytest.raises(ConfigError, match="cannot change a choice's values"):
+        run_sweep(make_sweep(tmp_path, "ch", None, 2, "grid", ("width=choice(4,6)",)), jobs=1)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from versionkit.sweep.study import TrialContext
 
-__all__ = ["trial_callback"]
+__all__ = ["silent_progress_bar", "trial_callback"]
 
 _CLASSES: dict[str, type[Any]] = {}
 
@@ -28,11 +28,15 @@ def _pruned(message: str) -> BaseException:
     return RunPruned(message)
 
 
+def _package(lightning: str) -> str:
+    return "lightning.pytorch" if lightning == "lightning" else "pytorch_lightning"
+
+
 def _callback_class(lightning: str) -> type[Any]:
     cls = _CLASSES.get(lightning)
     if cls is not None:
         return cls
-    package = "lightning.pytorch" if lightning == "lightning" else "pytorch_lightning"
+    package = _package(lightning)
     base = importlib.import_module(package).Callback
 
     class TrialCallback(base):  # type: ignore[misc, valid-type]
@@ -73,3 +77,9 @@ def _callback_class(lightning: str) -> type[Any]:
 def trial_callback(ctx: TrialContext, *, lightning: str = "pytorch_lightning") -> Any:
     """A Lightning callback for ``ctx``'s trial, from the package named ``lightning``."""
     return _callback_class(lightning)(ctx)
+
+
+def silent_progress_bar(lightning: str = "pytorch_lightning") -> Any:
+    """A progress bar that draws nothing (Lightning adds its own unless one is given)."""
+    module = importlib.import_module(f"{_package(lightning)}.callbacks")
+    return module.TQDMProgressBar(refresh_rate=0)

@@ -17,6 +17,7 @@ same command again continues where the sweep stopped.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import multiprocessing
 import os
@@ -132,7 +133,7 @@ def _pruned_types() -> tuple[type[BaseException], ...]:
     return tuple(types)
 
 
-def _run_one(sweep: Sweep, trial: optuna.Trial) -> float:
+def _run_one(sweep: Sweep, trial: optuna.Trial, *, quiet: bool = False) -> float:
     import optuna
 
     trial.set_user_attr(ATTR_WORKER, f"{socket.gethostname()}:{os.getpid()}")
@@ -148,7 +149,7 @@ def _run_one(sweep: Sweep, trial: optuna.Trial) -> float:
         # still break a rule across fields (e.g. width divisible by heads): that trial
         # fails on its own, like a run that fails.
         loaded = sweep.parse([*sweep.base_args, *sweep.space.flags(sweep.schema, params)])
-        ctx = TrialContext(trial, sweep, params, loaded)
+        ctx = TrialContext(trial, sweep, params, loaded, quiet=quiet)
         result = sweep.objective(ctx)
     except _pruned_types() as exc:
         trial.set_user_attr(ATTR_STATUS, "pruned")
@@ -178,14 +179,27 @@ def _run_one(sweep: Sweep, trial: optuna.Trial) -> float:
     return value  # COMPLETE says "completed"; one database write less per trial
 
 
-def work(sweep: Sweep, *, threads: int | None = None) -> int:
+def work(sweep: Sweep, *, threads: int | None = None, quiet: bool = False) -> int:
     """One worker: take trials until the study holds ``sweep.trials``; returns an exit
-    code (0, or 130 after Ctrl-C)."""
+    code (0, or 130 after Ctrl-C).
+
+    Args:
+        sweep: the sweep.
+        threads: CPU threads for this process (None: leave them).
+        quiet: other workers share the console: no progress bars, and Lightning's
+            per-run notices (GPU available, model summary) are not printed.
+    """
     import optuna
     from optuna.trial import TrialState
 
     if threads is not None:
         _limit_threads(threads)
+    if quiet:
+        # The loggers that print them; their packages reset the packages' own level on
+        # import, but not these.
+        for package in ("pytorch_lightning", "lightning.pytorch"):
+            for name in ("utilities.rank_zero", "callbacks.model_summary"):
+                logging.getLogger(f"{package}.{name}").setLevel(logging.WARNING)
     # Failed trials are reported on our own one line; Optuna's would add a traceback.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = sweep.open_study()
@@ -194,7 +208,7 @@ def work(sweep: Sweep, *, threads: int | None = None) -> int:
     def objective(trial: optuna.Trial) -> float:
         claim.close()
         current[:] = [trial]
-        return _run_one(sweep, trial)
+        return _run_one(sweep, trial, quiet=quiet)
 
     while True:
         claim = contextlib.ExitStack()
@@ -221,6 +235,7 @@ def work(sweep: Sweep, *, threads: int | None = None) -> int:
 def _check_same_space(sweep: Sweep, study: optuna.Study) -> None:
     """Refuse to continue a study that searched other fields (its trials would count)."""
     fields = set(sweep.space.fields)
+    choices = {d.field: d for d in sweep.space.dimensions if d.kind == "choice"}
     for trial in study.get_trials(deepcopy=False):
         names = set(trial.distributions)
         if names and names != fields:
@@ -229,10 +244,18 @@ def _check_same_space(sweep: Sweep, study: optuna.Study) -> None:
                 f"{', '.join(sorted(names))}; this command searches "
                 f"{', '.join(sorted(fields))}: give another --study"
             )
+        for name, dim in choices.items():
+            before = getattr(trial.distributions.get(name), "choices", None)
+            if before is not None and list(before) != dim.optuna_choices():
+                raise ConfigError(
+                    f"study {sweep.study!r} searched {name} over choice"
+                    f"({','.join(map(str, before))}); Optuna cannot change a choice's values "
+                    f"within a study ({dim.source}): give another --study"
+                )
 
 
 def _child(sweep: Sweep, threads: int) -> None:
-    sys.exit(work(sweep, threads=threads))
+    sys.exit(work(sweep, threads=threads, quiet=True))
 
 
 def run_sweep(sweep: Sweep, *, jobs: int = 1, printer: Callable[[str], None] = print) -> int:

@@ -128,12 +128,14 @@ class TrialContext:
         sweep: the sweep.
         params: the sampled values, ``{dotted field: config value}``.
         loaded: the trial's complete config (base flags with the sampled values in place).
+        quiet: several trials share this console (``--jobs`` > 1): no progress bars.
     """
 
     trial: optuna.Trial
     sweep: Sweep
     params: dict[str, Any]
     loaded: LoadedConfig[Any]
+    quiet: bool = False
     linked: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -161,7 +163,12 @@ class TrialContext:
 
     def callbacks(self, *, lightning: str = "pytorch_lightning") -> list[Any]:
         """Lightning callbacks for this trial: link the version, report ``metric`` after
-        each validation, and stop a trial the pruner gives up on (``RunPruned``)."""
-        from versionkit.sweep._lightning import trial_callback
+        each validation, and stop a trial the pruner gives up on (``RunPruned``); when
+        ``quiet``, also a progress bar that draws nothing (bars of several processes would
+        overwrite each other's lines)."""
+        from versionkit.sweep._lightning import silent_progress_bar, trial_callback
 
-        return [trial_callback(self, lightning=lightning)]
+        found = [trial_callback(self, lightning=lightning)]
+        if self.quiet:
+            found.append(silent_progress_bar(lightning))
+        return found
