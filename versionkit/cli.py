@@ -168,7 +168,7 @@ def _open(args: argparse.Namespace) -> Registry:
     if args.command in _READ_ONLY and scheme_of(uri) == "file" and not root.is_dir():
         what = "is not a folder" if root.exists() else "does not exist"
         raise UsageError(f"experiment root {root} {what}")
-    return Registry(root, uri, experiment=args.experiment)
+    return Registry(args.root, uri, experiment=args.experiment)  # str: Registry refuses ""
 
 
 def _cmd_allocate(reg: Registry, args: argparse.Namespace, out: TextIO) -> int:
