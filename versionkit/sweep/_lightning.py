@@ -10,22 +10,14 @@ import importlib
 import math
 from typing import TYPE_CHECKING, Any
 
+from versionkit.run import RunPruned
+
 if TYPE_CHECKING:
     from versionkit.sweep.study import TrialContext
 
 __all__ = ["silent_progress_bar", "trial_callback"]
 
 _CLASSES: dict[str, type[Any]] = {}
-
-
-def _pruned(message: str) -> BaseException:
-    try:
-        from versionkit.run import RunPruned
-    except ImportError:  # the run lifecycle not installed: Optuna's own signal
-        import optuna
-
-        return optuna.TrialPruned(message)
-    return RunPruned(message)
 
 
 def _package(lightning: str) -> str:
@@ -67,7 +59,7 @@ def _callback_class(lightning: str) -> type[Any]:
             trial.report(value, step)
             last = trainer.max_steps is not None and 0 < trainer.max_steps <= step
             if self.ctx.sweep.pruner != "none" and not last and trial.should_prune():
-                raise _pruned(f"{metric} {value:.4f} at step {step} is worse than the "
+                raise RunPruned(f"{metric} {value:.4f} at step {step} is worse than the "
                               "median of earlier trials")
 
     _CLASSES[lightning] = TrialCallback

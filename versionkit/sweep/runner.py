@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from versionkit.errors import ConfigError
+from versionkit.run import RunPruned
 from versionkit.sweep.storage import MAX_RETRY, quiet_experimental
 from versionkit.sweep.study import (
     ATTR_ERROR,
@@ -122,17 +123,6 @@ def _outcome(result: Any) -> tuple[str, float | None, int | None, Path | None]:
     return status, (None if value is None else float(value)), version, folder
 
 
-def _pruned_types() -> tuple[type[BaseException], ...]:
-    import optuna
-
-    types: list[type[BaseException]] = [optuna.TrialPruned]
-    with contextlib.suppress(ImportError):
-        from versionkit.run import RunPruned
-
-        types.append(RunPruned)
-    return tuple(types)
-
-
 def _run_one(sweep: Sweep, trial: optuna.Trial, *, quiet: bool = False) -> float:
     import optuna
 
@@ -151,7 +141,7 @@ def _run_one(sweep: Sweep, trial: optuna.Trial, *, quiet: bool = False) -> float
         loaded = sweep.parse([*sweep.base_args, *sweep.space.flags(sweep.schema, params)])
         ctx = TrialContext(trial, sweep, params, loaded, quiet=quiet)
         result = sweep.objective(ctx)
-    except _pruned_types() as exc:
+    except (optuna.TrialPruned, RunPruned) as exc:
         trial.set_user_attr(ATTR_STATUS, "pruned")
         print(f"[trial {trial.number}] ✗ pruned" + (f": {exc}" if str(exc) else ""), flush=True)
         raise optuna.TrialPruned(str(exc)) from None
