@@ -15,14 +15,21 @@ continues the study.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from versionkit.errors import ConfigError, VersionkitError
+
+if TYPE_CHECKING:
+    from fractalgen.config import TrainConfig
+    from fractalgen.train import TrainResult
+    from versionkit.config import LoadedConfig
+    from versionkit.sweep import Sweep, TrialContext
 
 __all__ = ["main"]
 
@@ -135,22 +142,41 @@ def _split(argv: Sequence[str]) -> _Args:
     return out
 
 
-def _parse(argv: list[str]) -> Any:
+def _parse(argv: list[str]) -> LoadedConfig[TrainConfig]:
     """A trial's command line -> LoadedConfig (module level: workers unpickle it)."""
     from fractalgen.config import parse_train_args
 
     return parse_train_args(argv, prog="fractalgen-sweep")
 
 
-def _objective(ctx: Any) -> Any:
+def _objective(ctx: TrialContext) -> TrainResult:
     """Train one trial: one version, the trial's callbacks in its trainer."""
     from fractalgen.train import train
 
     command = ["fractalgen-train", *ctx.loaded.flags]
     if ctx.loaded.config_file is not None:
         command[1:1] = ["--config", str(ctx.loaded.config_file)]
-    return train(ctx.loaded, callbacks=ctx.callbacks(), extra=ctx.extra, printer=ctx.print,
-                 command=command)
+    result = train(ctx.loaded, callbacks=ctx.callbacks(), extra=ctx.extra, printer=ctx.print,
+                   command=command)
+    metric = ctx.sweep.metric
+    if metric == "val_loss" or result.status != "completed":
+        return result
+    return dataclasses.replace(result, best_metric=_best_of(ctx, result.version, metric))
+
+
+def _best_of(ctx: TrialContext, version: int, metric: str) -> float | None:
+    """The version's best ``metric`` over its checkpoints, else its last logged value."""
+    from fractalgen.train import experiment_root
+    from versionkit.registry import Registry
+
+    config = ctx.loaded.config
+    mode = "min" if ctx.sweep.direction == "minimize" else "max"
+    with Registry(experiment_root(config)[0], config.experiment.registry) as registry:
+        best = registry.best(metric, mode, version=version)
+        if best is not None and metric in best.metrics:
+            return float(best.metrics[metric])
+        value = registry.get(version).metrics.get(metric)
+    return None if value is None else float(value)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -180,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
-def _prepare(args: list[str]) -> tuple[Any, int]:
+def _prepare(args: list[str]) -> tuple[Sweep, int]:
     """Everything checked before the first write: flags, config, space, storage."""
     # Workers unpickle parse and objective by module name; under `python -m` this file
     # is __main__, so name them through the importable module.
