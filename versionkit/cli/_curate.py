@@ -115,7 +115,7 @@ def cmd_status(reg: Registry, args: argparse.Namespace, out: TextIO) -> int:
         # A shell script's version records the shell's pid (our parent); any other live
         # process running it (a training run) must not be closed under its feet.
         here = info.host == socket.gethostname()
-        own = here and info.pid in (os.getppid(), os.getpid())
+        own = here and info.pid == os.getppid()
         if not own and not info.is_dead:
             where = f"live process {info.pid} on {info.host}" if here else \
                 f"process {info.pid} on another host ({info.host})"

@@ -44,7 +44,7 @@ def register(add: Adder) -> None:
     p.add_argument("--tag", metavar="NAME", default=None, help="only the version tagged NAME")
     p.add_argument("--sort", metavar="KEY", default=None,
                    help="order by version, created, status, best, last or a --columns key; "
-                   "a leading '-' reverses")
+                   "--sort=-KEY reverses")
     p = add("show", "show everything recorded about one version")
     p.add_argument("ref", metavar="N", nargs="?", default=None,
                    help="a version number, latest, best or a tag (or write ROOT@N)")
