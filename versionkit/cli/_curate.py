@@ -25,7 +25,7 @@ def register(add: Adder) -> None:
     p.add_argument("items", nargs="*", metavar="[N] NAME",
                    help="N NAME tags version N (a number, latest, best or a tag); "
                    "no arguments lists the tags")
-    p.add_argument("--remove", action="store_true", help="drop tag NAME")
+    p.add_argument("--remove", metavar="NAME", default=None, help="drop tag NAME")
     p = add("note", "attach a free-text note to a version (an empty text clears it)")
     p.add_argument("items", nargs="+", metavar="[N] TEXT")
     p = add("status", "close a version allocated from a shell script")
@@ -51,14 +51,14 @@ def cmd_tag(reg: Registry, args: argparse.Namespace, out: TextIO) -> int:
     from versionkit.curate import refs
 
     items: list[str] = list(args.items)
-    if args.remove:
-        if len(items) != 1 or args.root_ref is not None:
-            raise UsageError("expected ROOT --remove NAME")
-        n = refs.remove_tag(reg, items[0])
+    if args.remove is not None:
+        if items or args.root_ref is not None:
+            raise UsageError("expected ROOT --remove NAME (no version)")
+        n = refs.remove_tag(reg, args.remove)
         if args.json:
-            dump({"tag": items[0], "version": n, "removed": True}, out)
+            dump({"tag": args.remove, "version": n, "removed": True}, out)
         else:
-            out.write(f"removed tag {items[0]} (it named version {n})\n")
+            out.write(f"removed tag {args.remove} (it named version {n})\n")
         return 0
     if not items and args.root_ref is None:
         tags = refs.tags(reg)
