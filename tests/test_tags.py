@@ -164,7 +164,7 @@ def test_concurrent_tag_moves_leave_one_holder_and_lose_nothing(
     root = tmp_path / "exp"
     reg = Registry(root, vk_uri)
     needs_meta(reg)
-    writers, rounds = 6, 8
+    writers, rounds = 4, 5
     for _ in range(writers):
         reg.allocate()
     ctx = mp.get_context("spawn")
