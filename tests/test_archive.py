@@ -12,11 +12,13 @@ from pathlib import Path
 
 import pytest
 from curate_support import checkpoint, cli, one_error_line, uri_fixture
+from test_train_helpers import FILTERS, write_tiny
 
 from versionkit.curate.archive import PREFIX
 from versionkit.registry import Registry
 
 vk_uri = uri_fixture()
+pytestmark = [pytest.mark.filterwarnings(f) for f in FILTERS]
 
 CONFIG = b"# the resolved config\nlr: 0.001 # kept byte for byte\nmodel:\n  dims: [8, 2]\n"
 
@@ -200,3 +202,37 @@ def test_hostile_and_damaged_archives_change_nothing(
     # the good one still imports, as the next number
     assert run("import", str(good), str(dest.root))[0] == 0
     assert dest.latest() is not None and dest.latest().version == 1
+
+
+@pytest.mark.slow
+def test_export_import_then_inference(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A real (2-step) training run, exported, imported elsewhere, then sampled from."""
+    from fractalgen import sample, train
+    from versionkit.lightning import RUN_ENV
+
+    monkeypatch.delenv(RUN_ENV, raising=False)
+    monkeypatch.delenv("VERSIONKIT_BACKEND", raising=False)
+    monkeypatch.chdir(tmp_path)
+    write_tiny(tmp_path)
+    assert train.main(["--config", "config/tiny.yaml", "--max_steps", "2"]) == 0
+    src = tmp_path / "outputs" / "tiny"
+    capsys.readouterr()
+    run = cli(capsys, "file")
+    assert run("export", f"{src}@latest", str(tmp_path / "v.tar.gz"))[0] == 0
+    dest = tmp_path / "elsewhere" / "tiny"
+    Registry(dest).allocate()
+    code, out, err = run("import", str(tmp_path / "v.tar.gz"), str(dest), "--json")
+    assert code == 0, err
+    m = json.loads(out)["version"]
+    assert m == 1
+    original = (src / "checkpoints/version_0/config.yaml").read_bytes()
+    assert (dest / f"checkpoints/version_{m}/config.yaml").read_bytes() == original
+    # The version folder: the run-target resolver (ROOT@latest) belongs to inference.py's
+    # --checkpoint once it lands; the folder form picks the best checkpoint, as for ROOT@best.
+    target = dest / "checkpoints" / f"version_{m}"
+    rc = sample.main(["--checkpoint", str(target), "--mode", "unconditional", "--num_images",
+                      "2", "--output_dir", str(tmp_path / "png")])
+    assert rc == 0, capsys.readouterr().err
+    assert len(list((tmp_path / "png").glob("*.png"))) >= 2
