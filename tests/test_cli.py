@@ -289,7 +289,7 @@ def test_module_entry_point_exit_codes(tmp_path: Path) -> None:
         cwd=REPO,
         timeout=60,
     )
-    assert done.returncode == 3
+    assert done.returncode == 3  # not found
     assert (
         done.stderr.strip() == f"error: version 3 does not exist in {tmp_path} "
         "(it has no versions yet)"

@@ -132,6 +132,7 @@ class ARLevel(nn.Module):
         temperature: float,
         generator: torch.Generator | None,
         next_level: NextLevel,
+        filter_threshold: float = 0.0,
     ) -> Tensor:
         """Generate patches in raster order, one per step (``num_iter`` is ignored).
 
@@ -145,11 +146,12 @@ class ARLevel(nn.Module):
             temperature: Passed down (divides the pixel logits).
             generator: Passed down.
             next_level: Samples the patches of the next level.
+            filter_threshold: Unused here (an AR level has no guiding pixel).
 
         Returns:
             Images (N, C, H, W) in [0, 1].
         """
-        del num_iter, temperature, generator
+        del num_iter, temperature, generator, filter_threshold
         n2 = cond.shape[0]
         n = n2 // 2 if guided else n2
         dim = self.in_channels * self.patch_size**2

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from versionkit.cli import _admin, _curate, _query, _share
 from versionkit.cli._common import UsageError, open_registry, split_root
-from versionkit.errors import VersionkitError, VersionNotFoundError
+from versionkit.errors import VersionkitError
 
 if TYPE_CHECKING:
     from versionkit.registry import Registry
@@ -87,14 +87,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _exit_code(exc: VersionkitError) -> int:
-    # "Not found" is 3 in the one table of versionkit.errors; until every not-found
-    # error carries it there, a LookupError is not found.
-    if exc.exit_code == 1 and isinstance(exc, (VersionNotFoundError, LookupError)):
-        return 3
-    return exc.exit_code
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``versionkit`` command line; returns the exit status.
 
@@ -124,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _COMMANDS[args.command](reg, args, out)
     except VersionkitError as exc:
         sys.stderr.write(f"error: {exc}\n")
-        return _exit_code(exc)
+        return exc.exit_code
     except BrokenPipeError:  # `versionkit list ROOT | head`
         with open(os.devnull, "w") as devnull:
             os.dup2(devnull.fileno(), sys.stdout.fileno())

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from versionkit.errors import ConfigError, VersionkitError
+from versionkit.errors import EXIT_USAGE, ConfigError, VersionkitError
 
 if TYPE_CHECKING:
     from versionkit.registry import Registry, VersionInfo
@@ -20,9 +20,9 @@ READ_ONLY = {"list", "show", "best", "diff", "repair", "tag", "note", "status", 
 
 
 class UsageError(VersionkitError):
-    """A command line that names something that is not there (exit status 2)."""
+    """A command line that is wrong as written (exit status 2)."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
 
 def version_arg(text: str) -> int:
