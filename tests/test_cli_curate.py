@@ -68,6 +68,7 @@ def test_list_best_columns_filters_sort_limit(
     for flags, why in ((["--columns", "optim.lrr"], "did you mean 'optim.lr'"),
                        (["--sort", "colour"], "--sort 'colour'"),
                        (["--columns", "a,,b"], "comma-separated"),
+                       (["--columns", ""], "comma-separated"),
                        (["--limit", "-1"], "--limit must be >= 0")):
         code, _, err = run("list", root, *flags)
         assert code == 2 and why in one_error_line(err), flags
@@ -139,6 +140,10 @@ def test_note_and_status(vk_uri: str, tmp_path: Path, capsys: pytest.CaptureFixt
     assert code == 3
     code, _, err = run("note", root, "1", "x" * 10_001)
     assert code == 2 and "at most 10000" in one_error_line(err)
+    code, _, err = run("note", root, "1", "\x1b[31mred")
+    assert code == 2 and "control characters" in one_error_line(err)
+    assert run("note", root, "1", "two\nlines")[0] == 0
+    assert "two lines" in run("list", root)[1].splitlines()[2], "one line per version"
 
 
 def test_shell_script_allocate_then_status(tmp_path: Path) -> None:

@@ -87,8 +87,10 @@ def cmd_note(reg: Registry, args: argparse.Namespace, out: TextIO) -> int:
     ref, text = _ref_and_value(args, "TEXT")
     if len(text) > _MAX_NOTE:
         raise ConfigError(f"a note is at most {_MAX_NOTE} characters, got {len(text)}")
-    if "\x00" in text:
-        raise ConfigError("a note cannot contain NUL characters")
+    bad = next((c for c in text if (ord(c) < 32 and c not in "\n\t") or ord(c) == 127), None)
+    if bad is not None:
+        raise ConfigError(f"a note cannot contain control characters (found {bad!r}); "
+                          f"newlines and tabs are fine")
     n = resolve(reg, ref)
     reg.update(n, note=text or None)
     if args.json:

@@ -87,8 +87,8 @@ def _sort_value(row: dict[str, Any], key: str) -> Any:
 
 
 def _list_rows(reg: Registry, args: argparse.Namespace) -> Iterator[dict[str, Any]]:
-    columns = comma_list(args.columns, "--columns") if args.columns else []
-    statuses = set(comma_list(args.status, "--status")) if args.status else None
+    columns = comma_list(args.columns, "--columns") if args.columns is not None else []
+    statuses = set(comma_list(args.status, "--status")) if args.status is not None else None
     if args.limit is not None and args.limit < 0:
         raise ConfigError(f"--limit must be >= 0, got {args.limit}")
     tags = tags_by_version(reg)
@@ -143,7 +143,7 @@ def cmd_list(reg: Registry, args: argparse.Namespace, out: TextIO) -> int:
     """``versionkit list``."""
     if args.root_ref is not None:
         raise UsageError("list takes an experiment root, not ROOT@version")
-    columns = comma_list(args.columns, "--columns") if args.columns else []
+    columns = comma_list(args.columns, "--columns") if args.columns is not None else []
     rows_iter = _list_rows(reg, args)
     if args.sort is not None:
         key = args.sort.lstrip("-")
@@ -166,7 +166,7 @@ def cmd_list(reg: Registry, args: argparse.Namespace, out: TextIO) -> int:
     for r in rows_iter:
         v: VersionInfo = r["info"]
         note = v.record.get("note")
-        note_text = note if isinstance(note, str) and note else "-"
+        note_text = " ".join(note.split()) if isinstance(note, str) and note else "-"
         rows.append([
             str(v.version), v.display_status, when(v.created_at), v.host or "-", git_text(v),
             ",".join(r["tags"]) or "-", _at(r["best"]), _at(r["last"]),
