@@ -48,9 +48,8 @@ sys.path.insert(0, str(ROOT))
 from _common import emit as common_emit  # noqa: E402
 from _common import machine  # noqa: E402
 
-from versionkit import registry as registry_module  # noqa: E402
 from versionkit.errors import VersionkitError  # noqa: E402
-from versionkit.registry import Registry  # noqa: E402
+from versionkit.registry import Registry, provenance  # noqa: E402
 
 CTX = multiprocessing.get_context("fork")
 
@@ -123,7 +122,7 @@ def concurrent(
     target: Callable[..., None], args: Callable[[int], tuple[Any, ...]], procs: int
 ) -> tuple[float, list[int]]:
     """Run ``procs`` processes released together; (total ops/s, all numbers)."""
-    registry_module._git_info(os.getcwd())  # fresh in the cache the children inherit
+    provenance.git_info(os.getcwd())  # fresh in the cache the children inherit
     barrier, out = CTX.Barrier(procs), CTX.Queue()
     workers = [CTX.Process(target=target, args=(*args(i), barrier, out)) for i in range(procs)]
     for w in workers:
@@ -349,8 +348,8 @@ def main() -> None:
         args.procs, args.per_proc = 4, 10
         args.versions, args.ckpts = 50, 5
         args.latency_n, args.runs, args.runs_fast = 30, 1, 3
-    registry_module._git_info(os.getcwd())
-    registry_module._package_versions()
+    provenance.git_info(os.getcwd())
+    provenance.package_versions()
     with tempfile.TemporaryDirectory(prefix="vk-bench-") as name:
         tmp = Path(name)
         bench_bare(args, tmp)

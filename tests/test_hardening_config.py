@@ -143,3 +143,121 @@ def test_config_over_the_size_limit_is_refused(
 
 def test_train_config_defaults_are_finite() -> None:
     assert TrainConfig().optim.lr == 1e-3
+
+
+# ------------------------------------------------------------- fractalgen's bounds
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--num_workers", "100000"], "data.num_workers: expected at most {workers} (4 per "
+         "CPU on this machine, which has {cpus}: each worker is a process holding a copy of "
+         "the data set), given 100000 (from flag --num_workers 100000)"),
+        (["--seed", "99999999999999999999"], "experiment.seed: expected at most 4294967295 "
+         "(seeds are in [0, 2**32): random generators take 32-bit seeds), given "
+         "99999999999999999999 (from flag --seed 99999999999999999999)"),
+        (["--sampling.num_images", "100000000000"], "sampling.num_images: expected at most "
+         "1024 (the validation grid is one image; sample more with inference.py), given "
+         "100000000000 (from flag --sampling.num_images 100000000000)"),
+        (["--embed_dim_list", "1000000000,32,16"], "model.embed_dim_list: expected each at "
+         "most 65536 (a wider transformer does not fit in memory), given [1000000000, 32, "
+         "16] (from flag --embed_dim_list 1000000000,32,16)"),
+        (["--train_batch_size", "10000000"], "data.train_batch_size: expected at most 65536"),
+        (["--max_steps", "1" + "0" * 15], "trainer.max_steps: expected at most 1000000000000"),
+        (["--save_top_k", "1000000"], "trainer.save_top_k: expected at most 10000"),
+        (["--num_classes", "10000000"], "data.num_classes: expected at most 1000000"),
+        (["--img_size_list", "65536,2,1"], "model.img_size_list: expected each at most 4096"),
+    ],
+)
+def test_size_like_fields_are_bounded_with_a_reason(argv: list[str], expected: str) -> None:
+    from fractalgen.limits import WORKERS_PER_CPU, cpu_count
+
+    cpus = cpu_count()
+    message = error(argv)
+    assert message.startswith(expected.format(workers=WORKERS_PER_CPU * cpus, cpus=cpus))
+
+
+def test_bounds_are_inclusive() -> None:
+    from fractalgen.limits import WORKERS_PER_CPU, cpu_count
+
+    config = parse_train_args(["--seed", str(2**32 - 1), "--num_workers",
+                               str(WORKERS_PER_CPU * cpu_count()), "--experiment.name",
+                               "n" * 128]).config
+    assert config.experiment.seed == 2**32 - 1
+    assert "experiment.name: expected a name of at most 128 characters, not 129" in error(
+        ["--experiment.name", "n" * 129])
+
+
+def test_a_model_that_cannot_fit_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fractalgen import config as config_module
+    from fractalgen.limits import estimate_parameters, host_memory_bytes
+
+    memory = host_memory_bytes()
+    assert memory is not None and memory > 2**30
+    message = error(["--embed_dim_list", "65536,32,16", "--num_blocks_list", "4096,1,1"])
+    assert message.startswith("model: the model has at least 2.11e+14 parameters")
+    assert "more than this machine's" in message and "could not even be built" in message
+    assert "model.embed_dim_list: from flag --embed_dim_list 65536,32,16" in message
+    # the same check against a small machine: the default model needs ~0.5 MB
+    monkeypatch.setattr(config_module, "host_memory_bytes", lambda: 100_000)
+    assert error(["--embed_dim_list", "64,32,16"]).startswith(
+        "model: the model has at least 1.14e+05 parameters")
+    monkeypatch.setattr(config_module, "host_memory_bytes", lambda: None)  # unknown: allowed
+    assert parse_train_args([]).config.model.embed_dim_list == [64, 32, 16]
+    assert estimate_parameters([1024, 512, 128], [32, 8, 3]) == 428_408_832
+
+
+def test_the_parameter_estimate_is_a_lower_bound() -> None:
+    torch = pytest.importorskip("torch")
+    from fractalgen.limits import estimate_parameters
+    from fractalgen.model import build_model
+
+    del torch
+    for dims, blocks in (([64, 32, 16], [2, 1, 1]), ([96, 48, 16], [3, 2, 1])):
+        config = TrainConfig.model_validate(
+            {"model": {"embed_dim_list": dims, "num_blocks_list": blocks}}
+        )
+        model = build_model(config.model.model_dump(), in_channels=1, num_classes=10)
+        real = sum(p.numel() for p in model.parameters())
+        estimate = estimate_parameters(dims, blocks)
+        assert estimate <= real < 2 * estimate
+
+
+def test_refusals_happen_before_a_version_is_allocated(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fractalgen.train import main
+
+    root = ["--experiment.output_root", str(tmp_path / "out")]
+    for argv in (["--experiment.name", "x" * 300], ["--num_workers", "100000"],
+                 ["--embed_dim_list", "65536,32,16", "--num_blocks_list", "4096,1,1"],
+                 ["--lr", "1e999"], ["--seed", "99999999999999999999"]):
+        assert main([*root, *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and "Traceback" not in err and "OSError" not in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--cfg", "nan"], "argument --cfg: expected a finite number, given 'nan'"),
+        (["--cfg", "1e999"], "argument --cfg: expected a finite number, given '1e999'"),
+        (["--temperature", "inf"], "argument --temperature: expected a finite number"),
+        (["--seed", "999999999999999999999999"], "argument --seed: expected a seed in "
+         "[0, 2**32)"),
+        (["--seed", "-1"], "argument --seed: expected a seed in [0, 2**32)"),
+        (["--num_images", "100000000000"], "argument --num_images: expected 1 to 100000 "
+         "images"),
+    ],
+)
+def test_inference_flags_are_finite_and_bounded(
+    argv: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fractalgen import sample
+
+    with pytest.raises(SystemExit) as info:
+        sample.main(["--checkpoint", "x.ckpt", *argv])
+    assert info.value.code == 2
+    assert expected in capsys.readouterr().err

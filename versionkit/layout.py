@@ -25,6 +25,7 @@ __all__ = [
     "CONFIG_FILE",
     "LAST_CHECKPOINT",
     "LOGS",
+    "RENDEZVOUS",
     "SOURCE_CONFIG_FILE",
     "STATE_DIR",
     "VERSION_PREFIX",
@@ -41,6 +42,8 @@ CONFIG_FILE = "config.yaml"
 SOURCE_CONFIG_FILE = "config.source.yaml"
 LAST_CHECKPOINT = "last.ckpt"
 CHECKPOINT_SUFFIX = ".ckpt"
+#: Inside the state folder: rank 0's hand-over files for the other ranks of a run.
+RENDEZVOUS = "rendezvous"
 #: ModelCheckpoint's file name pattern (``auto_insert_metric_name=False``), as the seed shows.
 CHECKPOINT_FILENAME = "step_{step:08d}-val_loss_{val_loss:.4f}"
 
@@ -80,6 +83,11 @@ class Layout:
     def state(self) -> Path:
         """``<root>/.versionkit``."""
         return self.root / STATE_DIR
+
+    @property
+    def rendezvous_dir(self) -> Path:
+        """``<root>/.versionkit/rendezvous`` (rank hand-over files)."""
+        return self.state / RENDEZVOUS
 
     def checkpoint_dir(self, n: int) -> Path:
         """``<root>/checkpoints/version_N``."""

@@ -27,6 +27,10 @@ def backend(tmp_path: Path) -> Iterator[Callable[..., Backend]]:
 class TestMemoryBackend(BackendContractSuite):
     shares_across_processes = False
 
+    def delete_record(self, b: Backend, number: int) -> None:
+        assert isinstance(b, MemoryBackend)
+        del b._store.records[number]
+
 
 def test_named_stores_are_separate(tmp_path: Path) -> None:
     a = open_backend("memory://one", tmp_path, "exp")

@@ -26,9 +26,10 @@ from hypothesis import strategies as st
 from sqlalchemy.pool import NullPool
 
 from versionkit.backends import open_backend, resolve_backend_class
-from versionkit.backends import sql as sqlmod
 from versionkit.backends.base import Backend
-from versionkit.backends.sql import SCHEMA_VERSION, SQLBackend, SQLURIError
+from versionkit.backends.sql import SCHEMA_VERSION, SQLBackend, SQLURIError, schema
+from versionkit.backends.sql import engine as engines
+from versionkit.backends.sql.uri import parse_uri
 from versionkit.errors import (
     BackendError,
     CorruptStateError,
@@ -66,10 +67,20 @@ class TestSQLBackendContract(BackendContractSuite):
 
     processes = 8
 
+    def delete_record(self, b: Backend, number: int) -> None:
+        assert isinstance(b, SQLBackend)
+        with raw_engine(b).begin() as conn:
+            conn.execute(
+                sa.delete(schema.versions).where(
+                    schema.versions.c.experiment == b.experiment,
+                    schema.versions.c.number == number,
+                )
+            )
+
 
 def raw_engine(b: SQLBackend) -> sa.Engine:
     """A separate engine on the backend's database, for poking at the tables directly."""
-    return sa.create_engine(sqlmod._parse_uri(b.uri)[0], poolclass=NullPool)
+    return sa.create_engine(parse_uri(b.uri)[0], poolclass=NullPool)
 
 
 def free_port() -> int:
@@ -127,7 +138,7 @@ def test_numbers_are_not_reused_after_rows_are_deleted(store: SQLBackend) -> Non
     engine = raw_engine(store)
     with engine.begin() as conn:
         conn.execute(
-            sa.delete(sqlmod._versions).where(sqlmod._versions.c.experiment == store.experiment)
+            sa.delete(schema.versions).where(schema.versions.c.experiment == store.experiment)
         )
     engine.dispose()
     assert store.list() == []
@@ -140,7 +151,7 @@ def test_rows_written_behind_the_counter_are_stepped_over(store: SQLBackend) -> 
     with engine.begin() as conn:
         for n in (1, 2):
             conn.execute(
-                sa.insert(sqlmod._versions).values(
+                sa.insert(schema.versions).values(
                     experiment=store.experiment, number=n, record=json.dumps({"version": n})
                 )
             )
@@ -327,8 +338,8 @@ def test_an_unreadable_record_is_corrupt_state_not_a_reset(store: SQLBackend) ->
     engine = raw_engine(store)
     with engine.begin() as conn:
         conn.execute(
-            sa.update(sqlmod._versions)
-            .where(sqlmod._versions.c.experiment == store.experiment)
+            sa.update(schema.versions)
+            .where(schema.versions.c.experiment == store.experiment)
             .values(record="{not json")
         )
     engine.dispose()
@@ -347,14 +358,14 @@ def test_repair_replaces_unreadable_records_and_lifts_the_counter(store: SQLBack
     engine = raw_engine(store)
     with engine.begin() as conn:
         conn.execute(
-            sa.update(sqlmod._versions)
+            sa.update(schema.versions)
             .where(
-                sqlmod._versions.c.experiment == store.experiment, sqlmod._versions.c.number == 1
+                schema.versions.c.experiment == store.experiment, schema.versions.c.number == 1
             )
             .values(record="[1, 2")
         )
         conn.execute(
-            sa.insert(sqlmod._versions).values(
+            sa.insert(schema.versions).values(
                 experiment=store.experiment, number=6, record='{"status": "completed"}'
             )
         )
@@ -379,8 +390,8 @@ def set_schema_version(b: SQLBackend, value: str) -> None:
     engine = raw_engine(b)
     with engine.begin() as conn:
         conn.execute(
-            sa.update(sqlmod._meta)
-            .where(sqlmod._meta.c.key == "schema_version")
+            sa.update(schema.meta)
+            .where(schema.meta.c.key == "schema_version")
             .values(value=value)
         )
     engine.dispose()
@@ -391,7 +402,7 @@ def test_tables_are_created_on_first_use_with_the_schema_version(store: SQLBacke
     engine = raw_engine(store)
     with engine.connect() as conn:
         names = set(sa.inspect(conn).get_table_names())
-        version = conn.execute(sa.select(sqlmod._meta.c.value)).scalar_one()
+        version = conn.execute(sa.select(schema.meta.c.value)).scalar_one()
     engine.dispose()
     assert {"versionkit_meta", "versionkit_experiments", "versionkit_versions"} <= names
     assert version == str(SCHEMA_VERSION)
@@ -402,7 +413,7 @@ def test_a_database_from_a_newer_versionkit_is_refused(
 ) -> None:
     store.allocate(0, {})
     set_schema_version(store, str(SCHEMA_VERSION + 1))
-    monkeypatch.setattr(sqlmod, "_ready", set())  # as a fresh process would see it
+    monkeypatch.setattr(engines, "ready", set())  # as a fresh process would see it
     fresh = SQLBackend(store.uri, store.root, store.experiment)
     with pytest.raises(BackendError, match=r"newer versionkit .*upgrade versionkit") as info:
         fresh.list()
@@ -417,7 +428,7 @@ def test_a_garbled_schema_version_is_corrupt_state(
 ) -> None:
     store.allocate(0, {})
     set_schema_version(store, "banana")
-    monkeypatch.setattr(sqlmod, "_ready", set())
+    monkeypatch.setattr(engines, "ready", set())
     with pytest.raises(CorruptStateError, match="banana"):
         SQLBackend(store.uri, store.root, store.experiment).list()
 
@@ -427,7 +438,7 @@ def test_an_unknown_older_schema_version_is_corrupt_state(
 ) -> None:
     store.allocate(0, {})
     set_schema_version(store, "0")
-    monkeypatch.setattr(sqlmod, "_ready", set())
+    monkeypatch.setattr(engines, "ready", set())
     with pytest.raises(CorruptStateError, match="schema version 0, which no versionkit"):
         SQLBackend(store.uri, store.root, store.experiment).list()
 
@@ -440,18 +451,18 @@ def test_an_older_layout_is_upgraded_once(
 
     def to_v2(conn: sa.Connection) -> None:
         calls.append(1)
-        conn.execute(sa.insert(sqlmod._meta).values(key="upgraded", value="yes"))
+        conn.execute(sa.insert(schema.meta).values(key="upgraded", value="yes"))
 
-    monkeypatch.setattr(sqlmod, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
-    monkeypatch.setattr(sqlmod, "_MIGRATIONS", {SCHEMA_VERSION: to_v2})
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    monkeypatch.setattr(schema, "MIGRATIONS", {SCHEMA_VERSION: to_v2})
     for _ in range(2):  # two fresh processes: the second finds it done
-        monkeypatch.setattr(sqlmod, "_ready", set())
+        monkeypatch.setattr(engines, "ready", set())
         upgraded = SQLBackend(store.uri, store.root, store.experiment)
         assert upgraded.get(0) == {"kept": True, "version": 0}
     assert calls == [1]
     engine = raw_engine(store)
     with engine.connect() as conn:
-        meta = dict(conn.execute(sa.select(sqlmod._meta.c.key, sqlmod._meta.c.value)).all())
+        meta = dict(conn.execute(sa.select(schema.meta.c.key, schema.meta.c.value)).all())
     engine.dispose()
     assert meta == {"schema_version": str(SCHEMA_VERSION + 1), "upgraded": "yes"}
 
@@ -553,8 +564,8 @@ def test_a_held_write_lock_times_out_clearly(store: SQLBackend, uri: str) -> Non
             conn.exec_driver_sql("BEGIN IMMEDIATE")
         else:
             conn.execute(
-                sa.select(sqlmod._versions.c.number)
-                .where(sqlmod._versions.c.experiment == store.experiment)
+                sa.select(schema.versions.c.number)
+                .where(schema.versions.c.experiment == store.experiment)
                 .with_for_update()
             )
         store.lock_timeout = 0.2
