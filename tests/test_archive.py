@@ -208,7 +208,7 @@ def test_hostile_and_damaged_archives_change_nothing(
 def test_export_import_then_inference(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A real (2-step) training run, exported, imported elsewhere, then sampled from."""
+    """A real (2-step) training run, exported, imported elsewhere, sampled from ROOT2@latest."""
     from fractalgen import sample, train
     from versionkit.lightning import RUN_ENV
 
@@ -229,10 +229,9 @@ def test_export_import_then_inference(
     assert m == 1
     original = (src / "checkpoints/version_0/config.yaml").read_bytes()
     assert (dest / f"checkpoints/version_{m}/config.yaml").read_bytes() == original
-    # The version folder: the run-target resolver (ROOT@latest) belongs to inference.py's
-    # --checkpoint once it lands; the folder form picks the best checkpoint, as for ROOT@best.
-    target = dest / "checkpoints" / f"version_{m}"
-    rc = sample.main(["--checkpoint", str(target), "--mode", "unconditional", "--num_images",
+    # inference.py's --checkpoint resolves ROOT@latest to the imported version's best
+    target = f"{dest}@latest"
+    rc = sample.main(["--checkpoint", target, "--mode", "unconditional", "--num_images",
                       "2", "--output_dir", str(tmp_path / "png")])
     assert rc == 0, capsys.readouterr().err
     assert len(list((tmp_path / "png").glob("*.png"))) >= 2

@@ -77,7 +77,7 @@ def open_registry(args: argparse.Namespace) -> Registry:
     if args.command in READ_ONLY and scheme_of(uri) == "file" and not root.is_dir():
         what = "is not a folder" if root.exists() else "does not exist"
         raise UsageError(f"experiment root {root} {what}")
-    return Registry(root, uri, experiment=args.experiment)
+    return Registry(args.root, uri, experiment=args.experiment)
 
 
 def resolve(reg: Registry, ref: str) -> int:
