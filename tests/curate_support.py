@@ -29,12 +29,6 @@ def uri_fixture() -> Any:
     return vk_uri
 
 
-def needs_meta(reg: Registry) -> None:
-    """Skip where the backend has no experiment metadata yet (tags live there)."""
-    if not hasattr(reg.backend, "get_meta"):
-        pytest.skip("this backend has no get_meta/modify_meta yet")
-
-
 def cli(capsys: pytest.CaptureFixture[str], uri: str) -> Callable[..., tuple[int, str, str]]:
     """``run("list", root, ...)`` -> (exit code, stdout, stderr), through ``--backend uri``."""
 

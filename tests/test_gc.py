@@ -14,6 +14,7 @@ import pytest
 from curate_support import checkpoint, cli, one_error_line, uri_fixture
 
 from versionkit.curate import gc
+from versionkit.curate.refs import set_tag
 from versionkit.registry import Registry
 
 vk_uri = uri_fixture()
@@ -46,10 +47,7 @@ def test_retention_and_what_gc_never_touches(
     checkpoint(reg, live, 1, 0.9)
     checkpoint(reg, live, 2, 0.95)
     tagged = _finished(reg, [0.6, 0.4, 0.45])          # 3
-    if hasattr(reg.backend, "get_meta"):
-        from versionkit.curate.refs import set_tag
-
-        set_tag(reg, "prod", tagged)
+    set_tag(reg, "prod", tagged)
     run = cli(capsys, vk_uri)
 
     before = {n: _names(reg, n) for n in range(4)}
@@ -72,8 +70,7 @@ def test_retention_and_what_gc_never_touches(
     assert code == 0
     assert _names(reg, plain) == []
     assert _names(reg, champion) == ["step_00000002-val_loss_0.1000.ckpt"]
-    if hasattr(reg.backend, "get_meta"):
-        assert _names(reg, tagged) == ["last.ckpt", "step_00000002-val_loss_0.4000.ckpt"]
+    assert _names(reg, tagged) == ["last.ckpt", "step_00000002-val_loss_0.4000.ckpt"]
     assert _names(reg, live) == before[live]
     removed = json.loads(out)["removed"]
     assert all(os.path.basename(r["path"]) not in _names(reg, r["version"]) for r in removed)

@@ -7,7 +7,7 @@ import multiprocessing as mp
 from pathlib import Path
 
 import pytest
-from curate_support import checkpoint, cli, needs_meta, one_error_line, uri_fixture
+from curate_support import checkpoint, cli, one_error_line, uri_fixture
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -87,7 +87,6 @@ def test_tag_move_remove_and_references(
 ) -> None:
     root = tmp_path / "exp"
     reg = Registry(root, vk_uri)
-    needs_meta(reg)
     for _ in range(3):
         reg.allocate(config={"lr": 0.1})
     checkpoint(reg, 1, 10, 0.5)
@@ -133,7 +132,6 @@ def test_tag_move_remove_and_references(
 
 def test_references_resolve(tmp_path: Path) -> None:
     reg = Registry(tmp_path / "exp", "file")
-    needs_meta(reg)
     with pytest.raises(VersionNotFoundError, match="no versions yet"):
         refs.resolve_version(reg, "latest")
     for _ in range(2):
@@ -163,7 +161,6 @@ def test_concurrent_tag_moves_leave_one_holder_and_lose_nothing(
 ) -> None:
     root = tmp_path / "exp"
     reg = Registry(root, vk_uri)
-    needs_meta(reg)
     writers, rounds = 4, 5
     for _ in range(writers):
         reg.allocate()

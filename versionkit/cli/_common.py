@@ -90,28 +90,15 @@ def resolve(reg: Registry, ref: str) -> int:
 def iter_versions(
     reg: Registry, *, limit: int | None = None, newest_first: bool = False
 ) -> Iterator[VersionInfo]:
-    """``Registry.iter_versions`` where the registry has it, else a slice of ``list()``."""
-    native = getattr(reg, "iter_versions", None)
-    if callable(native):
-        yield from native(limit=limit, newest_first=newest_first)
-        return
-    versions = reg.list()
-    if newest_first:
-        versions.reverse()
-    yield from (versions if limit is None else versions[:limit])
+    """``Registry.iter_versions``: streamed, so ``--limit`` reads only what it shows."""
+    yield from reg.iter_versions(limit=limit, newest_first=newest_first)
 
 
 def tags_by_version(reg: Registry) -> dict[int, list[str]]:
-    """Tags per version; empty (not an error) on a backend without experiment metadata."""
+    """Tags per version, from the experiment's metadata."""
     from versionkit.curate.refs import tags_by_version as by_version
-    from versionkit.errors import RegistryError
 
-    if not hasattr(reg.backend, "get_meta"):
-        return {}
-    try:
-        return by_version(reg)
-    except RegistryError:
-        return {}
+    return by_version(reg)
 
 
 def comma_list(text: str, what: str) -> list[str]:

@@ -96,7 +96,7 @@ def _list_rows(reg: Registry, args: argparse.Namespace) -> Iterator[dict[str, An
     if args.tag is not None:
         from versionkit.curate.refs import lookup_tag
 
-        only = lookup_tag(reg, args.tag) if hasattr(reg.backend, "get_meta") else None
+        only = lookup_tag(reg, args.tag)
         if only is None:
             names = ", ".join(sorted({t for ts in tags.values() for t in ts})) or "none"
             raise VersionNotFoundError(f"no tag {args.tag!r} in {reg.root} (tags: {names})")
@@ -109,9 +109,9 @@ def _list_rows(reg: Registry, args: argparse.Namespace) -> Iterator[dict[str, An
             )
     newest_first = args.limit is not None
     filtered = statuses is not None or only is not None
-    versions = iter_versions(
-        reg, limit=None if filtered else args.limit, newest_first=newest_first
-    )
+    versions = (iter([reg.get(only)]) if only is not None else
+                iter_versions(reg, limit=None if filtered else args.limit,
+                              newest_first=newest_first))
     count = 0
     for v in versions:
         if only is not None and v.version != only:

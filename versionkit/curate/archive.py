@@ -410,7 +410,7 @@ def import_version(path: Path, registry: Registry) -> ImportResult:
             checkpoints.append({**item, "path": f"{prefix}/{name}"})
     patch = {k: v for k, v in record.items() if k not in _LOCAL_KEYS and k != "config"}
     patch["checkpoints"] = checkpoints
-    registry.backend.modify(n, lambda _r: patch)
+    registry.modify(n, lambda _r: patch)
     status = record.get("status")
     from versionkit.registry import STATUSES
 

@@ -205,7 +205,7 @@ def plan(
     sign = 1.0 if mode == "min" else -1.0
     cutoff = None if older_than_days is None else (
         (time.time() if now is None else now) - older_than_days * 86400.0)
-    tagged = tags_by_version(registry) if hasattr(registry.backend, "get_meta") else {}
+    tagged = tags_by_version(registry)
     result = GcPlan()
     scanned: dict[int, list[_Ckpt]] = {}
     infos: dict[int, VersionInfo] = {}
@@ -293,7 +293,7 @@ def apply(registry: Registry, todo: GcPlan) -> GcPlan:
                 if os.path.lexists(folder):
                     _delete(folder)
             stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
-            registry.backend.modify(n, _patcher({"removed_at": stamp, "checkpoints": []}))
+            registry.modify(n, _patcher({"removed_at": stamp, "checkpoints": []}))
             done.versions[n] = todo.versions[n]
             continue
         gone: list[Removal] = []
@@ -324,4 +324,4 @@ def _forget(registry: Registry, layout: Layout, n: int, gone: list[Removal]) -> 
         return {"checkpoints": kept} if len(kept) != len(items) else {}
 
     if rels:
-        registry.backend.modify(n, change)
+        registry.modify(n, change)

@@ -13,7 +13,7 @@ therefore must not look like a number or one of those keywords.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from versionkit.errors import ConfigError, RegistryError, VersionNotFoundError
@@ -68,13 +68,7 @@ def check_tag_name(name: str) -> str:
 
 
 def _meta(registry: Registry) -> dict[str, Any]:
-    get_meta = getattr(registry.backend, "get_meta", None)
-    if get_meta is None:
-        raise RegistryError(
-            f"the {registry.backend.describe()} backend keeps no experiment metadata, "
-            f"so it cannot hold tags"
-        )
-    meta = get_meta()
+    meta = registry.backend.get_meta()
     return dict(meta) if isinstance(meta, Mapping) else {}
 
 
@@ -105,12 +99,10 @@ def lookup_tag(registry: Registry, name: str) -> int | None:
     return _tags_of(_meta(registry)).get(name)
 
 
-def _modify_meta(registry: Registry, change: Any) -> dict[str, Any]:
-    modify_meta = getattr(registry.backend, "modify_meta", None)
-    if modify_meta is None:
-        _meta(registry)  # raises the clear error
-    result = modify_meta(change) if modify_meta is not None else {}
-    return dict(result) if isinstance(result, Mapping) else {}
+def _modify_meta(
+    registry: Registry, change: Callable[[dict[str, Any]], Mapping[str, Any]]
+) -> dict[str, Any]:
+    return dict(registry.backend.modify_meta(change))
 
 
 def set_tag(registry: Registry, name: str, version: int) -> int | None:
@@ -212,7 +204,7 @@ def resolve_version(registry: Registry, ref: str, *, metric: str = "val_loss",
             f"{text[:80]!r} is not a version reference: expected a version number (an integer "
             f">= 0), latest, best or a tag name"
         ) from None
-    held = lookup_tag(registry, text) if hasattr(registry.backend, "get_meta") else None
+    held = lookup_tag(registry, text)
     if held is None:
         raise VersionNotFoundError(
             f"{text!r} is not a version of {registry.root}: expected N, latest, best or a "
