@@ -197,3 +197,15 @@ def test_gc_racing_a_live_writer_loses_nothing_of_it(vk_uri: str, tmp_path: Path
     assert len(_names(reg, n)) == saves
     assert len(reg.get(n).record["checkpoints"]) == saves
     assert rounds >= 2
+
+
+def test_a_lease_decides_liveness_across_hosts(tmp_path: Path) -> None:
+    reg = Registry(tmp_path / "exp")
+    fresh = _finished(reg, [0.5, 0.6, 0.7])
+    stale = _finished(reg, [0.4, 0.6, 0.7])
+    for n, beat in ((fresh, time.time()), (stale, time.time() - 7200)):
+        reg.update(n, status="running", host="elsewhere", pid=123,
+                   lease={"host": "elsewhere", "pid": 123, "token": "t", "heartbeat": beat})
+    todo = gc.plan(reg, keep_best=0, keep_last=0)
+    assert todo.skipped == {"running": [fresh]}, "a recent heartbeat on another host is live"
+    assert {r.version for r in todo.checkpoints} == {stale}

@@ -4,8 +4,9 @@ Per version it keeps the ``keep_best`` best checkpoints by a metric and the
 ``keep_last`` most recent ones (``last.ckpt`` counts as the most recent), and, with
 ``older_than_days``, anything younger than that. Whatever the policy, it never touches:
 
-- a version that is running in a live process (or, on another host, any ``running``
-  version: its liveness cannot be checked from here), nor a folder without a record;
+- a version whose run is alive: its lease's holder lives (this host: the process
+  exists; another host: a recent heartbeat), or, without a lease, it is ``running`` and
+  not a dead process of this host; nor a folder without a record;
 - the best and the last checkpoint of a tagged version;
 - the experiment's best checkpoint (by the metric, and by ``val_loss`` too).
 
@@ -160,6 +161,14 @@ def _recent(ckpts: list[_Ckpt]) -> list[_Ckpt]:
 
 
 def _is_live(info: VersionInfo) -> bool:
+    """A run's lease says whether its holder lives (a heartbeat for other hosts); without
+    one, ``running`` counts as live unless its process is gone from this host."""
+    lease = info.record.get("lease")
+    if isinstance(lease, dict):
+        # Imported only here: versionkit.run pulls in the config machinery.
+        from versionkit.run.lease import DEFAULT_TIMEOUT_S, holder_alive
+
+        return holder_alive(lease, now=time.time(), timeout=DEFAULT_TIMEOUT_S)
     return info.status == "running" and not info.is_dead
 
 
