@@ -153,7 +153,7 @@ def main() -> None:
         args.versions, args.runs = 100, 1
     emit("python_import_versionkit_cli_process_s",
          process_time(["-c", "import versionkit.cli"], args.runs), "s")
-    with tempfile.TemporaryDirectory(prefix="vk-bench-curate-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="curate-bench-") as tmp:
         try:
             for name in args.backends.split(","):
                 bench(name.strip(), args, Path(tmp))
