@@ -209,3 +209,15 @@ def test_a_lease_decides_liveness_across_hosts(tmp_path: Path) -> None:
     todo = gc.plan(reg, keep_best=0, keep_last=0)
     assert todo.skipped == {"running": [fresh]}, "a recent heartbeat on another host is live"
     assert {r.version for r in todo.checkpoints} == {stale}
+
+
+def test_a_symlinked_checkpoint_loses_only_its_link(tmp_path: Path) -> None:
+    reg = Registry(tmp_path / "exp")
+    n = _finished(reg, [0.5, 0.6])
+    victim = tmp_path / "victim.bin"
+    victim.write_bytes(b"keep me")
+    (reg.checkpoint_dir(n) / "step_00000009-val_loss_0.9000.ckpt").symlink_to(victim)
+    done = gc.apply(reg, gc.plan(reg, keep_best=1, keep_last=1))
+    assert sorted(r.path.name for r in done.checkpoints) == [
+        "step_00000002-val_loss_0.6000.ckpt", "step_00000009-val_loss_0.9000.ckpt"]
+    assert victim.read_bytes() == b"keep me"
