@@ -172,7 +172,7 @@ def acquire_patch(
     return {**patch, "lease": lease.body(now)}
 
 
-def release_quietly(release: Callable[[], None]) -> None:
+def release_quietly(release: Callable[[], object]) -> None:
     """Run ``release``; a registry that became unreachable keeps the lease, which then
     expires with its holder."""
     with contextlib.suppress(RegistryError, OSError):
