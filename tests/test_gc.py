@@ -171,7 +171,7 @@ def test_gc_racing_a_live_writer_loses_nothing_of_it(vk_uri: str, tmp_path: Path
     started = tmp_path / "started"
     path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
     env = {**os.environ, "PYTHONPATH": path}
-    saves = 40
+    saves = 25
     writer = subprocess.Popen(
         [sys.executable, "-c", _WRITER, str(root), vk_uri, str(started), str(saves)], env=env
     )
