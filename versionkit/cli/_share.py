@@ -100,7 +100,7 @@ def cmd_gc(reg: Registry, args: argparse.Namespace, out: TextIO) -> int:
             return 1
     done = todo if args.dry_run else gc.apply(reg, todo)
     if args.json:
-        dump({"dry_run": bool(args.dry_run), **done.to_json()}, out)
+        dump({"dry_run": bool(args.dry_run), **done.to_json()}, out, indent=None)
     else:
         _print_plan(done, reg, args.dry_run, out)
     return 0

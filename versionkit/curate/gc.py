@@ -32,10 +32,16 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from versionkit.errors import ConfigError
-from versionkit.layout import CHECKPOINT_SUFFIX, LAST_CHECKPOINT, Layout
+from versionkit.layout import (
+    CHECKPOINT_SUFFIX,
+    CHECKPOINTS,
+    LAST_CHECKPOINT,
+    Layout,
+    version_dir_name,
+)
 
 if TYPE_CHECKING:
     from versionkit.registry import Registry, VersionInfo
@@ -83,8 +89,7 @@ class GcPlan:
         }
 
 
-@dataclass(frozen=True)
-class _Ckpt:
+class _Ckpt(NamedTuple):
     name: str
     step: int
     value: float | None  # the metric; None when unknown or NaN
@@ -104,20 +109,19 @@ def _size(path: str, st: os.stat_result) -> int:
     return total
 
 
-def _value(metrics: Any, metric: str) -> float | None:
-    if not isinstance(metrics, Mapping):
-        return None
+def _value(metrics: Mapping[str, Any], metric: str) -> float | None:
     value = metrics.get(metric)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return float(value) if math.isfinite(value) else None
 
 
 def _scan(layout: Layout, n: int, record: Mapping[str, Any], metric: str) -> list[_Ckpt]:
+    """Every ``*.ckpt`` in version n's folder: step and metrics as ``Registry.best`` reads
+    them (the record's entry wins over the file name), size and modification time."""
     from versionkit.registry import parse_checkpoint_name
 
-    folder = layout.checkpoint_dir(n)
-    prefix = f"{folder.relative_to(layout.root).as_posix()}/"
+    prefix = f"{CHECKPOINTS}/{version_dir_name(n)}/"
     recorded: dict[str, Mapping[str, Any]] = {}
     for item in record.get("checkpoints") or ():
         path = item.get("path") if isinstance(item, Mapping) else None
@@ -125,26 +129,31 @@ def _scan(layout: Layout, n: int, record: Mapping[str, Any], metric: str) -> lis
             recorded[path[len(prefix):]] = item
     found: list[_Ckpt] = []
     try:
-        entries = list(os.scandir(folder))
+        entries = list(os.scandir(layout.checkpoint_dir(n)))
     except (FileNotFoundError, NotADirectoryError):
         return found
     for entry in entries:
-        if not entry.name.endswith(CHECKPOINT_SUFFIX):
+        name = entry.name
+        if not name.endswith(CHECKPOINT_SUFFIX):
             continue
         try:
             st = entry.stat(follow_symlinks=False)
         except OSError:
             continue
-        step, named = parse_checkpoint_name(entry.name)
-        item = recorded.get(entry.name)
-        metrics: dict[str, Any] = dict(named)
-        if item is not None:
-            if isinstance(item.get("step"), int):
-                step = item["step"]
-            if isinstance(item.get("metrics"), Mapping):
-                metrics.update(item["metrics"])
-        found.append(_Ckpt(entry.name, step if step is not None else -1, _value(metrics, metric),
-                           _value(metrics, "val_loss"), _size(entry.path, st), st.st_mtime))
+        item = recorded.get(name)
+        step = item.get("step") if item is not None else None
+        metrics = item.get("metrics") if item is not None else None
+        if not isinstance(metrics, Mapping):
+            metrics = {}
+        if not isinstance(step, int) or metric not in metrics or "val_loss" not in metrics:
+            # Only what the record does not say is read from the name (the slow part).
+            named_step, named = parse_checkpoint_name(name)
+            metrics = {**named, **metrics}
+            if not isinstance(step, int):
+                step = named_step if named_step is not None else -1
+        size = st.st_size if stat.S_ISREG(st.st_mode) else _size(entry.path, st)
+        found.append(_Ckpt(name, step, _value(metrics, metric), _value(metrics, "val_loss"),
+                           size, st.st_mtime))
     return found
 
 
@@ -254,10 +263,11 @@ def plan(
         if n in tagged:
             keep |= {c.name for c in _best(ckpts, sign)[:1]} | {c.name for c in _recent(ckpts)[:1]}
         keep |= {name for m, name in protected if m == n}
+        folder = layout.checkpoint_dir(n)
         for c in sorted(ckpts, key=lambda c: (c.step, c.name)):
             if c.name in keep or (cutoff is not None and c.mtime >= cutoff):
                 continue
-            result.checkpoints.append(Removal(n, layout.checkpoint_dir(n) / c.name, c.bytes))
+            result.checkpoints.append(Removal(n, folder / c.name, c.bytes))
     return result
 
 
