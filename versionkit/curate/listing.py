@@ -21,6 +21,8 @@ MetricAt = tuple[float, int | None]
 
 
 def _finite(value: Any) -> float | None:
+    if type(value) is float:  # the common case, without the ABC machinery
+        return value if math.isfinite(value) else None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     value = float(value)
@@ -30,16 +32,25 @@ def _finite(value: Any) -> float | None:
 def best_of(
     record: Mapping[str, Any], metric: str = "val_loss", mode: str = "min"
 ) -> MetricAt | None:
-    """The best recorded checkpoint value of ``metric`` and its step (ties: the later step)."""
+    """The best recorded checkpoint value of ``metric`` and its step (ties: the later step).
+
+    Records are JSON (plain dicts and lists); this runs once per listed version.
+    """
     best: MetricAt | None = None
     sign = 1.0 if mode == "min" else -1.0
-    for item in record.get("checkpoints") or ():
-        if not isinstance(item, Mapping) or not isinstance(item.get("metrics"), Mapping):
+    items = record.get("checkpoints")
+    if type(items) is not list:
+        return None
+    for item in items:
+        metrics = item.get("metrics") if type(item) is dict else None
+        if type(metrics) is not dict:
             continue
-        value = _finite(item["metrics"].get(metric))
+        value = _finite(metrics.get(metric))
         if value is None:
             continue
-        step = item.get("step") if isinstance(item.get("step"), int) else None
+        step = item.get("step")
+        if type(step) is not int:
+            step = None
         if best is None or sign * value < sign * best[0] or (
             value == best[0] and (step or -1) > (best[1] or -1)
         ):
