@@ -126,7 +126,13 @@ def test_tag_move_remove_and_references(
         0, "removed tag prod (it named version 2)\n")
     code, _, err = run("tag", str(root), "--remove", "prod")
     assert code == 3 and "tags: winner" in one_error_line(err)
-    assert json.loads(run("tag", str(root), "--json")[1]) == {"winner": 1}
+    code, _, err = run("tag", str(root), "0", "winner", "--remove")
+    assert code == 2 and "names version 1, not 0" in one_error_line(err)
+    assert run("tag", str(root), "1", "winner", "--remove")[1] == (
+        "removed tag winner (it named version 1)\n")
+    assert run("tag", str(root), "2", "prod")[0] == 0
+    assert run("tag", str(root), "prod", "--remove")[0] == 0
+    assert json.loads(run("tag", str(root), "--json")[1]) == {}
 
 
 def test_references_resolve(tmp_path: Path) -> None:

@@ -25,7 +25,8 @@ def register(add: Adder) -> None:
     p.add_argument("items", nargs="*", metavar="[N] NAME",
                    help="N NAME tags version N (a number, latest, best or a tag); "
                    "no arguments lists the tags")
-    p.add_argument("--remove", metavar="NAME", default=None, help="drop tag NAME")
+    p.add_argument("--remove", metavar="NAME", nargs="?", const=True, default=None,
+                   help="drop a tag: ROOT --remove NAME, or ROOT [N] NAME --remove")
     p = add("note", "attach a free-text note to a version (an empty text clears it)")
     p.add_argument("items", nargs="+", metavar="[N] TEXT")
     p = add("status", "close a version allocated from a shell script")
@@ -52,14 +53,7 @@ def cmd_tag(reg: Registry, args: argparse.Namespace, out: TextIO) -> int:
 
     items: list[str] = list(args.items)
     if args.remove is not None:
-        if items or args.root_ref is not None:
-            raise UsageError("expected ROOT --remove NAME (no version)")
-        n = refs.remove_tag(reg, args.remove)
-        if args.json:
-            dump({"tag": args.remove, "version": n, "removed": True}, out)
-        else:
-            out.write(f"removed tag {args.remove} (it named version {n})\n")
-        return 0
+        return _untag(reg, args, out)
     if not items and args.root_ref is None:
         tags = refs.tags(reg)
         if args.json:
@@ -79,6 +73,31 @@ def cmd_tag(reg: Registry, args: argparse.Namespace, out: TextIO) -> int:
         out.write(f"tagged version {n} as {name}\n")
     else:
         out.write(f"moved tag {name} from version {previous} to version {n}\n")
+    return 0
+
+
+def _untag(reg: Registry, args: argparse.Namespace, out: TextIO) -> int:
+    from versionkit.curate import refs
+
+    items: list[str] = list(args.items)
+    if isinstance(args.remove, str):
+        if items or args.root_ref is not None:
+            raise UsageError("expected ROOT --remove NAME, or ROOT [N] NAME --remove")
+        name, expected = args.remove, None
+    elif len(items) == 1 and args.root_ref is None:
+        name, expected = items[0], None
+    else:
+        ref, name = _ref_and_value(args, "NAME")
+        expected = resolve(reg, ref)
+    if expected is not None:
+        held = refs.lookup_tag(reg, name)
+        if held is not None and held != expected:
+            raise UsageError(f"tag {name} names version {held}, not {expected}; nothing removed")
+    n = refs.remove_tag(reg, name)
+    if args.json:
+        dump({"tag": name, "version": n, "removed": True}, out)
+    else:
+        out.write(f"removed tag {name} (it named version {n})\n")
     return 0
 
 
