@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 from curate_support import checkpoint, cli, one_error_line, uri_fixture
+from hypothesis import given
+from hypothesis import strategies as st
 from test_train_helpers import FILTERS, write_tiny
 
-from versionkit.curate.archive import PREFIX
+from versionkit.curate.archive import PREFIX, ArchiveError, _check_name
 from versionkit.registry import Registry
 
 vk_uri = uri_fixture()
@@ -235,3 +237,22 @@ def test_export_import_then_inference(
                       "2", "--output_dir", str(tmp_path / "png")])
     assert rc == 0, capsys.readouterr().err
     assert len(list((tmp_path / "png").glob("*.png"))) >= 2
+
+
+_NAME_PARTS = st.sampled_from(
+    [PREFIX, "checkpoints", "logs", "..", ".", "", "a.ckpt", "x", "/", "\\\\", "manifest.json",
+     "config.yaml", "\x00", "~", "..."]
+)
+
+
+@given(st.lists(_NAME_PARTS, min_size=1, max_size=6), st.booleans())
+def test_an_accepted_member_name_stays_inside_the_version(parts: list[str], lead: bool) -> None:
+    name = ("/" if lead else "") + "/".join(parts)
+    try:
+        rel = _check_name(name)
+    except ArchiveError:
+        return
+    base = Path("/v/checkpoints/version_3")
+    target = Path(os.path.normpath(base / rel))
+    assert target == base or base in target.parents, (name, rel)
+    assert ".." not in rel.split("/") and not rel.startswith("/")
