@@ -90,9 +90,15 @@ def test_print_config_output_feeds_back_identically(tmp_path: Path) -> None:
     assert second.config.trainer.max_steps == 7 and second.config.optim.lr == 1e-3
 
 
-@pytest.mark.skipif(not (ROOT / "config" / "train_small.yaml").exists(),
-                    reason="config/train_small.yaml is not in this checkout")
+BUNDLED = {"train_small.yaml", "train_default.yaml", "fractalmar_in64.yaml",
+           "fractalar_in64.yaml", "fractalmar_base_in256.yaml", "fractalmar_large_in256.yaml",
+           "fractalmar_huge_in256.yaml"}
+
+
 def test_bundled_configs_are_valid_and_round_trip() -> None:
+    # An empty or missing folder must fail here, not turn into a silent skip.
+    found = {p.name for p in (ROOT / "config").glob("*.yaml")}
+    assert found >= BUNDLED, f"config/ lacks {sorted(BUNDLED - found)}"
     for path in sorted((ROOT / "config").glob("*.yaml")):
         loaded = parse_train_args(["--config", str(path)])
         assert load_yaml_text(TrainConfig, dump_config(loaded.config)) == loaded.config, path

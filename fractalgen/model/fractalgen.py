@@ -263,6 +263,7 @@ class FractalGen(nn.Module):
         cfg: float = 1.0,
         cfg_schedule: str = "linear",
         temperature: float = 1.0,
+        filter_threshold: float = 1e-4,
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """Generate images (runs in evaluation mode; the module's mode is restored).
@@ -279,6 +280,10 @@ class FractalGen(nn.Module):
                 ``"constant"``.
             temperature: Sampling temperature; pixel logits are DIVIDED by it (the
                 reference multiplies), so < 1 is sharper and > 1 more diverse.
+            filter_threshold: With guidance, pixel values whose class-conditional
+                probability is below this are not boosted by guidance (the reference's
+                filter; its evaluation commands use 1e-4, the default). 0 disables it; it
+                must lie in [0, 1].
             generator: Optional RNG on the model's device, for reproducible samples.
 
         Returns:
@@ -299,6 +304,8 @@ class FractalGen(nn.Module):
             raise ModelError(
                 f"temperature must be > 0 (logits are divided by it), got {temperature}"
             )
+        if not 0.0 <= filter_threshold <= 1.0:
+            raise ModelError(f"filter_threshold must be in [0, 1], got {filter_threshold}")
         self._check_generator(generator)
         dev = self.fake_latent.device
         if labels is not None:
@@ -327,7 +334,12 @@ class FractalGen(nn.Module):
 
                 def pixel(c: Tensor, cfg_i: float) -> Tensor:
                     px = self.pixel_head.sample(
-                        c, cfg=cfg_i, guided=guided, temperature=temperature, generator=generator
+                        c,
+                        cfg=cfg_i,
+                        guided=guided,
+                        temperature=temperature,
+                        filter_threshold=filter_threshold,
+                        generator=generator,
                     )
                     return px.reshape(-1, self.in_channels, 1, 1)
 
@@ -345,6 +357,7 @@ class FractalGen(nn.Module):
                     temperature=temperature,
                     generator=generator,
                     next_level=below,
+                    filter_threshold=filter_threshold,
                 )
                 return out
 
