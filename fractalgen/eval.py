@@ -240,10 +240,6 @@ def _sample(
 
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(settings.seed)
-    extra: dict[str, Any] = {}
-    threshold = getattr(sampling, "filter_threshold", None)
-    if threshold is not None and _takes_filter_threshold(model):
-        extra["filter_threshold"] = float(threshold)
     out: list[np.ndarray] = []
     for lo in range(0, n, settings.batch_size):
         hi = min(n, lo + settings.batch_size)
@@ -256,17 +252,11 @@ def _sample(
             cfg_schedule=str(sampling.cfg_schedule),
             temperature=temperature,
             generator=generator,
-            **extra,
+            filter_threshold=float(sampling.filter_threshold),
         )
         out.append(imgs.cpu().numpy())
         progress()
     return np.concatenate(out)
-
-
-def _takes_filter_threshold(model: Any) -> bool:
-    import inspect
-
-    return "filter_threshold" in inspect.signature(model.sample).parameters
 
 
 def resolve_num_iter(config: Any, settings: EvalSettings) -> list[int]:
@@ -315,7 +305,7 @@ def evaluate(
             "cfg_schedule": str(sampling.cfg_schedule),
             "temperature": temperature,
             "num_iter": num_iter,
-            "filter_threshold": getattr(sampling, "filter_threshold", None),
+            "filter_threshold": float(sampling.filter_threshold),
             "seed": settings.seed,
             "weights": loaded.weights,
         },
@@ -500,27 +490,17 @@ def _settings(args: argparse.Namespace) -> EvalSettings:
 
 
 def _locate(target: str) -> tuple[Path, Path | None, int | None]:
-    """(checkpoint file, experiment root or None, version or None)."""
+    """(checkpoint file, experiment root or None, version or None), as inference finds it:
+    a folder or ``ROOT@...`` gives the version's best checkpoint by ``val_loss``."""
     from fractalgen.sample import SampleError, pick_checkpoint
-    from versionkit.errors import RegistryError
-    from versionkit.registry import Registry
+    from versionkit.layout import Layout
 
-    if not Path(target).exists():
-        raise EvalError(
-            f"--checkpoint {target}: no such file or folder (expected a .ckpt file, a "
-            "checkpoints/version_N folder or an experiment folder)",
-            3,
-        )
     try:
         path, version = pick_checkpoint(target)
     except SampleError as exc:
-        code = 3 if "no checkpoint" in str(exc) else exc.exit_code
-        raise EvalError(str(exc), code) from None
-    try:
-        root, _ = Registry.locate(path)
-    except RegistryError:
-        root = None
-    return path, root, version
+        raise EvalError(str(exc), exc.exit_code) from None
+    located = Layout.locate(path) if version is not None else None
+    return path, (located[0] if located is not None else None), version
 
 
 def _run(args: argparse.Namespace) -> int:

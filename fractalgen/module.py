@@ -11,7 +11,6 @@ to TensorBoard at every validation.
 from __future__ import annotations
 
 import copy
-import inspect
 import math
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -303,9 +302,6 @@ class FractalGenModule(pl.LightningModule):
         model = self.eval_model
         was_training = model.training
         model.eval()
-        extra: dict[str, Any] = {}
-        if "filter_threshold" in inspect.signature(model.sample).parameters:
-            extra["filter_threshold"] = float(sampling.filter_threshold)
         devices = [self.device] if self.device.type == "cuda" else []
         chunks: list[Tensor] = []
         with torch.random.fork_rng(devices=devices):
@@ -323,7 +319,7 @@ class FractalGenModule(pl.LightningModule):
                         cfg_schedule=sampling.cfg_schedule,
                         temperature=sampling.temperature,
                         generator=generator,
-                        **extra,
+                        filter_threshold=float(sampling.filter_threshold),
                     ).cpu()
                 )
         model.train(was_training)

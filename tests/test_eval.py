@@ -20,8 +20,8 @@ from fractalgen import eval as fg_eval
 from fractalgen import train
 from fractalgen.data import build_datasets
 from fractalgen.sample import load_checkpoint
-from versionkit.lightning import RUN_ENV
 from versionkit.registry import Registry
+from versionkit.run import RUN_ENV
 
 pytestmark = [pytest.mark.filterwarnings(f) for f in FILTERS]
 
@@ -105,8 +105,10 @@ def test_the_judge_scores_what_the_samples_are(
         image, label = val_set[i]
         by_class.setdefault(label, []).append(image)
     shift = {"value": 0}
+    seen: list[float] = []
 
-    def fake_sample(n: int, labels: Any, **_: Any) -> torch.Tensor:
+    def fake_sample(n: int, labels: Any, **kwargs: Any) -> torch.Tensor:
+        seen.append(kwargs["filter_threshold"])
         wanted = [3] * n if labels is None else [(int(c) + shift["value"]) % 10 for c in labels]
         picks = [by_class[c][k % len(by_class[c])] for k, c in enumerate(wanted)]
         return (torch.stack(picks) * 255).round().to(torch.uint8)
@@ -118,6 +120,7 @@ def test_the_judge_scores_what_the_samples_are(
     assert right["digits"]["conditional"]["cfg1"]["accuracy"] >= 0.9
     uncond = right["digits"]["unconditional"]
     assert uncond["histogram"][3] >= 0.9 and uncond["min_class_fraction"] == 0.0
+    assert set(seen) == {loaded.config.sampling.filter_threshold}  # the config's, 1e-4
     shift["value"] = 1
     wrong = fg_eval.evaluate(loaded, settings)
     assert wrong["digits"]["conditional"]["cfg1"]["accuracy"] <= 0.1
@@ -164,8 +167,8 @@ def test_image_folders_get_the_nll_only(tmp_path: Path, capsys: pytest.CaptureFi
         (["--checkpoint", "{root}", "--cfg", "nan"], 2, "--cfg nan"),
         (["--checkpoint", "{root}", "--temperature", "0"], 2, "--temperature 0"),
         (["--checkpoint", "{root}", "--num_iter", "4,4,4"], 2, "--num_iter 4,4,4"),
-        (["--checkpoint", "{text}"], 2, "refusing to load"),
-        (["--checkpoint", "{empty}"], 3, "no checkpoint"),
+        (["--checkpoint", "{text}"], 2, "is not a readable checkpoint"),
+        (["--checkpoint", "{empty}"], 3, "has no versions yet"),
     ],
 )
 def test_mistakes_are_one_line_with_the_tables_exit_code(
