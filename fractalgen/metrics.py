@@ -207,6 +207,7 @@ def evaluate(
             "seed": settings.seed,
             "weights": loaded.weights,
         },
+        "dataset": str(config.data.dataset),
         "nll_bpd": None,
         "digits": None,
     }
@@ -323,7 +324,12 @@ def format_table(result: dict[str, Any]) -> str:
         )
     digits = result["digits"]
     if digits is None:
-        lines.append("digits       - (image folders: NLL only; FID needs Inception weights)")
+        why = (
+            "no samples asked for (--samples 0)"
+            if result.get("dataset") == "digits"
+            else "image folders: NLL only; FID needs Inception weights"
+        )
+        lines.append(f"digits       - ({why})")
         return "\n".join(lines)
     header = "class        " + " ".join(f"{c:>5d}" for c in range(10)) + "    all"
     lines.append("")

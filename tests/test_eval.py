@@ -155,6 +155,8 @@ def test_image_folders_get_the_nll_only(tmp_path: Path, capsys: pytest.CaptureFi
     result = json.loads(out)
     assert result["digits"] is None and len(result["nll_bpd"]["draws"]) == 2
     assert result["version"] is None  # a loose file: nothing to record into
+    code, out, _ = _run(capsys, "--checkpoint", str(ckpt), "--nll-draws", "1")
+    assert code == 0 and "NLL only; FID needs Inception weights" in out
 
 
 @pytest.mark.parametrize(
