@@ -234,7 +234,7 @@ def load_checkpoint(path: Path, *, weights: str = "auto", device: str = "cpu") -
     weights_state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     try:
         model = build_model(
-            config.model.model_dump(), in_channels=in_channels, num_classes=num_classes
+            config.model, in_channels=in_channels, num_classes=num_classes
         )
         model.load_state_dict(weights_state, strict=True)
     except (RuntimeError, ValueError, KeyError, TypeError) as exc:
