@@ -246,6 +246,7 @@ class MARLevel(nn.Module):
         temperature: float,
         generator: torch.Generator | None,
         next_level: NextLevel,
+        filter_threshold: float = 0.0,
     ) -> Tensor:
         """Generate by iterative unmasking on a cosine schedule (at least one patch a step).
 
@@ -259,6 +260,7 @@ class MARLevel(nn.Module):
             temperature: Divides the pixel logits (also of the guiding pixel).
             generator: Optional RNG on the model's device.
             next_level: Samples the patches of the next level.
+            filter_threshold: Guidance filter of the guiding pixel (see ``guide_logits``).
 
         Returns:
             Images (N, C, H, W) in [0, 1].
@@ -271,7 +273,12 @@ class MARLevel(nn.Module):
         pix: Tensor | None = None
         if self.guiding_head is not None:
             pix = self.guiding_head.sample(
-                cond, cfg=cfg, guided=guided, temperature=temperature, generator=generator
+                cond,
+                cfg=cfg,
+                guided=guided,
+                temperature=temperature,
+                filter_threshold=filter_threshold,
+                generator=generator,
             )
             if guided:
                 pix = torch.cat([pix, pix], dim=0)

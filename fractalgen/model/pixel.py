@@ -15,7 +15,13 @@ from torch import Tensor, nn
 
 from fractalgen.model.blocks import ViTBlock, init_weights
 
-__all__ = ["PixelHead", "channel_stats", "normalize_channels", "sample_categorical"]
+__all__ = [
+    "PixelHead",
+    "channel_stats",
+    "guide_logits",
+    "normalize_channels",
+    "sample_categorical",
+]
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -148,6 +154,7 @@ class PixelHead(nn.Module):
         cfg: float,
         guided: bool,
         temperature: float,
+        filter_threshold: float = 0.0,
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """Sample one pixel per condition, channel by channel.
@@ -158,6 +165,8 @@ class PixelHead(nn.Module):
             cfg: Guidance scale: logits are ``uncond + cfg * (cond - uncond)``.
             guided: Whether ``cond`` holds the doubled classifier-free-guidance batch.
             temperature: Logits are DIVIDED by it (the reference multiplies).
+            filter_threshold: With guidance, values whose conditional probability is below
+                it are not boosted by guidance (see :func:`guide_logits`); 0 disables it.
             generator: Optional RNG on the model's device.
 
         Returns:
@@ -165,19 +174,65 @@ class PixelHead(nn.Module):
         """
         c = cond[:, 0]
         n = c.shape[0] // 2 if guided else c.shape[0]
-        projected = self.cond_proj(c)
+        # Channel by channel, each token goes through the blocks once: the keys and values
+        # of the tokens before it are cached (the same causal attention as ``logits``).
+        caches: list[list[Tensor]] = [[] for _ in self.blocks]
         values = torch.zeros(n, self.in_channels, dtype=torch.long, device=c.device)
+        x = self.cond_proj(c)
         for i in range(self.in_channels):
-            known = values[:, :i]
+            x = self.ln(x)
+            for block, cache in zip(self.blocks, caches, strict=True):
+                x = block.step(x, cache)
+            h = self.norm(x)
+            with torch.autocast(device_type=h.device.type, enabled=False):
+                logits = torch.addmm(
+                    self.logit_bias[i].float(), h.float(), self.codebook[i].float().t()
+                )
+            if temperature != 1.0:
+                logits = logits / temperature
             if guided:
-                known = torch.cat([known, known], dim=0)
-            logits = self.logits(c, known, projected=projected)[:, i] / temperature
-            if guided:
-                cond_logits, uncond_logits = logits[:n], logits[n:]
-                logits = uncond_logits + cfg * (cond_logits - uncond_logits)
-            values[:, i] = sample_categorical(logits, generator)
+                logits = guide_logits(logits[:n], logits[n:], cfg, filter_threshold)
+            sampled = sample_categorical(logits, generator)
+            values[:, i] = sampled
+            if i + 1 < self.in_channels:
+                if guided:
+                    sampled = torch.cat([sampled, sampled])
+                x = self.codebook[i, sampled].to(x.dtype)
         # In the conditions' dtype (the model's): the guiding pixel feeds a Linear layer.
         return (values.float() / 255).to(c.dtype)
+
+
+def guide_logits(
+    cond_logits: Tensor, uncond_logits: Tensor, cfg: float, filter_threshold: float = 0.0
+) -> Tensor:
+    """Classifier-free guidance of (N, K) logits, with the reference's low-probability filter.
+
+    The guided logits are ``uncond + cfg * (cond - uncond)``. Before mixing, wherever the
+    conditional probability ``softmax(cond)`` is below ``filter_threshold`` the
+    unconditional logit is raised to ``max(uncond, cond - max(cond) + max(uncond))``:
+    a value the class-conditional model finds very unlikely then gains at most
+    ``max(cond) - max(uncond)`` from guidance, so a large ``cfg`` cannot promote it just
+    because the null class finds it even less likely. ``filter_threshold = 0`` is plain
+    guidance. (The reference applies it to the temperature-scaled logits; so does ours.)
+
+    Args:
+        cond_logits: Class-conditional logits (N, K).
+        uncond_logits: Null-class logits (N, K).
+        cfg: Guidance scale.
+        filter_threshold: Conditional-probability threshold of the filter.
+
+    Returns:
+        Guided logits (N, K).
+    """
+    if filter_threshold > 0:
+        low = torch.softmax(cond_logits, dim=-1) < filter_threshold
+        floor = (
+            cond_logits
+            - cond_logits.amax(dim=-1, keepdim=True)
+            + uncond_logits.amax(dim=-1, keepdim=True)
+        )
+        uncond_logits = torch.where(low, torch.maximum(uncond_logits, floor), uncond_logits)
+    return uncond_logits + cfg * (cond_logits - uncond_logits)
 
 
 def sample_categorical(logits: Tensor, generator: torch.Generator | None = None) -> Tensor:

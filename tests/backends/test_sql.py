@@ -37,6 +37,7 @@ from versionkit.errors import (
     VersionNotFoundError,
 )
 from versionkit.testing import BackendContractSuite
+from versionkit.testing_curate import CurateContract
 
 
 @pytest.fixture
@@ -60,6 +61,10 @@ def backend(uri: str, tmp_path: Path) -> Iterator[Callable[..., Backend]]:
     yield make
     for b in made:
         b.close()
+
+
+class TestSQLCurate(CurateContract):
+    """Tags, gc's record updates and imports, on SQLite and on PostgreSQL."""
 
 
 class TestSQLBackendContract(BackendContractSuite):

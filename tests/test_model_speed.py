@@ -1,0 +1,154 @@
+"""The model stays the same model while it gets faster, and the reference's CFG filter.
+
+``test_fixed_seed_model_keeps_its_losses_and_samples`` pins the loss, gradients, NLL and
+samples of three fixed-seed models to the values the code gave before any speed work
+(captured from main): fusing, caching and reordering must not change what is computed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import pytest
+import torch
+
+import fractalgen.model.pixel as pixel_mod
+from fractalgen.model import FractalGen
+from fractalgen.model.pixel import PixelHead
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+_CASES: dict[str, dict[str, Any]] = {
+    "mar3": {
+        "img_size_list": (16, 4, 1),
+        "embed_dim_list": (64, 32, 16),
+        "num_blocks_list": (2, 1, 1),
+        "num_heads_list": (4, 2, 2),
+        "generator_type_list": ("mar", "mar"),
+        "in_channels": 3,
+        "num_classes": 10,
+    },
+    "ar3": {
+        "img_size_list": (16, 4, 1),
+        "embed_dim_list": (64, 32, 16),
+        "num_blocks_list": (2, 1, 1),
+        "num_heads_list": (4, 2, 2),
+        "generator_type_list": ("ar", "ar"),
+        "in_channels": 3,
+        "num_classes": 10,
+    },
+    # Three levels, mixed types, one channel, guiding pixel on the level below the top.
+    "gp1": {
+        "img_size_list": (8, 4, 2, 1),
+        "embed_dim_list": (32, 32, 16, 16),
+        "num_blocks_list": (1, 1, 1, 1),
+        "num_heads_list": (2, 2, 2, 2),
+        "generator_type_list": ("mar", "ar", "mar"),
+        "in_channels": 1,
+        "num_classes": 10,
+        "guiding_pixel": True,
+    },
+}
+
+# Captured from main (commit 3f6d7f6) before the speed work; samples as sha256 prefixes.
+_PINNED: dict[str, dict[str, Any]] = {
+    "mar3": {
+        "loss": 5.545775890350342,
+        "grad_abs_sum": 13.002686181201842,
+        "nll": 8.002978324890137,
+        "cond": "1d2ffe1f30252425",
+        "cfg": "43b00de545c39ab4",
+        "uncond": "55d88d7e0d72c89f",
+    },
+    "ar3": {
+        "loss": 5.5497355461120605,
+        "grad_abs_sum": 11.052611536680946,
+        "nll": 8.003994941711426,
+        "cond": "a909747ec5d5ac46",
+        "cfg": "880c1d6d6c9de1d6",
+        "uncond": "45f0fee8bb2e255a",
+    },
+    "gp1": {
+        "loss": 11.12392807006836,
+        "grad_abs_sum": 506.48569548316215,
+        "nll": 16.038936614990234,
+        "cond": "07acb1263eec2e39",
+        "cfg": "d2b0512fce8fd5fc",
+        "uncond": "147be537a3297716",
+    },
+}
+
+
+def _model(name: str) -> FractalGen:
+    torch.manual_seed(0)
+    return FractalGen(**_CASES[name])
+
+
+def _figures(name: str) -> dict[str, Any]:
+    model = _model(name)
+    size, channels = model.img_size_list[0], model.in_channels
+    imgs = (torch.rand(4, channels, size, size) * 255).round() / 255
+    labels = torch.tensor([0, 3, 7, 9])
+    model.train()
+    torch.manual_seed(1)  # dropout, label drop, masks
+    loss = model(imgs, labels)
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    out: dict[str, Any] = {
+        "loss": loss.item(),
+        "grad_abs_sum": sum(float(g.double().abs().sum()) for g in grads),
+        "nll": model.nll_bpd(imgs, generator=torch.Generator().manual_seed(2)).item(),
+    }
+    iters = [3] * len(model.levels)
+    runs: dict[str, dict[str, Any]] = {
+        "cond": {"labels": labels},
+        # filter_threshold 0: main had no filter; the filter is tested on its own below.
+        "cfg": {"labels": labels, "cfg": 3.0, "filter_threshold": 0.0},
+        "uncond": {"labels": None, "temperature": 0.9},
+    }
+    for key, kwargs in runs.items():
+        gen = torch.Generator().manual_seed(3)
+        imgs_out = model.sample(4, num_iter_list=iters, generator=gen, **kwargs)
+        out[key] = hashlib.sha256(imgs_out.numpy().tobytes()).hexdigest()[:16]
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(_CASES))
+def test_fixed_seed_model_keeps_its_losses_and_samples(name: str) -> None:
+    got = _figures(name)
+    want = _PINNED[name]
+    for key in ("loss", "nll"):
+        assert got[key] == pytest.approx(want[key], rel=1e-5), key
+    assert got["grad_abs_sum"] == pytest.approx(want["grad_abs_sum"], rel=1e-4)
+    for key in ("cond", "cfg", "uncond"):
+        assert got[key] == want[key], f"{key} samples changed"
+
+
+@pytest.mark.parametrize("guided", [False, True])
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_cached_pixel_sampler_equals_the_full_causal_pass(
+    channels: int, guided: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cached channel-by-channel sampler sees the logits of a full causal pass."""
+    torch.manual_seed(0)
+    head = PixelHead(cond_dim=8, width=16, depth=2, num_heads=2, in_channels=channels).eval()
+    for p in head.parameters():  # trained-looking weights, not the near-zero init
+        p.data.normal_(0, 0.5)
+    cond = torch.randn(12 if guided else 6, 5, 8)
+    seen: list[torch.Tensor] = []
+    real = pixel_mod.sample_categorical
+
+    def spy(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        seen.append(logits)
+        return real(logits, generator)
+
+    monkeypatch.setattr(pixel_mod, "sample_categorical", spy)
+    with torch.no_grad():
+        out = head.sample(cond, cfg=2.5, guided=guided, temperature=0.7)
+        values = (out * 255).round().long()
+        known = torch.cat([values, values]) if guided else values
+        full = head.logits(cond[:, 0], known[:, :-1]) / 0.7
+    if guided:
+        full = pixel_mod.guide_logits(full[:6], full[6:], 2.5)
+    torch.testing.assert_close(torch.stack(seen, 1), full, atol=1e-5, rtol=1e-5)
