@@ -361,12 +361,12 @@ def test_every_spelling_resolves(exp: Registry) -> None:
     assert resolve_target("outputs/exp@best").checkpoint == ck0 / "last.ckpt"
 
 
-def test_tags_come_from_the_registry_meta(exp: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
-    from versionkit.backends.file import FileBackend
-
-    monkeypatch.setattr(FileBackend, "get_meta", lambda self: {"tags": {"keep": 0}},
-                        raising=False)
+def test_tags_come_from_the_registry_meta(exp: Registry) -> None:
+    exp.backend.modify_meta(lambda meta: {"tags": {"keep": 0}})
     assert resolve_target("outputs/exp@keep").version == 0
+    assert resolve_target("outputs/exp@keep", want_checkpoint="best").checkpoint == Path(
+        "outputs/exp/checkpoints/version_0/step_00000002-val_loss_0.5000.ckpt"
+    )
     with pytest.raises(TargetNotFoundError, match=r"no tag 'nope' .*tags: keep"):
         resolve_target("outputs/exp@nope")
 
