@@ -127,3 +127,34 @@ def test_resume_after_a_real_sigkill(workdir: Path, capsys: pytest.CaptureFixtur
     assert info.record["lease"] is None
     blob = torch.load(root / "checkpoints" / "version_0" / "last.ckpt", weights_only=True)
     assert blob["global_step"] == target
+
+
+@pytest.mark.slow
+def test_train_api_for_sweeps_records_extra_and_reports_the_result(workdir: Path) -> None:
+    import pytorch_lightning as pl
+
+    from fractalgen.config import TrainConfig
+    from fractalgen.train import train
+    from versionkit.config import load_config
+    from versionkit.run import RunPruned
+
+    lines: list[str] = []
+    loaded = load_config(TrainConfig, ["--config", "config/tiny.yaml", "--max_steps", "2"])
+    result = train(loaded, extra={"sweep": {"study": "s", "trial": 0}}, printer=lines.append)
+    reg = Registry(workdir / "outputs" / "tiny")
+    best = reg.best("val_loss", "min", version=0)
+    assert best is not None and result.version == 0 and result.status == "completed"
+    assert (result.best_metric, result.best_step) == (best.metrics["val_loss"], 2)
+    assert result.checkpoint_dir == Path("outputs/tiny/checkpoints/version_0")
+    assert lines[0] == "✓ Experiment version: 0" and lines[-1].startswith("✓ Best checkpoint: ")
+    assert reg.get(0).record["sweep"] == {"study": "s", "trial": 0}
+
+    class Prune(pl.Callback):
+        def on_validation_end(self, trainer: Any, module: Any) -> None:
+            raise RunPruned("hopeless")
+
+    with pytest.raises(RunPruned):
+        train(loaded, callbacks=[Prune()], printer=lines.append)
+    info = reg.get(1)
+    assert info.status == "pruned" and info.record["lease"] is None
+    assert (reg.checkpoint_dir(1) / "last.ckpt").is_file()
