@@ -289,7 +289,9 @@ _RESUMER = textwrap.dedent(
         print("busy:", exc)
         sys.exit(1)
     print("running", flush=True)
-    time.sleep(3)
+    deadline = time.monotonic() + 60
+    while not go.with_name("release").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)  # hold the version until the test has seen the other one refused
     run.finish("completed")
     """
 )
@@ -317,6 +319,10 @@ def test_two_resumes_started_together_exactly_one_runs(
     ]
     time.sleep(0.5)  # both imported and waiting: release them together
     go.touch()
+    deadline = time.monotonic() + 60
+    while all(p.poll() is None for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.01)  # one of them must give up while the other holds the version
+    (tmp_path / "release").touch()
     results = [p.communicate(timeout=60) for p in procs]
     codes = sorted(p.returncode for p in procs)
     assert codes == [0, 1], results
