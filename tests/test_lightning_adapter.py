@@ -218,3 +218,30 @@ def test_progress_bar_counts_steps_from_the_resumed_one(tmp_path: Path) -> None:
     # the 4 steps this process ran
     assert (bar.n, bar.total, bar.initial) == (10, 10, 6)
     assert bars[0].get_metrics(trainer, None)["v_num"] == run.version
+
+
+def test_mistakes_in_build_trainer_and_fit_are_one_clear_error(tmp_path: Path) -> None:
+    from versionkit.errors import ConfigError
+
+    run = new_run(tmp_path / "exp")
+    pl = pl_module("pytorch_lightning")
+    for kwargs, needle in (
+        ({"lightning": "keras"}, "lightning='keras': expected one of"),
+        ({"mode": "median"}, "mode: expected 'min' or 'max'"),
+        ({"logger": False}, "drop logger="),
+        ({"enable_checkpointing": False}, "save_top_k=0"),
+        (
+            {"lightning": "lightning", "callbacks": [pl.Callback()]},
+            "Callback is a pytorch_lightning object but the trainer is lightning's",
+        ),
+    ):
+        with pytest.raises(ConfigError, match=needle):
+            build_trainer(run, **kwargs)
+    trainer = build_trainer(run, **trainer_kwargs())
+    with pytest.raises(ConfigError, match="lightning='lightning'"):
+        fit(run, trainer, toy_class("lightning")(), *loaders())
+    plain = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    with pytest.raises(ConfigError, match=r"not made by versionkit\.lightning\.build_trainer"):
+        fit(run, plain, toy_class("pytorch_lightning")(), *loaders())
+    assert not list(run.checkpoint_dir.glob("*.ckpt"))
+    assert run.registry.get(run.version).status == "failed"
