@@ -151,3 +151,18 @@ def test_train_api_for_sweeps_records_extra_and_reports_the_result(workdir: Path
     info = reg.get(1)
     assert info.status == "pruned" and info.record["lease"] is None
     assert (reg.checkpoint_dir(1) / "last.ckpt").is_file()
+
+
+def test_a_version_without_a_checkpoint_cannot_be_resumed(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    reg = Registry(workdir / "outputs" / "tiny")
+    reg.allocate()  # killed before its first checkpoint
+    before = reg.get(0).record
+    assert main(["--resume", "outputs/tiny", "--max_steps", "9"]) == 3
+    err = capsys.readouterr().err
+    assert err == (
+        "error: --resume outputs/tiny: outputs/tiny/checkpoints/version_0 holds no checkpoint "
+        "(.ckpt) to start from\n"
+    )
+    assert reg.get(0).record == before
