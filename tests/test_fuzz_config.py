@@ -93,7 +93,7 @@ def test_any_command_line(argv: list[str]) -> None:
     try:
         loaded = parse_train_args(argv)
     except ConfigError as exc:
-        assert_clear(exc, "--", "flag", "argument", "schema default")
+        assert_clear(exc, "--", "flag", "argument", "schema default", "config file")
     else:
         assert_sane(loaded.config)
 
@@ -106,7 +106,7 @@ def test_any_one_flag(name: str, value: str, inline: bool) -> None:
     try:
         loaded = parse_train_args(argv)
     except ConfigError as exc:
-        assert_clear(exc, "--", "flag", "argument", "schema default")
+        assert_clear(exc, "--", "flag", "argument", "schema default", "config file")
     else:
         assert_sane(loaded.config)
 
