@@ -11,7 +11,6 @@ to TensorBoard at every validation.
 from __future__ import annotations
 
 import copy
-import inspect
 import math
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -303,9 +302,6 @@ class FractalGenModule(pl.LightningModule):
         model = self.eval_model
         was_training = model.training
         model.eval()
-        extra: dict[str, Any] = {}
-        if "filter_threshold" in inspect.signature(model.sample).parameters:
-            extra["filter_threshold"] = float(sampling.filter_threshold)
         devices = [self.device] if self.device.type == "cuda" else []
         chunks: list[Tensor] = []
         with torch.random.fork_rng(devices=devices):
@@ -323,7 +319,7 @@ class FractalGenModule(pl.LightningModule):
                         cfg_schedule=sampling.cfg_schedule,
                         temperature=sampling.temperature,
                         generator=generator,
-                        **extra,
+                        filter_threshold=float(sampling.filter_threshold),
                     ).cpu()
                 )
         model.train(was_training)
@@ -420,26 +416,40 @@ class FractalGenModule(pl.LightningModule):
             self._rng_to_restore = None
 
     def on_train_start(self) -> None:
-        """Restore the RNG states of the checkpoint we resumed from, or split them per rank.
+        """Split the RNG per rank at a fresh start (a resume restores each rank's own).
 
         Under DDP every rank starts from the same seed; like the reference (seed + rank),
         each rank then draws its own masks, orders, dropout and label drops. The per-rank
         seed comes from the shared stream, so a run stays reproducible for a given
-        world size. A resume with the world size it was saved with gives each rank its own
-        saved states back (bitwise the uninterrupted run); with another world size,
-        rank 0's saved state is re-split as at a fresh start.
+        world size.
+        """
+        if self._rng_to_restore is None:
+            self._split_rng_per_rank()
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """At the first batch of a resumed run, put back this rank's saved RNG states.
+
+        Here and not earlier: setting up the resumed run draws random numbers the
+        uninterrupted run did not, and the run's adapter callback puts back rank 0's
+        states at this hook (callbacks run before the module), which only suits rank 0.
+        With the world size it was saved with, each rank gets its own states back
+        (bitwise the uninterrupted run); with another, rank 0's state is re-split.
         """
         saved, self._rng_to_restore = self._rng_to_restore, None
+        if saved is None:
+            return
         world, rank = int(self.trainer.world_size), int(self.global_rank)
-        if saved is not None:
-            cpu, cuda = list(saved.get("cpu") or []), list(saved.get("cuda") or [])
-            if int(saved.get("world_size", 1)) == world and len(cpu) == world:
-                torch.set_rng_state(cpu[rank].clone())
-                if self.device.type == "cuda" and len(cuda) == world:
-                    torch.cuda.set_rng_state(cuda[rank].clone(), self.device)
-                return
-            if cpu:
-                torch.set_rng_state(cpu[0].clone())
-        if world > 1:
+        cpu, cuda = list(saved.get("cpu") or []), list(saved.get("cuda") or [])
+        if int(saved.get("world_size", 1)) == world and len(cpu) == world:
+            torch.set_rng_state(cpu[rank].clone())
+            if self.device.type == "cuda" and len(cuda) == world:
+                torch.cuda.set_rng_state(cuda[rank].clone(), self.device)
+            return
+        if cpu:
+            torch.set_rng_state(cpu[0].clone())
+        self._split_rng_per_rank()
+
+    def _split_rng_per_rank(self) -> None:
+        if self.trainer.world_size > 1:
             base = int(torch.randint(0, 2**62, (1,)).item())  # same on every rank
-            torch.manual_seed((base + 1_000_003 * rank) % 2**63)
+            torch.manual_seed((base + 1_000_003 * self.global_rank) % 2**63)

@@ -367,6 +367,7 @@ def _run(args: argparse.Namespace) -> int:
             cfg_schedule=schedule,
             temperature=temperature,
             generator=generator,
+            filter_threshold=float(sampling.filter_threshold),
         )
         images.append(imgs.cpu())
     stacked = torch.cat(images).numpy()

@@ -255,6 +255,30 @@ def test_filter_threshold_and_random_flip_are_fields_and_flags() -> None:
     assert "sampling.filter_threshold" in error("--filter_threshold", "-1e-4")
 
 
+def test_the_validation_grid_samples_with_the_configs_filter_threshold(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import torch
+
+    from fractalgen.module import FractalGenModule
+
+    config = TrainConfig.model_validate(
+        {"model": {"embed_dim_list": [16, 8, 8], "num_blocks_list": [1, 1, 1],
+                   "num_heads_list": [2, 1, 1]},
+         "sampling": {"filter_threshold": 0.003, "num_images": 2, "num_iter_list": [1, 1]}}
+    )
+    module = FractalGenModule(config.model_dump(mode="json"), in_channels=1, num_classes=10)
+    seen: list[float] = []
+
+    def fake(n: int, labels: object, **kwargs: float) -> torch.Tensor:
+        seen.append(kwargs["filter_threshold"])
+        return torch.zeros(n, 1, 8, 8, dtype=torch.uint8)
+
+    monkeypatch.setattr(module.model, "sample", fake)
+    module.sample_grid()
+    assert seen == [0.003]
+
+
 def test_model_settings_are_defined_and_validated_once() -> None:
     """ModelConfig is the model's one list of settings: the model takes exactly its fields,
     its defaults, and its validation (a CLI user and a Python caller get the same rule)."""
