@@ -90,17 +90,21 @@ def _preset(name: str, gen: str) -> tuple[dict[str, Any], list[int], int, int]:
 
 
 def _median_time(
-    fn: Callable[[], object], steps: int, warmup: int, sync: Callable[[], None]
+    fn: Callable[[], object],
+    steps: int,
+    warmup: int,
+    sync: Callable[[], None],
+    clock: Callable[[], float] = time.perf_counter,
 ) -> float:
     for _ in range(warmup):
         fn()
     sync()
     times = []
     for _ in range(steps):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
         sync()
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return statistics.median(times)
 
 
@@ -237,6 +241,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds with --reference")
     ap.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall: elapsed time; cpu: this process's CPU time, steadier on a shared machine\n"
+        "(use it with --threads 1; GPU runs always use wall time)",
+    )
+    ap.add_argument(
         "--profile",
         action="store_true",
         help="print a torch.profiler table of our train step and sampling to stderr",
@@ -247,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--steps and --rounds must be >= 1 and --warmup >= 0")
 
     dev = torch.device(args.device)
+    use_cpu_clock = args.clock == "cpu" and dev.type == "cpu"
+    clock = time.process_time if use_cpu_clock else time.perf_counter
     if dev.type == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but torch sees no CUDA device", file=sys.stderr)
         return 1
@@ -318,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
             device=str(dev),
             bf16=args.bf16,
             threads=torch.get_num_threads(),
+            clock="cpu" if use_cpu_clock else "wall",
         )
 
     for r in runners:
@@ -339,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(rounds):
             order = runners if i % 2 == 0 else runners[::-1]
             for r in order:
-                per_round[r.name].append(_median_time(getattr(r, attr), steps, warm, sync))
+                per_round[r.name].append(_median_time(getattr(r, attr), steps, warm, sync, clock))
         ours = statistics.median(per_round["ours"])
         emit(figure, ours, "s")
         if attr == "train_step":

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "Attention",
+    "Dropout",
     "KVCache",
     "LlamaBlock",
     "Mlp",
@@ -48,6 +49,27 @@ def init_weights(module: nn.Module) -> None:
             nn.init.ones_(module.weight)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` that draws the very same mask from the same RNG state, faster on CPU.
+
+    On CPU, ``F.dropout`` keeps an element where ``bernoulli_(1 - p)`` draws 1, and that
+    draw is a float64 uniform compared with ``1 - p``: drawing the uniforms with
+    ``torch.rand`` and comparing gives the identical mask (and leaves the generator in the
+    identical state) in about half the time. Elsewhere ``F.dropout`` runs as usual.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Zero each element with probability ``p`` in training mode, scale the rest."""
+        if not self.training or self.p == 0.0 or x.device.type != "cpu" or self.inplace:
+            out: Tensor = super().forward(x)
+            return out
+        keep = 1.0 - self.p
+        if keep == 0.0:
+            return x * 0.0
+        noise = (torch.rand(x.shape, dtype=torch.float64) < keep).to(x.dtype).div_(keep)
+        return x * noise
 
 
 class RMSNorm(nn.Module):
@@ -92,7 +114,7 @@ class SwiGLU(nn.Module):
         self.w1 = nn.Linear(dim, hidden, bias=False)
         self.w3 = nn.Linear(dim, hidden, bias=False)
         self.w2 = nn.Linear(hidden, dim, bias=False)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         """Apply the feed-forward."""
@@ -114,9 +136,9 @@ class Mlp(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.act = nn.GELU()
-        self.drop1 = nn.Dropout(dropout)
+        self.drop1 = Dropout(dropout)
         self.fc2 = nn.Linear(hidden, dim)
-        self.drop2 = nn.Dropout(dropout)
+        self.drop2 = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         """Apply the MLP."""
@@ -151,7 +173,7 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.attn_dropout = attn_dropout
         self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_dropout)
+        self.proj_drop = Dropout(proj_dropout)
 
     def forward(self, x: Tensor, *, causal: bool = False) -> Tensor:
         """Attend over the sequence ``x`` of shape (B, N, D)."""
@@ -325,7 +347,7 @@ class LlamaBlock(nn.Module):
         self.attention_norm = RMSNorm(dim)
         self.wqkv = nn.Linear(dim, 3 * dim, bias=False)
         self.wo = nn.Linear(dim, dim, bias=False)
-        self.resid_dropout = nn.Dropout(dropout)
+        self.resid_dropout = Dropout(dropout)
         self.ffn_norm = RMSNorm(dim)
         self.feed_forward = SwiGLU(dim, dropout)
 

@@ -182,15 +182,23 @@ class MARLevel(nn.Module):
         out: Tensor = x[:, self.num_prefix :]
         return out
 
-    def gather_conds(self, out: Tensor, rows: Tensor, pos: Tensor) -> Tensor:
-        """Five conditions (M, 5, d) of patches ``pos`` of batch rows ``rows`` (both (M,))."""
+    def gather_conds(self, out: Tensor, rows: Tensor, pos: Tensor, count: int = 5) -> Tensor:
+        """Conditions (M, count, d) of patches ``pos`` of batch rows ``rows`` (both (M,)):
+        own, top, right, bottom, left, the first ``count`` of them (1 to 5)."""
         n, seq, d = out.shape
+        if count == 1:  # only the patch's own token: no zero row needed
+            return out.reshape(n * seq, d)[rows * seq + pos].unsqueeze(1)
         padded = F.pad(out, (0, 0, 0, 1)).reshape(n * (seq + 1), d)
-        index = rows.unsqueeze(1) * (seq + 1) + self.nbr[pos]
+        index = rows.unsqueeze(1) * (seq + 1) + self.nbr[pos, :count]
         return padded[index]
 
     def forward(
-        self, imgs: Tensor, cond: Tensor, generator: torch.Generator | None = None
+        self,
+        imgs: Tensor,
+        cond: Tensor,
+        generator: torch.Generator | None = None,
+        *,
+        out_conds: int = _NUM_OUT_CONDS,
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         """Training/evaluation pass: only masked patches go down to the next level.
 
@@ -201,10 +209,12 @@ class MARLevel(nn.Module):
             imgs: Images (N, C, H, W) in [0, 1].
             cond: Conditions (N, k, cond_dim).
             generator: Optional RNG for the random order and counts (model's device).
+            out_conds: How many of the five conditions the next level reads (1 to 5);
+                only those are gathered.
 
         Returns:
-            Masked patches (M, C, p, p), their conditions (M, 5, d), and the guiding-pixel
-            loss (None without a guiding pixel).
+            Masked patches (M, C, p, p), their conditions (M, out_conds, d), and the
+            guiding-pixel loss (None without a guiding pixel).
         """
         n = imgs.shape[0]
         dev = imgs.device
@@ -233,7 +243,7 @@ class MARLevel(nn.Module):
         out = self.predict(patches, mask, cond, pix)
         p = self.patch_size
         child = patches[rows, pos].reshape(-1, self.in_channels, p, p)
-        return child, self.gather_conds(out, rows, pos), aux
+        return child, self.gather_conds(out, rows, pos, out_conds), aux
 
     def sample(
         self,
@@ -247,6 +257,7 @@ class MARLevel(nn.Module):
         generator: torch.Generator | None,
         next_level: NextLevel,
         filter_threshold: float = 0.0,
+        out_conds: int = _NUM_OUT_CONDS,
     ) -> Tensor:
         """Generate by iterative unmasking on a cosine schedule (at least one patch a step).
 
@@ -261,6 +272,7 @@ class MARLevel(nn.Module):
             generator: Optional RNG on the model's device.
             next_level: Samples the patches of the next level.
             filter_threshold: Guidance filter of the guiding pixel (see ``guide_logits``).
+            out_conds: How many of the five conditions the next level reads.
 
         Returns:
             Images (N, C, H, W) in [0, 1].
@@ -303,7 +315,7 @@ class MARLevel(nn.Module):
                 out = self.predict(patches, mask, cond, pix)
                 pred2 = pred
             rows = torch.arange(n2, device=dev).repeat_interleave(pred.shape[1])
-            conds = self.gather_conds(out, rows, pred2.reshape(-1))
+            conds = self.gather_conds(out, rows, pred2.reshape(-1), out_conds)
             cfg_iter = 1 + (cfg - 1) * (seq - mask_len) / seq if cfg_schedule == "linear" else cfg
             sampled = next_level(conds, cfg_iter).reshape(n, -1, dim).to(patches.dtype)
             patches.scatter_(1, pred.unsqueeze(-1).expand(-1, -1, dim), sampled)
