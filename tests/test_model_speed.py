@@ -17,6 +17,7 @@ import torch.nn.functional as F
 import fractalgen.model.pixel as pixel_mod
 from fractalgen.model import FractalGen
 from fractalgen.model.blocks import Dropout
+from fractalgen.model.mar import MARLevel
 from fractalgen.model.pixel import PixelHead
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -187,3 +188,28 @@ def test_fast_dropout_draws_the_same_mask_as_torch(dtype: torch.dtype, p: float)
     (wx,) = torch.autograd.grad(want.sum(), x)
     assert torch.equal(gx, wx)
     assert torch.equal(Dropout(p).eval()(x), x)
+
+
+@pytest.mark.parametrize("guiding", [False, True])
+def test_mar_predict_for_some_patches_equals_the_full_pass(guiding: bool) -> None:
+    torch.manual_seed(0)
+    level = MARLevel(
+        seq_len=16,
+        patch_size=2,
+        in_channels=3,
+        cond_dim=8,
+        embed_dim=32,
+        num_blocks=2,
+        num_heads=4,
+        guiding_pixel=guiding,
+    ).eval()
+    patches = torch.rand(5, 16, 12)
+    mask = torch.rand(5, 16) < 0.5
+    cond = torch.randn(5, 5, 8)
+    pix = torch.rand(5, 3) if guiding else None
+    query = torch.argsort(torch.rand(5, 16), dim=1)[:, :3]
+    with torch.no_grad():
+        full = level.predict(patches, mask, cond, pix)
+        some = level.predict(patches, mask, cond, pix, query=query)
+    want = full.gather(1, query.unsqueeze(-1).expand(-1, -1, 32))
+    torch.testing.assert_close(some, want, atol=1e-5, rtol=1e-5)

@@ -247,6 +247,31 @@ class ViTBlock(nn.Module):
         y: Tensor = x + self.mlp(self.norm2(x))
         return y
 
+    def forward_queries(self, x: Tensor, query: Tensor) -> Tensor:
+        """Inference (no dropout) of a bidirectional block for some tokens only.
+
+        Args:
+            x: All tokens (B, N, D): the keys and values.
+            query: Token indices (B, q) whose outputs are wanted.
+
+        Returns:
+            The block's outputs at ``query`` (B, q, D): those of :meth:`forward`.
+        """
+        if self.causal:
+            raise ValueError("forward_queries is for bidirectional blocks")
+        b, n, d = x.shape
+        attn = self.attn
+        index = query.unsqueeze(-1)
+        qkv = attn.qkv(self.norm1(x)).view(b, n, 3, attn.num_heads, attn.head_dim)
+        q = qkv[:, :, 0].gather(1, index.unsqueeze(-1).expand(-1, -1, *qkv.shape[-2:]))
+        q, k, v = q.transpose(1, 2), qkv[:, :, 1].transpose(1, 2), qkv[:, :, 2].transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v)
+        h = x.gather(1, index.expand(-1, -1, d))
+        h = h + attn.proj(out.transpose(1, 2).reshape(b, -1, d))
+        mlp = self.mlp
+        y: Tensor = h + mlp.fc2(mlp.act(mlp.fc1(self.norm2(h))))
+        return y
+
     def step(self, x: Tensor, cache: list[Tensor]) -> Tensor:
         """Inference (no dropout) of a causal block on one new token per row ``x`` (B, D),
         given and extending the key/value ``cache`` of the tokens before it
