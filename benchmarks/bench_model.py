@@ -239,6 +239,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="DIR",
         help="a checkout of LTH14/fractalgen: time it in the same run (tiny16 / digits only)",
     )
+    ap.add_argument(
+        "--num-iter",
+        default=None,
+        metavar="LIST",
+        help="sampling steps per level, e.g. 8,4,4 (default: the preset's)",
+    )
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds with --reference")
     ap.add_argument(
         "--clock",
@@ -266,6 +272,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     kw, num_iter, channels, classes = _preset(args.preset, args.gen)
+    if args.num_iter is not None:
+        try:
+            num_iter = [int(v) for v in args.num_iter.split(",")]
+        except ValueError:
+            ap.error(f"--num-iter expects integers like 8,4,4, got {args.num_iter!r}")
     if args.reference is not None and "factory" in kw:
         ap.error("--reference supports the tiny16 and digits presets")
     ref_mod = _load_reference(args.reference, dev) if args.reference is not None else None
@@ -283,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     with dev:
         model: FractalGen = FACTORIES[kw["factory"]]() if "factory" in kw else FractalGen(**kw)
     model.train()
+    if len(num_iter) != len(model.levels) or min(num_iter) < 1:
+        ap.error(f"--num-iter needs {len(model.levels)} positive integers, got {num_iter}")
     size = model.img_size_list[0]
     imgs = torch.rand(args.batch, channels, size, size, device=dev)
     imgs = (imgs * 255).round() / 255
