@@ -213,3 +213,10 @@ def test_mar_predict_for_some_patches_equals_the_full_pass(guiding: bool) -> Non
         some = level.predict(patches, mask, cond, pix, query=query)
     want = full.gather(1, query.unsqueeze(-1).expand(-1, -1, 32))
     torch.testing.assert_close(some, want, atol=1e-5, rtol=1e-5)
+
+
+def test_samples_are_ordinary_tensors_the_caller_may_change() -> None:
+    model = _model("mar3")
+    imgs = model.sample(2, torch.tensor([1, 2]), num_iter_list=[1, 1])
+    assert not imgs.is_inference()
+    imgs.add_(1)  # raises for an inference-mode tensor

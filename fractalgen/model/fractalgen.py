@@ -444,10 +444,13 @@ class FractalGen(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            imgs = make_next(0)(cond, float(cfg))
+            # Inference mode: less bookkeeping per op, and sampling is thousands of tiny ops.
+            with torch.inference_mode():
+                imgs = make_next(0)(cond, float(cfg))
+                out = (imgs.float() * 255).round().clamp(0, 255).to(torch.uint8)
         finally:
             self.train(was_training)
-        return (imgs.float() * 255).round().clamp(0, 255).to(torch.uint8)
+        return out.clone()  # an ordinary tensor: callers may change it in place
 
 
 # ---------------------------------------------------------------------- factories
