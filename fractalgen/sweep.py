@@ -181,7 +181,7 @@ def _best_of(ctx: TrialContext, version: int, metric: str) -> float | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run or continue a sweep; returns the exit code (2 for usage and config errors,
-    130 after Ctrl-C)."""
+    130 after Ctrl-C, 143 after SIGTERM)."""
     args = list(sys.argv[1:] if argv is None else argv)
     if "-h" in args or "--help" in args:
         sys.stdout.write(_HELP)
@@ -199,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    if code == 130:
+    if code in (130, 143):
         print("interrupted: the running trials are FAIL (interrupted) in the study and "
               "their values are queued; run the same command again to continue",
               file=sys.stderr)
