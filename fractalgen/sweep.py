@@ -38,6 +38,8 @@ _CHOICES = {
     "pruner": ("median", "none"),
     "direction": ("minimize", "maximize"),
 }
+#: where the versions go: the same for every trial of one sweep
+_SHARED = ("experiment.name", "experiment.output_root", "experiment.registry")
 _HELP = """\
 usage: fractalgen-sweep [TRAINING FLAGS] --space FIELD=KIND(ARGS) ... [--trials N] [--jobs J]
                         [--study NAME] [--storage URI] [--sampler tpe|random|grid]
@@ -219,6 +221,10 @@ def _prepare(args: list[str]) -> tuple[Sweep, int]:
     parsed = _split(args)
     base = _parse(parsed.train)
     space = SearchSpace.parse(parsed.spaces, TrainConfig, files=parsed.space_files)
+    for dim in space.dimensions:
+        if dim.field in _SHARED:
+            raise ConfigError(f"--space {dim.source}: every trial of a sweep is a version of "
+                              f"one experiment, so {dim.field} cannot vary; search other fields")
     trials = parsed.trials
     if parsed.sampler == "grid":
         space.grid()  # refuses ranges
