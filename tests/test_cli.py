@@ -100,7 +100,7 @@ def test_list_json_and_table(capsys: pytest.CaptureFixture[str], root: Path) -> 
         ["2", "dead"],
         ["7", "untracked"],
     ]
-    assert "val_loss=0.25" in lines[1]
+    assert "0.25@10" in lines[1], "the last val_loss with its step"
 
 
 def test_show(capsys: pytest.CaptureFixture[str], root: Path) -> None:
@@ -144,7 +144,7 @@ def test_best(capsys: pytest.CaptureFixture[str], root: Path) -> None:
     code, out, _ = run(capsys, "best", str(root), "--version", "0", "--json")
     assert json.loads(out)["version"] == 0
     code, _, err = run(capsys, "best", str(root), "--metric", "bleu")
-    assert code == 1 and "no existing checkpoint" in one_error_line(err)
+    assert code == 3 and "no existing checkpoint" in one_error_line(err)
     code, _, err = run(capsys, "best", str(root), "--mode", "lowest")
     assert code == 2 and "invalid choice" in err
 

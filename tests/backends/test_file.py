@@ -18,6 +18,7 @@ from versionkit.backends.base import Backend
 from versionkit.backends.file import FileBackend
 from versionkit.errors import BackendError, CorruptStateError, LockTimeout
 from versionkit.testing import BackendContractSuite
+from versionkit.testing_curate import CurateContract
 
 
 @pytest.fixture
@@ -29,6 +30,10 @@ def backend(tmp_path: Path) -> Callable[..., Backend]:
 
 
 class TestFileBackend(BackendContractSuite):
+    shares_across_processes = True
+
+
+class TestFileCurate(CurateContract):
     shares_across_processes = True
 
     def delete_record(self, b: Backend, number: int) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from versionkit.registry import VersionInfo
 
-__all__ = ["SWEEP_KEY", "sweep_of", "sweep_versions"]
+__all__ = ["SWEEP_KEY", "in_sweep", "sweep_of", "sweep_versions"]
 
 #: the record key that holds a trial's study, number and sampled values
 SWEEP_KEY = "sweep"
@@ -22,11 +22,12 @@ def sweep_of(info: VersionInfo) -> Mapping[str, Any] | None:
     return value if isinstance(value, Mapping) else None
 
 
+def in_sweep(info: VersionInfo, study: str) -> bool:
+    """Whether a trial of ``study`` made this version."""
+    sweep = sweep_of(info)
+    return sweep is not None and sweep.get("study") == study
+
+
 def sweep_versions(infos: Iterable[VersionInfo], study: str) -> list[VersionInfo]:
     """The versions that trials of ``study`` made, in the given order."""
-    out = []
-    for info in infos:
-        sweep = sweep_of(info)
-        if sweep is not None and sweep.get("study") == study:
-            out.append(info)
-    return out
+    return [info for info in infos if in_sweep(info, study)]
