@@ -51,17 +51,23 @@ __all__ = ["GcPlan", "Removal", "apply", "plan"]
 _WHOLE = ("failed", "interrupted")
 
 
-@dataclass(frozen=True)
-class Removal:
+class Removal(NamedTuple):
     """One checkpoint file (or sharded checkpoint folder) to delete."""
 
     version: int
-    path: Path
+    folder: Path
+    name: str
     bytes: int
+
+    @property
+    def path(self) -> Path:
+        """``folder / name``."""
+        return self.folder / self.name
 
     def to_json(self) -> dict[str, Any]:
         """``{"version", "path", "bytes"}``."""
-        return {"version": self.version, "path": str(self.path), "bytes": self.bytes}
+        return {"version": self.version, "path": os.path.join(self.folder, self.name),
+                "bytes": self.bytes}
 
 
 @dataclass
@@ -267,7 +273,7 @@ def plan(
         for c in sorted(ckpts, key=lambda c: (c.step, c.name)):
             if c.name in keep or (cutoff is not None and c.mtime >= cutoff):
                 continue
-            result.checkpoints.append(Removal(n, folder / c.name, c.bytes))
+            result.checkpoints.append(Removal(n, folder, c.name, c.bytes))
     return result
 
 
@@ -335,7 +341,8 @@ def _patcher(patch: dict[str, Any]) -> Callable[[dict[str, Any]], dict[str, Any]
 
 
 def _forget(registry: Registry, layout: Layout, n: int, gone: list[Removal]) -> None:
-    rels = {r.path.relative_to(layout.root).as_posix() for r in gone}
+    prefix = f"{CHECKPOINTS}/{version_dir_name(n)}/"
+    rels = {prefix + r.name for r in gone}
 
     def change(record: dict[str, Any]) -> dict[str, Any]:
         items = record.get("checkpoints") or []
