@@ -5,8 +5,8 @@ Figures (one JSON line each):
 - ``plain_step_ms``: a plain PyTorch loop (same model, data order, AdamW, schedule and
   gradient clipping as the trainer), median per-step time;
 - ``lightning_step_ms``: the same steps through the Lightning + versionkit trainer
-  (``versionkit.lightning`` run, logger, checkpoint and registry callbacks, progress
-  bar), median per-step time;
+  (``versionkit.run`` run, ``versionkit.lightning`` trainer: logger, checkpoints,
+  the adapter's callback, progress bar), median per-step time;
 - ``lightning_overhead_pct``: ``lightning / plain - 1`` in percent (target <= 5);
 - the same three in process CPU time: ``plain_step_cpu_ms``, ``lightning_step_cpu_ms``,
   ``lightning_overhead_cpu_pct``;
@@ -119,8 +119,9 @@ def lightning_loop(loaded: Any, steps: int, warmup: int) -> tuple[float, float]:
 
     from fractalgen.module import FractalGenModule, StepBatchSampler
     from fractalgen.train import build_trainer_kwargs
-    from versionkit.lightning import start_run
+    from versionkit.lightning import build_trainer, fit
     from versionkit.registry import Registry
+    from versionkit.run import start_run
 
     config = loaded.config
     marks: list[tuple[float, float]] = []
@@ -136,7 +137,9 @@ def lightning_loop(loaded: Any, steps: int, warmup: int) -> tuple[float, float]:
         module = FractalGenModule(config.model_dump(mode="json"), info.channels, info.num_classes)
         kwargs = build_trainer_kwargs(config)
         kwargs["enable_model_summary"] = False
-        trainer = run.trainer(callbacks=[Clock()], **kwargs)
+        trainer = build_trainer(
+            run, callbacks=[Clock()], save_top_k=int(config.trainer.save_top_k), **kwargs
+        )
         sampler = StepBatchSampler(
             len(train_set),
             config.data.train_batch_size,
@@ -148,7 +151,7 @@ def lightning_loop(loaded: Any, steps: int, warmup: int) -> tuple[float, float]:
         )
         val_loader = DataLoader(val_set, batch_size=config.data.val_batch_size)
         with contextlib.redirect_stdout(sys.stderr):  # the progress bar, not our JSON
-            run.fit(trainer, module, loader, val_loader)
+            fit(run, trainer, module, loader, val_loader)
     return _per_step(marks, warmup)
 
 

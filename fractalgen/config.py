@@ -113,6 +113,12 @@ class DataConfig(ConfigSection):
     train_batch_size: PositiveInt = Field(64, description="Training batch size per device.")
     val_batch_size: PositiveInt = Field(256, description="Validation batch size per device.")
     num_workers: NonNegativeInt = Field(0, description="DataLoader worker processes.")
+    random_flip: bool = Field(
+        False,
+        description="Mirror each training image left-right with probability 1/2 (the "
+        "reference's ImageNet augmentation; validation images are never flipped). Off for "
+        "the digits: a mirrored digit is not a digit.",
+    )
 
     @field_validator("num_workers")
     @classmethod
@@ -254,6 +260,13 @@ class ModelConfig(ConfigSection):
                     "num_heads_list",
                     "embed_dim_list",
                 )
+            if i < levels - 1 and self.generator_type_list[i] == "ar" and (dim // heads) % 4:
+                raise FieldError(
+                    f"AR level {i}: the head width embed_dim_list[{i}] / num_heads_list[{i}] "
+                    f"= {dim // heads} must be a multiple of 4 for the 2D rotary embedding",
+                    "num_heads_list",
+                    "embed_dim_list",
+                )
         return self
 
 
@@ -364,6 +377,15 @@ class SamplingConfig(ConfigSection):
     temperature: float = Field(
         1.0, gt=0.0, description="Divides the pixel logits (lower: sharper samples)."
     )
+    filter_threshold: float = Field(
+        1e-4,
+        ge=0.0,
+        lt=1.0,
+        description="Guidance filter: a pixel value whose class-conditional probability is "
+        "below this cannot be boosted by guidance (its unconditional logit is raised to "
+        "match). The reference uses 1e-4 in every evaluation; 0 turns it off. Only used "
+        "with cfg != 1.",
+    )
     num_images: PositiveInt = Field(16, description="Images in the validation grid.")
 
     @field_validator("num_images")
@@ -415,7 +437,8 @@ CONTROLS: tuple[ControlFlag, ...] = (
     ControlFlag(
         "resume",
         "Continue a run in the same version: a .ckpt file, a version folder, an experiment "
-        "root or 'latest'. Its saved config.yaml is used unless --config is given.",
+        "root, 'latest', or ROOT@N|latest|best|TAG. Its saved config.yaml is used; only "
+        "the step budget, cadence, hardware, workers and sampling may change.",
         takes_value=True,
         default=None,
     ),

@@ -19,13 +19,22 @@ import contextlib
 import os
 import sys
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from fractalgen.config import TrainConfig
 from versionkit.config import LoadedConfig
 from versionkit.errors import ConfigError, VersionkitError
+
+if TYPE_CHECKING:
+    from torch.utils.data import DataLoader, Dataset
+
+    from fractalgen.data import DataInfo
+    from fractalgen.module import FractalGenModule
+    from versionkit.registry import Registry
+    from versionkit.run import Run, Target
 
 __all__ = [
     "MUTABLE_ON_RESUME",
@@ -75,13 +84,13 @@ class TrainResult:
     checkpoint_dir: Path
 
 
-def experiment_root(config: Any) -> tuple[Path, str]:
+def experiment_root(config: TrainConfig) -> tuple[Path, str]:
     """``(<output_root>/<name>, the same path spelt as the user gave it)``."""
     shown = os.path.join(str(config.experiment.output_root), str(config.experiment.name))
     return Path(shown), shown
 
 
-def build_trainer_kwargs(config: Any) -> dict[str, Any]:
+def build_trainer_kwargs(config: TrainConfig) -> dict[str, Any]:
     """``Trainer`` keyword arguments from the ``trainer`` and ``optim`` sections."""
     import torch
 
@@ -147,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def train(
-    loaded: LoadedConfig[Any],
+    loaded: LoadedConfig[TrainConfig],
     *,
     callbacks: Sequence[Any] = (),
     extra: Mapping[str, Any] | None = None,
@@ -239,17 +248,22 @@ def train(
 
 
 def _build(
-    run: Any, info: Any, train_set: Any, val_set: Any, callbacks: Sequence[Any]
-) -> tuple[Any, Any, tuple[Any, Any]]:
+    run: Run,
+    info: DataInfo,
+    train_set: Dataset[Any],
+    val_set: Dataset[Any],
+    callbacks: Sequence[Any],
+) -> tuple[Any, FractalGenModule, tuple[DataLoader[Any], DataLoader[Any]]]:
     """The Trainer, the module and the two loaders of ``run``."""
     import pytorch_lightning as pl
     import torch
     from torch.utils.data import DataLoader
 
+    from fractalgen.data import rank_share
     from fractalgen.module import FractalGenModule, StepBatchSampler
     from versionkit.lightning import build_trainer
 
-    config = run.config
+    config: TrainConfig = run.config
     seed = int(config.experiment.seed)
     pl.seed_everything(seed, workers=True, verbose=False)
     module = FractalGenModule(
@@ -264,6 +278,8 @@ def _build(
     )
     loader_seed = torch.Generator()
     loader_seed.manual_seed(seed)
+    if not isinstance(train_set, Sized):
+        raise TypeError("the training data set must have a length")
     sampler = StepBatchSampler(
         len(train_set),
         int(config.data.train_batch_size),
@@ -271,6 +287,7 @@ def _build(
         rank=trainer.global_rank,
         world_size=trainer.world_size,
         start_step=lambda: int(module.global_step),
+        flip=bool(config.data.random_flip),
     )
     workers = int(config.data.num_workers)
     train_loader = DataLoader(
@@ -281,7 +298,7 @@ def _build(
         persistent_workers=workers > 0,
     )
     val_loader = DataLoader(
-        val_set,
+        rank_share(val_set, trainer.global_rank, trainer.world_size),
         batch_size=int(config.data.val_batch_size),
         shuffle=False,
         num_workers=workers,
@@ -293,11 +310,13 @@ def _build(
 # -- checks made before anything is written ------------------------------------------------
 
 
-def _resume_plan(loaded: LoadedConfig[Any]) -> tuple[Any, Any, Any]:
+def _resume_plan(
+    loaded: LoadedConfig[TrainConfig],
+) -> tuple[Target | None, Registry | None, TrainConfig]:
     """``(target, registry, config)``: for ``--resume``, the target, its registry and the
     config the resume trains with; otherwise ``(None, None, loaded.config)``."""
     text = loaded.controls.get("resume")
-    if not text:
+    if text is None:
         return None, None, loaded.config
     from versionkit.registry import Registry
     from versionkit.run import plan_resume, resolve_target
@@ -310,10 +329,13 @@ def _resume_plan(loaded: LoadedConfig[Any]) -> tuple[Any, Any, Any]:
         raise type(exc)(f"--resume {exc}") from None
     registry = Registry(target.root, backend)
     plan = plan_resume(registry, loaded, target, mutable_on_resume=MUTABLE_ON_RESUME)
-    return target, registry, plan.config
+    config: TrainConfig = plan.config
+    return target, registry, config
 
 
-def _check_checkpoint(path: Path | None, config: Any, channels: int, num_classes: int) -> None:
+def _check_checkpoint(
+    path: Path | None, config: TrainConfig, channels: int, num_classes: int
+) -> None:
     """Refuse a checkpoint that is unreadable, not a training checkpoint, of another model,
     or already at (or past) ``trainer.max_steps``."""
     import torch
@@ -374,7 +396,7 @@ def _state_mismatch(expected: Mapping[str, Any], found: Mapping[str, Any]) -> st
     return f"it has {unexpected[0]}, which this model does not {count}"
 
 
-def _check_hardware(config: Any) -> None:
+def _check_hardware(config: TrainConfig) -> None:
     """Refuse an accelerator/devices/strategy/precision this machine cannot run, before a
     version is allocated for it."""
     import logging

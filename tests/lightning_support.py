@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from versionkit.registry import STATUSES, Registry
+from versionkit.config import ConfigModel, LoadedConfig
+from versionkit.registry import Registry
+from versionkit.run import Run, Target, start_run
 
 NAMESPACES = ("pytorch_lightning", "lightning")
 
@@ -30,63 +31,39 @@ def pl_module(lightning: str) -> Any:
     return importlib.import_module("lightning.pytorch" if lightning == "lightning" else lightning)
 
 
-@dataclass
-class StandInRun:
-    """The run contract (versionkit.run.Run) over a plain Registry."""
+class ToyConfig(ConfigModel):
+    """The user's own config: two sections, so the HParams leaves are dotted."""
 
-    registry: Registry
-    version: int
-    resume_from: Path | None = None
-    rank: int = 0
-    finished: list[tuple[str, str | None]] = field(default_factory=list)
-    beats: int = 0
+    class Optim(ConfigModel):
+        lr: float = 0.05
 
-    @property
-    def checkpoint_dir(self) -> Path:
-        return self.registry.checkpoint_dir(self.version)
+    class Model(ConfigModel):
+        width: int = 4
+        dims: tuple[int, ...] = (8, 4)
 
-    @property
-    def log_dir(self) -> Path:
-        return self.registry.log_dir(self.version)
-
-    @property
-    def is_global_zero(self) -> bool:
-        return self.rank == 0
-
-    def display(self, path: Path) -> str:
-        return str(path)
-
-    def log_metrics(self, metrics: Mapping[str, float], *, step: int) -> None:
-        self.registry.log_metrics(self.version, metrics, step=step)
-
-    def record_checkpoint(self, path: Path, *, step: int, metrics: Mapping[str, float]) -> None:
-        self.registry.add_checkpoint(self.version, path, step=step, metrics=metrics)
-
-    def forget_checkpoint(self, path: Path) -> None:
-        self.registry.remove_checkpoint(self.version, path)
-
-    def heartbeat(self) -> None:
-        self.beats += 1
-
-    def finish(self, status: str, *, error: str | None = None) -> None:
-        if self.finished or not self.is_global_zero:
-            return
-        self.finished.append((status, error))
-        self.registry.set_status(
-            self.version, status if status in STATUSES else "interrupted", error=error
-        )
+    optim: Optim = Optim()
+    model: Model = Model()
 
 
-def new_run(root: Path, config: Mapping[str, Any] | None = None) -> StandInRun:
-    registry = Registry(root)
-    info = registry.allocate(config=dict(config or {"optim": {"lr": 0.05}, "model": {"width": 4}}))
-    return StandInRun(registry, info.version)
+def loaded_config() -> LoadedConfig[ToyConfig]:
+    return LoadedConfig(ToyConfig(), None, None, [], {})
 
 
-def resumed(run: StandInRun, checkpoint: Path) -> StandInRun:
-    registry = Registry(run.registry.root)
-    registry.set_status(run.version, "running")
-    return StandInRun(registry, run.version, resume_from=checkpoint)
+def new_run(root: Path) -> Run:
+    """A new version of experiment ``root`` (quiet)."""
+    return start_run(Registry(root), loaded_config(), printer=lambda _line: None)
+
+
+def resumed(run: Run, checkpoint: Path) -> Run:
+    """Resume ``run``'s version from ``checkpoint``."""
+    target = Target(root=run.registry.root, version=run.version, checkpoint=checkpoint)
+    return start_run(
+        Registry(run.registry.root),
+        loaded_config(),
+        resume=target,
+        printer=lambda _line: None,
+        mutable_on_resume=("trainer",),
+    )
 
 
 def toy_class(lightning: str) -> type[Any]:

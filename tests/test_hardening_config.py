@@ -261,3 +261,14 @@ def test_inference_flags_are_finite_and_bounded(
         sample.main(["--checkpoint", "x.ckpt", *argv])
     assert info.value.code == 2
     assert expected in capsys.readouterr().err
+
+
+def test_a_file_that_is_not_a_config_is_not_echoed_whole(tmp_path: Path) -> None:
+    from versionkit._report import MAX_SHOWN
+
+    path = tmp_path / "status"
+    path.write_text("".join(f"Key{i}: {i}\n" for i in range(59)))
+    message = error(["--config", str(path)])
+    lines = message.splitlines()
+    assert lines[0] == "59 problems in the config:"
+    assert len(lines) == 1 + MAX_SHOWN + 1 and lines[-1] == f"  ... and {59 - MAX_SHOWN} more"

@@ -166,3 +166,42 @@ def test_full_disk_through_the_cli_is_one_line(
     assert not [p for p in state if p.parent.name == "versions"]  # no record was written
     for path in state:  # what was written is whole
         json.loads(path.read_text())
+
+
+@pytest.mark.slow
+def test_full_disk_while_training_is_one_line_and_no_checkpoint_is_torn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The disk fills up when the first checkpoint is written: the run stops with one
+    # line naming the file, and no .ckpt exists half-written under its final name.
+    pytest.importorskip("torch")
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("needs /proc to tell which file a descriptor writes")
+    import warnings
+
+    from test_train_helpers import write_tiny
+
+    from fractalgen.train import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("VERSIONKIT_BACKEND", raising=False)
+    write_tiny(tmp_path)
+    real = os.fdopen
+
+    def fdopen(fd: int, *args: Any, **kwargs: Any) -> Any:
+        handle = real(fd, *args, **kwargs)
+        if ".ckpt." in os.readlink(f"/proc/self/fd/{fd}"):
+            return _FullDisk(handle, room=1000)
+        return handle
+
+    monkeypatch.setattr(_atomic.os, "fdopen", fdopen)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rc = main(["--config", "config/tiny.yaml", "--max_steps", "2"])
+    err = capsys.readouterr().err
+    assert rc == 1, err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "the disk is full" in lines[0] and ".ckpt" in lines[0], err
+    assert "Traceback" not in err and "unexpected pos" not in err
+    folder = tmp_path / "outputs" / "tiny" / "checkpoints" / "version_0"
+    assert not list(folder.glob("*.ckpt")) and not list(folder.glob("*.tmp"))

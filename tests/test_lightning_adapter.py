@@ -53,7 +53,7 @@ def test_layout_records_and_final_last_ckpt(tmp_path: Path, lightning: str) -> N
     assert [n[:13] for n in _steps(folder)] == ["step_00000002", "step_00000004", "step_00000005"]
     assert _step_of(folder / "last.ckpt") == 5
     info = run.registry.get(0)
-    assert info.status == "completed" and run.finished == [("completed", None)]
+    assert info.status == "completed" and run.status == "completed"
     assert "val_loss" in info.metrics and "epoch" not in info.metrics
     recorded = sorted(Path(c["path"]).name for c in info.record["checkpoints"] if c["metrics"])
     assert recorded == _steps(folder)
@@ -132,8 +132,9 @@ def test_top_k_holds_across_a_resume_from_an_older_checkpoint(tmp_path: Path) ->
     fit(run, trainer, Toy(val_by_step=vals), *loaders())
     older = run.checkpoint_dir / "older.ckpt.bak"
     os.replace(run.checkpoint_dir / "last.ckpt", older)  # the state at step 4
-    trainer = build_trainer(resumed(run, older), save_top_k=3, **trainer_kwargs(max_steps=8))
-    fit(resumed(run, older), trainer, Toy(val_by_step=vals), *loaders())
+    second = resumed(run, older)
+    trainer = build_trainer(second, save_top_k=3, **trainer_kwargs(max_steps=8))
+    fit(second, trainer, Toy(val_by_step=vals), *loaders())
     assert len(_steps(run.checkpoint_dir)) == 3  # 4, 6, 8 (2 dropped by top-k)
     os.replace(older, run.checkpoint_dir / "last.ckpt")  # "crash": back to step 4
     again = resumed(run, run.checkpoint_dir / "last.ckpt")
@@ -174,3 +175,46 @@ def test_resume_mid_epoch_continues_exactly(tmp_path: Path, lightning: str) -> N
     assert first.losses + second.losses == ref.losses
     for a, b in zip(ref.parameters(), second.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_run_pruned_by_a_callback_keeps_last_ckpt(tmp_path: Path) -> None:
+    from versionkit.run import RunPruned
+
+    pl = pl_module("lightning")
+
+    class Pruner(pl.Callback):  # type: ignore[misc,name-defined]
+        def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+            if trainer.global_step == 4:
+                raise RunPruned("val_loss 0.9 is worse than the median")
+
+    run = new_run(tmp_path / "exp")
+    trainer = build_trainer(
+        run, lightning="lightning", callbacks=[Pruner()], **trainer_kwargs(max_steps=10)
+    )
+    with pytest.raises(RunPruned):
+        fit(run, trainer, toy_class("lightning")(), *loaders())
+    info = run.registry.get(run.version)
+    assert info.status == "pruned" and run.status == "pruned"
+    assert _step_of(run.checkpoint_dir / "last.ckpt") == 4
+
+
+def test_progress_bar_counts_steps_from_the_resumed_one(tmp_path: Path) -> None:
+    from versionkit.lightning import StepProgressBar
+
+    run = new_run(tmp_path / "exp")
+    fit(
+        run,
+        build_trainer(run, **trainer_kwargs(max_steps=6)),
+        toy_class("pytorch_lightning")(),
+        *loaders(),
+    )
+    again = resumed(run, run.checkpoint_dir / "last.ckpt")
+    trainer = build_trainer(again, **trainer_kwargs(max_steps=10, enable_progress_bar=True))
+    bars = [c for c in trainer.callbacks if isinstance(c, StepProgressBar)]
+    assert len(bars) == 1
+    fit(again, trainer, toy_class("pytorch_lightning")(), *loaders())
+    bar = bars[0].train_progress_bar
+    # step/total over the whole run; tqdm's rate and ETA count from `initial`, i.e. only
+    # the 4 steps this process ran
+    assert (bar.n, bar.total, bar.initial) == (10, 10, 6)
+    assert bars[0].get_metrics(trainer, None)["v_num"] == run.version

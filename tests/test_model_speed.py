@@ -8,15 +8,14 @@ samples of three fixed-seed models to the values the code gave before any speed 
 from __future__ import annotations
 
 import hashlib
-import math
 from typing import Any
 
 import pytest
 import torch
 
 import fractalgen.model.pixel as pixel_mod
-from fractalgen.model import FractalGen, ModelError
-from fractalgen.model.pixel import guide_logits
+from fractalgen.model import FractalGen
+from fractalgen.model.pixel import PixelHead
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -126,95 +125,30 @@ def test_fixed_seed_model_keeps_its_losses_and_samples(name: str) -> None:
         assert got[key] == want[key], f"{key} samples changed"
 
 
-# ---------------------------------------------------------------- CFG filter_threshold
+@pytest.mark.parametrize("guided", [False, True])
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_cached_pixel_sampler_equals_the_full_causal_pass(
+    channels: int, guided: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cached channel-by-channel sampler sees the logits of a full causal pass."""
+    torch.manual_seed(0)
+    head = PixelHead(cond_dim=8, width=16, depth=2, num_heads=2, in_channels=channels).eval()
+    for p in head.parameters():  # trained-looking weights, not the near-zero init
+        p.data.normal_(0, 0.5)
+    cond = torch.randn(12 if guided else 6, 5, 8)
+    seen: list[torch.Tensor] = []
+    real = pixel_mod.sample_categorical
 
+    def spy(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        seen.append(logits)
+        return real(logits, generator)
 
-def _reference_filter(
-    cond: torch.Tensor, uncond: torch.Tensor, cfg: float, thr: float
-) -> torch.Tensor:
-    """The reference's definition, written out as it does it: boolean-mask assignment."""
-    uncond = uncond.clone()
-    mask = torch.softmax(cond, dim=-1) < thr
-    raised = torch.max(
-        uncond,
-        cond
-        - torch.max(cond, dim=-1, keepdim=True)[0]
-        + torch.max(uncond, dim=-1, keepdim=True)[0],
-    )
-    uncond[mask] = raised[mask]
-    return uncond + cfg * (cond - uncond)
-
-
-@pytest.mark.parametrize("thr", [0.0, 1e-4, 1e-2, 0.5, 1.0])
-@pytest.mark.parametrize("cfg", [1.0, 3.0, 10.0])
-def test_guide_logits_matches_the_reference_filter(thr: float, cfg: float) -> None:
-    g = torch.Generator().manual_seed(0)
-    cond = torch.randn(64, 256, generator=g) * 4
-    uncond = torch.randn(64, 256, generator=g) * 4
-    got = guide_logits(cond, uncond, cfg, thr)
-    torch.testing.assert_close(got, _reference_filter(cond, uncond, cfg, thr), rtol=0, atol=0)
-    if thr == 0.0:  # plain guidance
-        torch.testing.assert_close(got, uncond + cfg * (cond - uncond), rtol=0, atol=0)
-
-
-def test_filter_only_touches_values_the_conditional_model_finds_unlikely() -> None:
-    cond = torch.tensor([[10.0, 0.0, -20.0, -25.0]])
-    uncond = torch.tensor([[0.0, 0.0, -40.0, -60.0]])
-    plain = guide_logits(cond, uncond, 5.0, 0.0)
-    filtered = guide_logits(cond, uncond, 5.0, 1e-4)
-    low = torch.softmax(cond, dim=-1) < 1e-4
-    assert low.tolist() == [[False, True, True, True]]
-    assert filtered[0, 0] == plain[0, 0]
-    # Without the filter guidance boosts value 3 (cond - uncond = 35) above value 1;
-    # with it, no unlikely value gains more than max(cond) - max(uncond) = 10.
-    assert plain[0, 3] > plain[0, 1]
-    # guided = cond + (cfg - 1)(cond - uncond') with cond - uncond' <= 10 where filtered.
-    gain = filtered - cond
-    assert torch.all(gain[low] <= (5.0 - 1.0) * (cond.max() - uncond.max()) + 1e-5)
-    assert filtered[0, 3] < filtered[0, 0]
-
-
-def test_filter_threshold_reaches_every_guided_pixel_head(monkeypatch: pytest.MonkeyPatch) -> None:
-    seen: list[float] = []
-
-    def spy(cond: torch.Tensor, uncond: torch.Tensor, cfg: float, thr: float = 0.0) -> torch.Tensor:
-        seen.append(thr)
-        return _reference_filter(cond, uncond, cfg, thr)
-
-    monkeypatch.setattr(pixel_mod, "guide_logits", spy)
-    model = _model("gp1").eval()
-    labels = torch.tensor([1, 2])
-    model.sample(2, labels, num_iter_list=[2, 1, 2], cfg=2.0)
-    # Default: the reference's 1e-4, in the pixel head and in the guiding pixel's head.
-    assert seen and set(seen) == {1e-4}
-    guiding = model.levels[2].guiding_head
-    calls: list[int] = []
-    orig = guiding.sample
-    monkeypatch.setattr(guiding, "sample", lambda *a, **k: calls.append(1) or orig(*a, **k))
-    seen.clear()
-    model.sample(2, labels, num_iter_list=[2, 1, 2], cfg=2.0, filter_threshold=0.25)
-    assert calls and set(seen) == {0.25}
-    seen.clear()
-    model.sample(2, labels, num_iter_list=[2, 1, 2], cfg=1.0)  # no guidance, no filter
-    assert seen == []
-
-
-def test_filter_threshold_changes_guided_samples_and_is_reproducible() -> None:
-    model = _model("mar3").eval()
-    labels = torch.arange(4)
-
-    def draw(thr: float) -> torch.Tensor:
-        gen = torch.Generator().manual_seed(5)
-        return model.sample(
-            4, labels, num_iter_list=[2, 4], cfg=8.0, filter_threshold=thr, generator=gen
-        )
-
-    assert torch.equal(draw(1e-4), draw(1e-4))
-    assert not torch.equal(draw(0.0), draw(0.5))
-
-
-@pytest.mark.parametrize("bad", [-1e-4, 1.5, math.nan])
-def test_bad_filter_threshold_is_a_clear_error(bad: float) -> None:
-    model = _model("mar3")
-    with pytest.raises(ModelError, match="filter_threshold must be in"):
-        model.sample(1, torch.tensor([0]), num_iter_list=[1, 1], cfg=2.0, filter_threshold=bad)
+    monkeypatch.setattr(pixel_mod, "sample_categorical", spy)
+    with torch.no_grad():
+        out = head.sample(cond, cfg=2.5, guided=guided, temperature=0.7)
+        values = (out * 255).round().long()
+        known = torch.cat([values, values]) if guided else values
+        full = head.logits(cond[:, 0], known[:, :-1]) / 0.7
+    if guided:
+        full = pixel_mod.guide_logits(full[:6], full[6:], 2.5)
+    torch.testing.assert_close(torch.stack(seen, 1), full, atol=1e-5, rtol=1e-5)

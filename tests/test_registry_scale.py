@@ -195,3 +195,27 @@ def test_public_modify_is_atomic_read_modify_write(tmp_path: Path) -> None:
     assert stored["count"] == 1 and reg.get(n).record["count"] == 1
     backend: Backend = reg.backend
     assert backend.get(n) == stored
+
+
+def test_best_remembers_untracked_folders_until_a_folder_changes(
+    tmp_path: Path, listings: list[str]
+) -> None:
+    root = tmp_path / "exp"
+    touch(root / "checkpoints" / "version_0" / "step_00000001-val_loss_0.9000.ckpt")
+    reg = Registry(root)
+    reg.allocate()
+    reg.add_checkpoint(
+        1, touch(reg.checkpoint_dir(1) / "a.ckpt"), step=1, metrics={"val_loss": 0.5}
+    )
+    assert reg.best().version == 1  # type: ignore[union-attr]
+    listings.clear()
+    assert reg.best().version == 1  # type: ignore[union-attr]
+    parents = {
+        str(root / "checkpoints"),
+        str(root / "logs"),
+        str(root / ".versionkit" / "versions"),
+    }
+    assert not parents & set(listings), f"the second best listed {listings}"
+    # A new foreign folder changes checkpoints/' mtime: it is found at once.
+    touch(root / "checkpoints" / "version_7" / "step_00000001-val_loss_0.1000.ckpt")
+    assert reg.best().version == 7  # type: ignore[union-attr]

@@ -164,6 +164,8 @@ class RegistryMachine(RuleBasedStateMachine):
                 c.path.name: (c.step, c.metrics.get("val_loss")) for c in self.reg.checkpoints(n)
             }
             assert found == {name: self._view(n, name) for name in files}
+            if self.status.get(n) == "pruned":
+                continue  # best leaves pruned versions out unless asked
             for name in files & set(self.recorded[n]):
                 step, value = self._view(n, name)
                 candidates.append((value, -step, -n, name))

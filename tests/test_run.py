@@ -420,3 +420,30 @@ def test_a_launched_rank_gets_rank_zeros_version_and_writes_nothing(done: Regist
     child.finish("failed")
     assert snapshot(done, 0) == before
     run.finish("completed")
+
+
+def test_a_pruned_run_keeps_its_files_and_says_so(done: Registry) -> None:
+    run, _ = resume(done, "--max_steps", "9")
+    run.finish("pruned")
+    info = done.get(0)
+    assert info.status == "pruned" and info.record["lease"] is None
+    assert (done.checkpoint_dir(0) / "last.ckpt").is_file()
+
+
+def test_checkpoints_and_logs_may_be_symlinks_to_a_bigger_disk(tmp_path: Path) -> None:
+    root = Path("outputs/exp")
+    big = tmp_path / "big_disk"
+    for sub in ("checkpoints", "logs"):
+        (big / sub).mkdir(parents=True)
+    root.mkdir(parents=True)
+    for sub in ("checkpoints", "logs"):
+        (root / sub).symlink_to(big / sub)
+    reg = Registry(root)
+    run = new_run(reg)
+    assert (big / "checkpoints" / "version_0" / "config.yaml").is_file()
+    path = fake_checkpoint(reg, 0, "step_00000002-val_loss_0.5000.ckpt")
+    run.record_checkpoint(path, step=2, metrics={"val_loss": 0.5})
+    run.finish("completed")
+    assert resolve_target("outputs/exp", want_checkpoint="best").checkpoint == path
+    shown = "outputs/exp/checkpoints/version_0/step_00000002-val_loss_0.5000.ckpt"
+    assert run.display(path) == shown

@@ -56,6 +56,7 @@ def test_print_config_round_trips(workdir: Path, capsys: pytest.CaptureFixture[s
         (["--config", "missing.yaml"], "missing.yaml", 2),
         (["--resume", "nowhere/last.ckpt"], "--resume nowhere/last.ckpt: no such file", 3),
         (["--resume", "latest"], "experiment outputs/fractalgen does not exist", 3),
+        (["--resume", ""], "--resume an empty target", 2),
         (
             ["--accelerator", "gpu"] if not torch.cuda.is_available() else ["--devices", "99"],
             "cannot run",

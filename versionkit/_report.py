@@ -22,6 +22,7 @@ from versionkit.errors import ConfigError
 __all__ = ["Sources", "validate"]
 
 M = TypeVar("M", bound=BaseModel)
+MAX_SHOWN = 10  # problems listed in one error; the count says how many there are
 
 @dataclass
 class Sources:
@@ -190,7 +191,10 @@ def _map_errors(exc: ValidationError, schema: type[BaseModel], src: Sources) -> 
         out += [f"{dotted}: {t}" if dotted else t for t in texts]
     if len(out) == 1:
         return ConfigError(out[0])
-    return ConfigError(f"{len(out)} problems in the config:\n  " + "\n  ".join(out))
+    shown = out[:MAX_SHOWN]
+    if len(out) > MAX_SHOWN:  # a file that is not a config at all: do not echo all of it
+        shown.append(f"... and {len(out) - MAX_SHOWN} more")
+    return ConfigError(f"{len(out)} problems in the config:\n  " + "\n  ".join(shown))
 
 
 def validate(schema: type[M], data: dict[str, Any], src: Sources) -> M:

@@ -12,7 +12,7 @@ Exit codes, one table for every CLI (``versionkit``, ``main.py``, ``inference.py
 0     success
 1     anything else: a failed write, a full disk, a lock timeout, a crash
 2     usage or bad input: a flag, a config value, a file that is not what it should be
-3     not found: a version, or a checkpoint, that does not exist
+3     not found: a version, experiment or checkpoint that the command asks for
 ====  ==========================================================================
 """
 

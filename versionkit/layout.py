@@ -28,6 +28,7 @@ __all__ = [
     "RENDEZVOUS",
     "SOURCE_CONFIG_FILE",
     "STATE_DIR",
+    "SWEEP_JOURNAL",
     "VERSION_PREFIX",
     "Layout",
     "parse_version_dir",
@@ -37,6 +38,8 @@ __all__ = [
 CHECKPOINTS = "checkpoints"
 LOGS = "logs"
 STATE_DIR = ".versionkit"
+#: Inside the state folder: the Optuna journal that holds the experiment's sweeps.
+SWEEP_JOURNAL = "sweeps.journal"
 VERSION_PREFIX = "version_"
 CONFIG_FILE = "config.yaml"
 SOURCE_CONFIG_FILE = "config.source.yaml"
@@ -117,6 +120,11 @@ class Layout:
         except ValueError:
             return str(path)
         return os.path.join(base, *rel.parts)
+
+    @property
+    def sweep_journal(self) -> Path:
+        """``<root>/.versionkit/sweeps.journal`` (the default study storage of sweeps)."""
+        return self.state / SWEEP_JOURNAL
 
     @staticmethod
     def locate(path: str | Path) -> tuple[Path, int | None] | None:

@@ -21,6 +21,13 @@ experiment key). Then it composes the mixins::
     class TestS3Backend(BackendContractSuite):
         shares_across_processes = True   # handles in other processes see the same store
 
+        def delete_record(self, b, number):  # how a user would delete one by hand
+            ...                              # (without it, the deletion tests skip)
+
+The suite covers allocation, records (``modify`` is atomic; ``update``/``append`` come
+from the base class), the counter (never lowered, not even by deleting records), the
+experiment metadata (``get_meta``/``modify_meta``) and sharing between handles.
+
 When ``shares_across_processes`` is true the suite also allocates and modifies from
 several real processes at once (started with ``fork``); a child rebuilds its handle as
 ``type(b)(b.uri, b.root, b.experiment)``, so the class must be constructible from
@@ -231,6 +238,8 @@ class RecordContract(ContractBase):
             b.modify(n, lambda record: {"bad": object()})
         with pytest.raises(BackendError, match="not JSON-able"):
             b.append(n, "items", object())
+        with pytest.raises(BackendError, match="must be a mapping"):
+            b.modify(n, lambda record: [("bad", 1)])  # type: ignore[arg-type,return-value]
         assert b.get(n) == {"ok": 1, "version": n}, "a refused patch changes nothing"
 
     def test_modify_returns_the_stored_record(self, backend: BackendFactory) -> None:

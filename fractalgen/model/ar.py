@@ -2,7 +2,8 @@
 
 The sequence is ``[condition, patch_0, ..., patch_{L-2}]``; the output at position ``i``
 is the condition handed to the next level for patch ``i`` (raster order). Positions carry
-a learned embedding plus a 2D rotary embedding (zero frequency on the condition token).
+a learned embedding plus a 2D rotary embedding; the condition token's entry is all zeros,
+as in the reference (see ``rope_2d_table``).
 
 Sampling embeds each new token once and extends a per-block key/value cache, instead of
 re-embedding and re-attending the whole prefix at every step as the reference does.
@@ -159,20 +160,24 @@ class ARLevel(nn.Module):
         patches = cond.new_zeros(n, self.seq_len, dim, dtype=self.patch_emb.weight.dtype)
         caches = [KVCache() for _ in self.blocks]
         c0 = cond[:, 0]
+        pos_embed = self.pos_embed[0]
         for step in range(self.seq_len):
             if self.use_kv_cache:
+                # One new token per step, as 2-D rows: the same arithmetic as ``_embed`` and
+                # the blocks' ``forward`` at this position, without re-running the prefix.
                 if step == 0:
-                    x = self._embed(c0, patches[:, :0])
+                    tok = self.cond_emb(c0)
                 else:
-                    prev = patches[:, step - 1 : step]
+                    prev = patches[:, step - 1]
                     if guided:
                         prev = torch.cat([prev, prev], dim=0)
                     tok = self.patch_emb(normalize_channels(prev, self.pix_mean, self.pix_std))
-                    x = self.patch_emb_ln(tok + self.pos_embed[:, step : step + 1])
-                rope = self.rope[step : step + 1]
+                x = self.patch_emb_ln(tok + pos_embed[step])
+                angles = self.rope[step]
+                cos, sin = angles[:, 0], angles[:, 1]
                 for block, cache in zip(self.blocks, caches, strict=True):
-                    x = block(x, rope, cache, step, self.seq_len)
-                h = self.norm(x)[:, -1]
+                    x = block.step(x, cos, sin, cache, step, self.seq_len)
+                h = self.norm(x)
             else:
                 prefix = patches[:, :step]
                 if guided:

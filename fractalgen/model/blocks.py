@@ -28,6 +28,7 @@ __all__ = [
     "apply_rope",
     "init_weights",
     "rope_2d_table",
+    "rotate_pairs",
     "swiglu_hidden_dim",
 ]
 
@@ -163,6 +164,28 @@ class Attention(nn.Module):
         y: Tensor = self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, d)))
         return y
 
+    def step(self, x: Tensor, cache: list[Tensor]) -> Tensor:
+        """Inference for one new token per row: ``x`` (B, D) attends to the keys and values
+        in ``cache`` (empty, or ``[keys, values]`` of shape (B, H, t, hd)) and to itself;
+        its own key and value are appended to ``cache``. Equals the causal ``forward`` on
+        the whole sequence, one position at a time.
+        """
+        b, d = x.shape
+        qkv = self.qkv(x)
+        k = qkv[:, d : 2 * d].view(b, self.num_heads, 1, self.head_dim)
+        v = qkv[:, 2 * d :].view(b, self.num_heads, 1, self.head_dim)
+        if not cache:
+            # The first token attends to itself alone: weight exactly 1, output = its value.
+            cache.extend((k, v))
+            out = qkv[:, 2 * d :]
+        else:
+            cache[0] = keys = torch.cat([cache[0], k], dim=2)
+            cache[1] = values = torch.cat([cache[1], v], dim=2)
+            q = qkv[:, :d].view(b, self.num_heads, 1, self.head_dim)
+            out = F.scaled_dot_product_attention(q, keys, values).view(b, d)
+        y: Tensor = self.proj(out)
+        return y
+
 
 class ViTBlock(nn.Module):
     """Pre-norm transformer block: LayerNorm(eps 1e-6), attention, LayerNorm, GELU MLP."""
@@ -202,6 +225,16 @@ class ViTBlock(nn.Module):
         y: Tensor = x + self.mlp(self.norm2(x))
         return y
 
+    def step(self, x: Tensor, cache: list[Tensor]) -> Tensor:
+        """Inference (no dropout) of a causal block on one new token per row ``x`` (B, D),
+        given and extending the key/value ``cache`` of the tokens before it
+        (see ``Attention.step``).
+        """
+        x = x + self.attn.step(self.norm1(x), cache)
+        mlp = self.mlp
+        y: Tensor = x + mlp.fc2(mlp.act(mlp.fc1(self.norm2(x))))
+        return y
+
 
 def rope_2d_table(
     grid: int, head_dim: int, *, base: float = 10000.0, num_prefix: int = 1
@@ -213,7 +246,9 @@ def rope_2d_table(
     as the reference (after LlamaGen) builds its table: their rotated queries and keys are
     zero, so every query scores the condition token with a constant logit of 0 while its
     value still flows through attention. (The spec calls this "zero frequency"; a true
-    zero-frequency rotation would be the identity, which the reference does not do.)
+    zero-frequency rotation would be the identity, which the reference does not do.) We keep
+    the reference's entry on purpose: a level with the reference's weights then computes
+    the reference's function, which the identity would change (tests/test_model_reference.py).
 
     Args:
         grid: Side of the square token grid.
@@ -237,8 +272,13 @@ def rope_2d_table(
 
 def apply_rope(x: Tensor, table: Tensor) -> Tensor:
     """Rotate adjacent pairs of ``x`` (B, H, N, hd) by ``table`` (N, hd // 2, 2), in fp32."""
+    return rotate_pairs(x, table[..., 0], table[..., 1])
+
+
+def rotate_pairs(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate adjacent pairs of ``x`` (..., hd) by angles given as ``cos``/``sin`` tensors that
+    broadcast against (..., hd // 2); computed in fp32 and cast back to ``x``'s dtype."""
     xf = x.float().reshape(*x.shape[:-1], -1, 2)
-    cos, sin = table[..., 0], table[..., 1]
     x0, x1 = xf[..., 0], xf[..., 1]
     out = torch.stack([x0 * cos - x1 * sin, x1 * cos + x0 * sin], dim=-1)
     return out.flatten(-2).type_as(x)
@@ -289,46 +329,54 @@ class LlamaBlock(nn.Module):
         self.ffn_norm = RMSNorm(dim)
         self.feed_forward = SwiGLU(dim, dropout)
 
-    def _attend(
-        self, x: Tensor, rope: Tensor, cache: KVCache | None, pos: int, max_len: int
-    ) -> Tensor:
-        b, n, d = x.shape
-        qkv = self.wqkv(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        q = apply_rope(q, rope)
-        k = apply_rope(k, rope)
-        if cache is None:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:
-            keys, values = cache.update(pos, k, v, max_len)
-            # n new queries at positions pos..pos+n-1 see every key up to their own position.
-            mask = None
-            if n > 1:
-                mask = torch.ones(n, pos + n, dtype=torch.bool, device=x.device).tril(pos)
-            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
-        y: Tensor = self.resid_dropout(self.wo(out.transpose(1, 2).reshape(b, n, d)))
-        return y
-
-    def forward(
-        self,
-        x: Tensor,
-        rope: Tensor,
-        cache: KVCache | None = None,
-        pos: int = 0,
-        max_len: int = 0,
-    ) -> Tensor:
-        """Apply the block.
+    def forward(self, x: Tensor, rope: Tensor) -> Tensor:
+        """Apply the block to a whole causal sequence.
 
         Args:
-            x: Tokens (B, n, D) at positions ``pos .. pos + n - 1``.
-            rope: RoPE table rows for those positions (n, hd // 2, 2).
-            cache: None for a whole causal sequence; else the cache to extend.
-            pos: Position of the first token of ``x`` (cache mode).
-            max_len: Sequence length the cache must hold (cache mode).
+            x: Tokens (B, n, D).
+            rope: RoPE table rows of those positions (n, hd // 2, 2).
 
         Returns:
             Tokens (B, n, D).
         """
-        h = x + self._attend(self.attention_norm(x), rope, cache, pos, max_len)
+        b, n, d = x.shape
+        qkv = self.wqkv(self.attention_norm(x))
+        qkv = qkv.view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        # Queries and keys rotated in one go (the same elementwise arithmetic as one by one).
+        q, k = apply_rope(qkv[:2], rope).unbind(0)
+        out = F.scaled_dot_product_attention(q, k, qkv[2], is_causal=True)
+        h = x + self.resid_dropout(self.wo(out.transpose(1, 2).reshape(b, n, d)))
         y: Tensor = h + self.feed_forward(self.ffn_norm(h))
+        return y
+
+    def step(
+        self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache, pos: int, max_len: int
+    ) -> Tensor:
+        """Inference (no dropout) on one new token per row at position ``pos``.
+
+        Equals :meth:`forward` on the whole sequence at that position: the token attends to
+        the keys and values of positions ``0 .. pos`` kept in ``cache``, which it extends.
+
+        Args:
+            x: The new tokens (B, D).
+            cos: Cosines of the position's RoPE angles (hd // 2,).
+            sin: Sines of the position's RoPE angles (hd // 2,).
+            cache: This block's key/value cache.
+            pos: Position of the new token.
+            max_len: Sequence length the cache must hold.
+
+        Returns:
+            Tokens (B, D).
+        """
+        b, d = x.shape
+        h, hd = self.num_heads, self.head_dim
+        qkv = self.wqkv(self.attention_norm(x))
+        qk = rotate_pairs(qkv[:, : 2 * d].view(b, 2, h, hd), cos, sin)
+        keys, values = cache.update(
+            pos, qk[:, 1].unsqueeze(2), qkv[:, 2 * d :].view(b, h, 1, hd), max_len
+        )
+        out = F.scaled_dot_product_attention(qk[:, 0].unsqueeze(2), keys, values)
+        x = x + self.wo(out.view(b, d))
+        ff, normed = self.feed_forward, self.ffn_norm(x)
+        y: Tensor = x + ff.w2(F.silu(ff.w1(normed)) * ff.w3(normed))
         return y

@@ -174,16 +174,30 @@ class PixelHead(nn.Module):
         """
         c = cond[:, 0]
         n = c.shape[0] // 2 if guided else c.shape[0]
-        projected = self.cond_proj(c)
+        # Channel by channel, each token goes through the blocks once: the keys and values
+        # of the tokens before it are cached (the same causal attention as ``logits``).
+        caches: list[list[Tensor]] = [[] for _ in self.blocks]
         values = torch.zeros(n, self.in_channels, dtype=torch.long, device=c.device)
+        x = self.cond_proj(c)
         for i in range(self.in_channels):
-            known = values[:, :i]
-            if guided:
-                known = torch.cat([known, known], dim=0)
-            logits = self.logits(c, known, projected=projected)[:, i] / temperature
+            x = self.ln(x)
+            for block, cache in zip(self.blocks, caches, strict=True):
+                x = block.step(x, cache)
+            h = self.norm(x)
+            with torch.autocast(device_type=h.device.type, enabled=False):
+                logits = torch.addmm(
+                    self.logit_bias[i].float(), h.float(), self.codebook[i].float().t()
+                )
+            if temperature != 1.0:
+                logits = logits / temperature
             if guided:
                 logits = guide_logits(logits[:n], logits[n:], cfg, filter_threshold)
-            values[:, i] = sample_categorical(logits, generator)
+            sampled = sample_categorical(logits, generator)
+            values[:, i] = sampled
+            if i + 1 < self.in_channels:
+                if guided:
+                    sampled = torch.cat([sampled, sampled])
+                x = self.codebook[i, sampled].to(x.dtype)
         # In the conditions' dtype (the model's): the guiding pixel feeds a Linear layer.
         return (values.float() / 255).to(c.dtype)
 

@@ -364,9 +364,7 @@ def test_repair_replaces_unreadable_records_and_lifts_the_counter(store: SQLBack
     with engine.begin() as conn:
         conn.execute(
             sa.update(schema.versions)
-            .where(
-                schema.versions.c.experiment == store.experiment, schema.versions.c.number == 1
-            )
+            .where(schema.versions.c.experiment == store.experiment, schema.versions.c.number == 1)
             .values(record="[1, 2")
         )
         conn.execute(
@@ -395,9 +393,7 @@ def set_schema_version(b: SQLBackend, value: str) -> None:
     engine = raw_engine(b)
     with engine.begin() as conn:
         conn.execute(
-            sa.update(schema.meta)
-            .where(schema.meta.c.key == "schema_version")
-            .values(value=value)
+            sa.update(schema.meta).where(schema.meta.c.key == "schema_version").values(value=value)
         )
     engine.dispose()
 
@@ -600,3 +596,61 @@ def test_any_lock_timeout_works_without_contention(store: SQLBackend, timeout: f
     store.update(0, {"status": "completed"})
     assert store.raise_next_number(5) == 5
     assert store.get(0) == {"status": "completed", "version": 0}
+
+
+def test_records_and_best_candidates_stream_across_pages(
+    store: SQLBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from versionkit.backends.sql import backend as backend_module
+
+    monkeypatch.setattr(backend_module, "_FIRST_PAGE", 2)
+    monkeypatch.setattr(backend_module, "_PAGE", 5)
+    for n in range(13):
+        item = {"path": f"c/{n}.ckpt", "step": n, "metrics": {"val_loss": (n * 5) % 13}}
+        store.allocate(0, {"checkpoints": [item]})
+    assert [r["version"] for r in store.iter_records()] == list(range(13))
+    assert [r["version"] for r in store.iter_records(newest_first=True)] == list(range(12, -1, -1))
+    values = [item["metrics"]["val_loss"] for _n, item in store.best_candidates("val_loss", "min")]
+    assert values == sorted(values) and len(values) == 13
+    top = [n for n, _item in store.best_candidates("val_loss", "max")]
+    assert top[0] == 5 and len(top) == 13  # (5 * 5) % 13 == 12 is the highest
+
+
+def test_a_version_1_database_is_upgraded_with_its_checkpoints_indexed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The layout versionkit wrote before the checkpoint index and experiment metadata.
+    path = tmp_path / "v1.db"
+    engine = sa.create_engine(f"sqlite:///{path}", poolclass=NullPool)
+    item = {"path": "checkpoints/version_0/a.ckpt", "step": 7, "metrics": {"val_loss": 0.25}}
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE TABLE versionkit_meta (key VARCHAR(64) PRIMARY KEY, value TEXT NOT NULL)"
+        )
+        conn.exec_driver_sql(
+            "CREATE TABLE versionkit_experiments "
+            "(experiment TEXT PRIMARY KEY, next_number BIGINT NOT NULL)"
+        )
+        conn.exec_driver_sql(
+            "CREATE TABLE versionkit_versions (experiment TEXT, number BIGINT, "
+            "record TEXT NOT NULL, PRIMARY KEY (experiment, number))"
+        )
+        conn.exec_driver_sql("INSERT INTO versionkit_meta VALUES ('schema_version', '1')")
+        conn.exec_driver_sql("INSERT INTO versionkit_experiments VALUES ('old', 2)")
+        conn.exec_driver_sql(
+            "INSERT INTO versionkit_versions VALUES ('old', 0, ?), ('old', 1, '{broken')",
+            (json.dumps({"status": "completed", "checkpoints": [item]}),),
+        )
+    engine.dispose()
+    monkeypatch.setattr(engines, "ready", set())
+    b = SQLBackend(f"sqlite:///{path}", tmp_path, "old")
+    try:
+        assert [(n, c["path"]) for n, c in b.best_candidates("val_loss", "min")] == [
+            (0, item["path"])
+        ]
+        assert b.get_meta() == {}
+        assert b.allocate(0, {}) == 2
+    finally:
+        b.close()
+    with sa.create_engine(f"sqlite:///{path}", poolclass=NullPool).connect() as conn:
+        assert conn.execute(sa.select(schema.meta.c.value)).scalar_one() == "2"

@@ -90,6 +90,10 @@ def apply_patch(record: Record, patch: Mapping[str, Any], number: int | None, wh
     The patch goes through JSON first, so what is stored is exactly what a later read
     returns, and a non-JSON-able patch is refused before anything is written.
     """
+    if not isinstance(patch, Mapping) or not all(isinstance(k, str) for k in patch):
+        raise BackendError(
+            f"{what} must be a mapping with str keys, got {type(patch).__name__}: {patch!r:.80}"
+        )
     merged = dict(record)
     merged.update(json.loads(encode_json(patch, what)))
     if number is not None:

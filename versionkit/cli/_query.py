@@ -24,6 +24,7 @@ from versionkit.cli._common import (
 )
 from versionkit.curate.listing import best_of, config_columns, last_of, sort_key, unknown_columns
 from versionkit.errors import ConfigError, VersionNotFoundError
+from versionkit.sweep.records import in_sweep
 
 if TYPE_CHECKING:
     from versionkit.registry import CheckpointInfo, Registry, VersionInfo
@@ -42,6 +43,8 @@ def register(add: Adder) -> None:
     p.add_argument("--status", metavar="S[,S]", default=None,
                    help="only versions with these statuses (running, completed, dead, ...)")
     p.add_argument("--tag", metavar="NAME", default=None, help="only the version tagged NAME")
+    p.add_argument("--sweep", metavar="STUDY", default=None,
+                   help="only the versions that the trials of sweep STUDY made")
     p.add_argument("--sort", metavar="KEY", default=None,
                    help="order by version, created, status, best, last or a --columns key; "
                    "--sort=-KEY reverses")
@@ -108,7 +111,7 @@ def _list_rows(reg: Registry, args: argparse.Namespace) -> Iterator[dict[str, An
                 f"--sort {sort!r}: expected one of {', '.join(_SORTS)} or a --columns key"
             )
     newest_first = args.limit is not None
-    filtered = statuses is not None or only is not None
+    filtered = statuses is not None or only is not None or args.sweep is not None
     versions = (iter([reg.get(only)]) if only is not None else
                 iter_versions(reg, limit=None if filtered else args.limit,
                               newest_first=newest_first))
@@ -117,6 +120,8 @@ def _list_rows(reg: Registry, args: argparse.Namespace) -> Iterator[dict[str, An
         if only is not None and v.version != only:
             continue
         if statuses is not None and v.display_status not in statuses and v.status not in statuses:
+            continue
+        if args.sweep is not None and not in_sweep(v, args.sweep):
             continue
         if args.limit is not None and count >= args.limit:
             break
@@ -174,8 +179,11 @@ def cmd_list(reg: Registry, args: argparse.Namespace, out: TextIO) -> int:
             note_text if len(note_text) <= 40 else note_text[:37] + "...",
         ])
     if len(rows) == 1:
-        out.write(f"no versions in {reg.root}\n" if not (args.status or args.tag)
-                  else "no version matches\n")
+        if args.sweep is not None:
+            out.write(f"no versions of sweep {args.sweep} in {reg.root}\n")
+        else:
+            out.write(f"no versions in {reg.root}\n" if not (args.status or args.tag)
+                      else "no version matches\n")
         return 0
     table(rows, out)
     return 0

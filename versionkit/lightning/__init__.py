@@ -55,14 +55,4 @@ _CLASSES = ("VersionkitLogger", "AtomicCheckpointIO", "StepProgressBar")
 def __getattr__(name: str) -> Any:
     if name in _CLASSES:
         return getattr(classes("pytorch_lightning"), name)
-    # The run lifecycle that lived here moves to versionkit.run; until its callers have
-    # moved, its names still resolve.
-    import importlib
-
-    if name.startswith("__"):
-        raise AttributeError(name)
-    legacy = importlib.import_module("versionkit.lightning._legacy")
-    try:
-        return getattr(legacy, name)
-    except AttributeError:
-        raise AttributeError(f"module 'versionkit.lightning' has no attribute {name!r}") from None
+    raise AttributeError(f"module 'versionkit.lightning' has no attribute {name!r}")

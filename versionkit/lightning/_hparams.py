@@ -32,10 +32,13 @@ _STATUS = {"running": 3, "completed": 1, "failed": 2, "interrupted": 0, "pruned"
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, float | str | bool]:
     """Dotted leaves (``optim.lr``) as values TensorBoard shows: numbers, strings, bools.
 
-    Lists and ``None`` become their JSON text (``[64, 32]``, ``null``).
+    Lists and ``None`` become their JSON text (``[64, 32]``, ``null``). The configs'
+    ``schema_version`` bookkeeping is left out: it compares nothing.
     """
     out: dict[str, float | str | bool] = {}
     for key, value in config.items():
+        if key == "schema_version":
+            continue
         name = f"{prefix}{key}"
         if isinstance(value, Mapping):
             out.update(flatten(value, f"{name}."))

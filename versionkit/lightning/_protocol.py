@@ -55,6 +55,10 @@ class RunLike(Protocol):
 
 
 def config_of(run: RunLike) -> Mapping[str, Any]:
-    """The version's recorded config (``{}`` when the registry has none)."""
-    config = run.registry.get(run.version).record.get("config")
-    return config if isinstance(config, dict) else {}
+    """The config the run trains with: ``run.config``, else the version's recorded one."""
+    config: Any = getattr(run, "config", None)
+    if hasattr(config, "model_dump"):
+        config = config.model_dump(mode="json")
+    if not isinstance(config, Mapping):
+        config = run.registry.get(run.version).record.get("config")
+    return config if isinstance(config, Mapping) else {}

@@ -22,6 +22,7 @@ from typing import Any
 from versionkit.errors import VersionkitError
 from versionkit.layout import CHECKPOINT_SUFFIX, LAST_CHECKPOINT
 from versionkit.lightning._protocol import RunLike
+from versionkit.run import RunPruned
 
 __all__ = ["LifecycleMixin", "NonFiniteError"]
 
@@ -38,17 +39,13 @@ class NonFiniteError(VersionkitError):
         self.step = step
 
 
-def _is_run_pruned(exc: BaseException) -> bool:
-    return any(k.__name__ == "RunPruned" for k in type(exc).__mro__)
-
-
 def outcome_of(exc: BaseException, step: int) -> tuple[str, str]:
     """``(status, error)`` that ``exc`` ends a run with."""
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted", f"KeyboardInterrupt at step {step}"
     if type(exc).__name__ == "SIGTERMException":
         return "interrupted", f"terminated (SIGTERM) at step {step}"
-    if _is_run_pruned(exc):
+    if isinstance(exc, RunPruned):
         return "pruned", f"pruned at step {step}: {exc}".rstrip(": ")
     if isinstance(exc, NonFiniteError):
         return "failed", str(exc)

@@ -39,9 +39,7 @@ class RootError(RegistryError, ValueError):
 
 def _checked_root(root: str | Path) -> Path:
     if isinstance(root, str) and not root.strip():
-        raise RootError(
-            "the experiment root is empty; give a folder such as outputs/my_experiment"
-        )
+        raise RootError("the experiment root is empty; give a folder such as outputs/my_experiment")
     path = Path(root)
     try:
         path.resolve(strict=False)

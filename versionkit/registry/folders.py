@@ -51,6 +51,17 @@ class Folders:
                 numbers.add(int(digits))
         return numbers
 
+    def stamp(self) -> list[int | None]:
+        """The mtimes (ns) of ``checkpoints/`` and ``logs/``: they change whenever a
+        ``version_N`` folder is made, renamed or removed in them."""
+        out: list[int | None] = []
+        for folder in (self.layout.checkpoints, self.layout.logs):
+            try:
+                out.append(os.stat(folder).st_mtime_ns)
+            except OSError:
+                out.append(None)
+        return out
+
     def exists(self, n: int) -> bool:
         """Whether ``checkpoints/version_n`` or ``logs/version_n`` exists (O(1))."""
         name = version_dir_name(n)

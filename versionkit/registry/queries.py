@@ -24,7 +24,7 @@ from versionkit.backends.base import (
     checkpoint_metric,
     checkpoint_step,
 )
-from versionkit.errors import RegistryError, VersionNotFoundError
+from versionkit.errors import RegistryError, VersionkitError, VersionNotFoundError
 from versionkit.layout import CHECKPOINT_SUFFIX, CHECKPOINTS, Layout, version_dir_name
 from versionkit.registry.checkpoint_names import metric_in_name, parse_checkpoint_name, step_in_name
 from versionkit.registry.folders import Folders
@@ -37,11 +37,23 @@ __all__ = ["Queries", "untracked_record"]
 
 C = TypeVar("C", bound="ConfigModel")
 _List = list  # ``Queries.list`` shadows the builtin inside the class body
+_UNTRACKED_KEY = "untracked_folders"
+_UNTRACKED_CACHE_MAX = 1000
 
 
 def untracked_record(n: int) -> Record:
     """What a ``version_N`` folder without a record lists as."""
     return {"version": n, "status": "untracked", "metrics": {}, "checkpoints": []}
+
+
+def _first_per_number(records: Iterator[Record]) -> Iterator[Record]:
+    """Drop the folder stand-in that follows a version's own record in the merge."""
+    last: int | None = None
+    for record in records:
+        number = int(record["version"])
+        if number != last:
+            yield record
+        last = number
 
 
 def _safe(path: str) -> bool:
@@ -118,15 +130,16 @@ class Queries:
             raise RegistryError(f"limit must be an integer >= 0, got {limit!r}")
         if limit == 0:
             return
-        untracked = sorted(self.folders.numbers() - self.backend.numbers(), reverse=newest_first)
-        records: Iterator[Record] = self.backend.iter_records(newest_first=newest_first)
-        if untracked:
-            records = heapq.merge(
-                records,
-                (untracked_record(n) for n in untracked),
-                key=lambda r: int(r["version"]),
-                reverse=newest_first,
-            )
+        # Folders and records merge in order; a folder whose number has a record is that
+        # version's, the others list as untracked. No set of record numbers is built.
+        folders = sorted(self.folders.numbers(), reverse=newest_first)
+        records: Iterator[Record] = heapq.merge(
+            self.backend.iter_records(newest_first=newest_first),
+            (untracked_record(n) for n in folders),
+            key=lambda r: int(r["version"]),
+            reverse=newest_first,
+        )
+        records = _first_per_number(records)
         count = 0
         for record in records:
             if status is not None and record.get("status", "unknown") != status:
@@ -230,7 +243,7 @@ class Queries:
             hits += self._scan(version, record, metric, sign)
         else:
             hits += self._best_recorded(metric, mode, sign, include_pruned)
-            for n in self.folders.numbers() - self.backend.numbers():
+            for n in self._untracked_numbers():
                 hits += self._scan(n, untracked_record(n), metric, sign)
         if not hits:
             return None
@@ -240,6 +253,23 @@ class Queries:
             return info
         # Found by a pattern the generic name parser does not know: report what won.
         return dataclasses.replace(info, metrics={**info.metrics, metric: value})
+
+    def _untracked_numbers(self) -> _List[int]:
+        """Version folders without a record, remembered in the experiment's metadata
+        with the two parent folders' mtimes: while neither folder changed (no version
+        folder made or removed), ``best`` lists neither them nor the records."""
+        stamp = self.folders.stamp()
+        cached = self.backend.get_meta().get(_UNTRACKED_KEY)
+        if isinstance(cached, dict) and cached.get("stamp") == stamp:
+            numbers = cached.get("numbers")
+            if isinstance(numbers, list) and all(isinstance(n, int) for n in numbers):
+                return numbers
+        found = sorted(self.folders.numbers() - self.backend.numbers())
+        if len(found) <= _UNTRACKED_CACHE_MAX:
+            entry = {"stamp": stamp, "numbers": found}
+            with contextlib.suppress(VersionkitError):  # a cache: a read-only store is fine
+                self.backend.modify_meta(lambda _meta: {_UNTRACKED_KEY: entry})
+        return found
 
     def _scan(
         self, n: int, record: Mapping[str, Any], metric: str, sign: float

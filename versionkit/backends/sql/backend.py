@@ -37,7 +37,9 @@ __all__ = ["SQLBackend"]
 
 _ATTEMPTS = 5  # tries of one write before giving up on conflicts
 _ADVISORY_KEY = 0x766B5F73636865  # pg_advisory_xact_lock key serialising table setup
-_PAGE = 1000  # rows per query when streaming records or best candidates
+# Rows per query when streaming records or best candidates: small first (a caller that
+# wants the latest 20, or the first existing best file, reads little), then doubling.
+_FIRST_PAGE, _PAGE = 32, 1000
 _T = TypeVar("_T")
 
 
@@ -290,33 +292,40 @@ class SQLBackend(Backend):
         return list(self.iter_records())
 
     def iter_records(self, *, newest_first: bool = False) -> Iterator[Record]:
-        """Every record in pages of ``_PAGE`` rows (keyset pagination: each page is one
+        """Every record in growing pages of rows (keyset pagination: each page is one
         index range scan), so memory stays bounded however long the history is."""
         v = schema.versions.c
         after: int | None = None
+        page = _FIRST_PAGE
         while True:
 
-            def body(engine: Engine, after: int | None = after) -> list[Any]:
+            def body(engine: Engine, after: int | None = after, page: int = page) -> list[Any]:
                 query = sa.select(v.number, v.record).where(v.experiment == self.experiment)
                 if after is not None:
                     query = query.where(v.number < after if newest_first else v.number > after)
                 order = v.number.desc() if newest_first else v.number.asc()
                 with self._transaction(engine, write=False) as conn:
-                    return list(conn.execute(query.order_by(order).limit(_PAGE)).all())
+                    return list(conn.execute(query.order_by(order).limit(page)).all())
 
             rows = self._run("list versions", body)
             for number, text in rows:
                 yield self._decode(int(number), text)
-            if len(rows) < _PAGE:
+            if len(rows) < page:
                 return
             after = int(rows[-1][0])
+            page = min(2 * page, _PAGE)
 
     def numbers(self) -> set[int]:
         def body(engine: Engine) -> set[int]:
-            v = schema.versions.c
             with self._transaction(engine, write=False) as conn:
-                rows = conn.execute(sa.select(v.number).where(v.experiment == self.experiment))
-                return {int(n) for n in rows.scalars()}
+                # The driver's cursor: SQLAlchemy's per-row work would be most of the cost.
+                cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+                mark = "?" if self._dialect == "sqlite" else "%s"
+                cursor.execute(
+                    f"SELECT number FROM {schema.versions.name} WHERE experiment = {mark}",
+                    (self.experiment,),
+                )
+                return {int(n) for (n,) in cursor.fetchall()}
 
         return self._run("list version numbers", body)
 
@@ -422,12 +431,12 @@ class SQLBackend(Backend):
 
     def best_candidates(self, metric: str, mode: str) -> Iterator[tuple[int, Record]]:
         """Best first, straight from the checkpoint index (one index range scan per page)."""
-        offset = 0
+        offset, page = 0, _FIRST_PAGE
         while True:
 
-            def body(engine: Engine, offset: int = offset) -> list[Any]:
+            def body(engine: Engine, offset: int = offset, page: int = page) -> list[Any]:
                 query = (
-                    statements.best_query(self.experiment, metric, mode).offset(offset).limit(_PAGE)
+                    statements.best_query(self.experiment, metric, mode).offset(offset).limit(page)
                 )
                 with self._transaction(engine, write=False) as conn:
                     return list(conn.execute(query).all())
@@ -435,9 +444,10 @@ class SQLBackend(Backend):
             rows = self._run("find the best checkpoint", body)
             for number, path, value, step in rows:
                 yield int(number), {"path": path, "step": int(step), "metrics": {metric: value}}
-            if len(rows) < _PAGE:
+            if len(rows) < page:
                 return
-            offset += _PAGE
+            offset += page
+            page = min(2 * page, _PAGE)
 
     def repair(self, floor: int) -> dict[str, Any]:
         """Replace unreadable records by stubs, lift the counter, rebuild the index
