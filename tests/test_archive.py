@@ -201,9 +201,14 @@ def test_hostile_and_damaged_archives_change_nothing(
     assert code == 2 and not (tmp_path / "fresh").exists(), "a refusal creates no root"
     code, _, err = run("import", str(tmp_path / "nosuch.tar.gz"), str(dest.root))
     assert code == 2 and "does not exist" in one_error_line(err)
-    # the good one still imports, as the next number
+    # the good one still imports, as the next number; an import of it keeps the chain
     assert run("import", str(good), str(dest.root))[0] == 0
     assert dest.latest() is not None and dest.latest().version == 1
+    again = tmp_path / "again.tar.gz"
+    assert run("export", str(dest.root), "1", str(again))[0] == 0
+    assert run("import", str(again), str(dest.root))[0] == 0
+    chain = dest.get(2).record["imported_from"]
+    assert chain["version"] == 1 and chain["via"]["version"] == n
 
 
 @pytest.mark.slow

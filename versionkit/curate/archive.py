@@ -378,6 +378,8 @@ def import_version(path: Path, registry: Registry) -> ImportResult:
         "exported_at": source.get("exported_at"), "created_at": record.get("created_at"),
         "user": record.get("user"), "archive": str(path.resolve()),
     }
+    if isinstance(record.get("imported_from"), dict):  # an import of an import: the chain
+        origin["via"] = record["imported_from"]
     config = record.get("config")
     info = registry.allocate(
         config=config if isinstance(config, dict) else None,

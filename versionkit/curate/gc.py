@@ -187,7 +187,8 @@ def _is_live(info: VersionInfo) -> bool:
     return info.status == "running" and not info.is_dead
 
 
-def _check(keep_best: int, keep_last: int, older_than_days: float | None, mode: str) -> None:
+def _check(keep_best: int, keep_last: int, older_than_days: float | None, mode: str,
+           metric: str) -> None:
     for flag, value in (("--keep-best", keep_best), ("--keep-last", keep_last)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ConfigError(f"{flag} must be an integer >= 0, got {value!r}")
@@ -197,6 +198,8 @@ def _check(keep_best: int, keep_last: int, older_than_days: float | None, mode: 
         raise ConfigError(f"--older-than must be a number of days >= 0, got {older_than_days!r}")
     if mode not in ("min", "max"):
         raise ConfigError(f"--mode must be min or max, got {mode!r}")
+    if not metric or not metric.strip():
+        raise ConfigError("--metric cannot be empty (e.g. val_loss)")
 
 
 def plan(
@@ -222,7 +225,7 @@ def plan(
         versions: also remove whole ``failed``/``interrupted`` version folders.
         now: the current time (seconds since the epoch); for tests.
     """
-    _check(keep_best, keep_last, older_than_days, mode)
+    _check(keep_best, keep_last, older_than_days, mode, metric)
     from versionkit.curate.refs import tags_by_version
 
     layout = Layout(registry.root)
