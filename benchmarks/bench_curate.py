@@ -22,6 +22,7 @@ the end); without it one JSON line with a ``skipped`` note is printed instead.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import statistics
@@ -38,6 +39,7 @@ from _common import machine
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from versionkit.errors import VersionkitError  # noqa: E402
 from versionkit.registry import Registry  # noqa: E402
 
 BENCH = "curate"
@@ -54,6 +56,8 @@ def uri_for(name: str, tmp: Path) -> str | None:
         return "file"
     if name == "sqlite":
         return f"sqlite:///{tmp / 'registry.db'}"
+    if name not in ("postgresql", "postgres"):
+        return name  # any other URI
     base = os.environ.get("VERSIONKIT_TEST_POSTGRES")
     if not base:
         return None
@@ -137,12 +141,17 @@ def emit_process(figure: str, argv: list[str], runs: int, target: str | None,
 def bench(name: str, args: argparse.Namespace, tmp: Path) -> None:
     uri = uri_for(name, tmp)
     if uri is None:
-        print(f'{{"bench": "{BENCH}", "figure": "{name}", "skipped": '
-              f'"set VERSIONKIT_TEST_POSTGRES"}}', flush=True)
+        print(json.dumps({"bench": BENCH, "figure": name,
+                          "skipped": "set VERSIONKIT_TEST_POSTGRES"}), flush=True)
         return
     root = tmp / name / "exp"
     t = time.perf_counter()
-    with Registry(root, uri) as reg:
+    try:
+        reg = Registry(root, uri)
+    except VersionkitError as exc:  # e.g. SQLAlchemy not installed in this environment
+        print(json.dumps({"bench": BENCH, "figure": name, "skipped": str(exc)}), flush=True)
+        return
+    with reg:
         fill(reg, args.versions, args.checkpoints)
     build = time.perf_counter() - t
     size = f"{args.versions}x{args.checkpoints}"
