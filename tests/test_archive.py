@@ -261,3 +261,21 @@ def test_an_accepted_member_name_stays_inside_the_version(parts: list[str], lead
     target = Path(os.path.normpath(base / rel))
     assert target == base or base in target.parents, (name, rel)
     assert ".." not in rel.split("/") and not rel.startswith("/")
+
+
+def test_a_full_disk_during_export_is_one_line_and_leaves_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from versionkit.curate import archive
+
+    src, n = _source(tmp_path / "a" / "exp", "file")
+
+    def full(_fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(archive.os, "fsync", full)
+    code, _, err = cli(capsys, "file")("export", str(src.root), str(n), str(tmp_path / "v.tgz"))
+    assert code == 1 and "the disk is full" in one_error_line(err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
