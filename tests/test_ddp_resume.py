@@ -14,7 +14,7 @@ import pytest
 import torch
 from test_train_helpers import REPO, state_of, write_tiny
 
-from versionkit.lightning import RUN_ENV
+from versionkit.run import RUN_ENV
 from versionkit.registry import Registry
 
 
