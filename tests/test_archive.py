@@ -217,7 +217,7 @@ def test_export_import_then_inference(
 ) -> None:
     """A real (2-step) training run, exported, imported elsewhere, sampled from ROOT2@latest."""
     from fractalgen import sample, train
-    from versionkit.lightning import RUN_ENV
+    from versionkit.run import RUN_ENV
 
     monkeypatch.delenv(RUN_ENV, raising=False)
     monkeypatch.delenv("VERSIONKIT_BACKEND", raising=False)
