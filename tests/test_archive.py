@@ -279,3 +279,19 @@ def test_a_full_disk_during_export_is_one_line_and_leaves_nothing(
     code, _, err = cli(capsys, "file")("export", str(src.root), str(n), str(tmp_path / "v.tgz"))
     assert code == 1 and "the disk is full" in one_error_line(err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+
+
+def test_export_follows_no_symlink(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src, n = _source(tmp_path / "a" / "exp", "file")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for sharing")
+    (src.checkpoint_dir(n) / "config.source.yaml").unlink()
+    (src.checkpoint_dir(n) / "config.source.yaml").symlink_to(secret)
+    (src.log_dir(n) / "leak").symlink_to(secret)
+    assert cli(capsys, "file")("export", str(src.root), str(n), str(tmp_path / "v.tgz"))[0] == 0
+    with tarfile.open(tmp_path / "v.tgz") as tar:
+        names = [m.name for m in tar]
+        assert all(tar.extractfile(m).read() != b"not for sharing"  # type: ignore[union-attr]
+                   for m in tar if m.isreg())
+    assert f"{PREFIX}/checkpoints/config.source.yaml" not in names
+    assert f"{PREFIX}/logs/leak" not in names

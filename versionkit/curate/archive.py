@@ -161,8 +161,8 @@ def export_version(registry: Registry, n: int, dest: Path, *,
     ck = registry.checkpoint_dir(n)
     members: list[tuple[Path, str]] = []
     for name in (CONFIG_FILE, SOURCE_CONFIG_FILE):
-        if (ck / name).is_file():
-            members.append((ck / name, f"{PREFIX}/checkpoints/{name}"))
+        if os.path.lexists(ck / name):  # regular files only: a symlink is not followed
+            members += _files_under(ck / name, f"{PREFIX}/checkpoints/{name}")
     for path in _choose(registry, n, which):
         members += _files_under(path, f"{PREFIX}/checkpoints/{path.name}")
     if registry.log_dir(n).is_dir():
