@@ -90,17 +90,21 @@ def _preset(name: str, gen: str) -> tuple[dict[str, Any], list[int], int, int]:
 
 
 def _median_time(
-    fn: Callable[[], object], steps: int, warmup: int, sync: Callable[[], None]
+    fn: Callable[[], object],
+    steps: int,
+    warmup: int,
+    sync: Callable[[], None],
+    clock: Callable[[], float] = time.perf_counter,
 ) -> float:
     for _ in range(warmup):
         fn()
     sync()
     times = []
     for _ in range(steps):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
         sync()
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return statistics.median(times)
 
 
@@ -235,7 +239,20 @@ def main(argv: list[str] | None = None) -> int:
         metavar="DIR",
         help="a checkout of LTH14/fractalgen: time it in the same run (tiny16 / digits only)",
     )
+    ap.add_argument(
+        "--num-iter",
+        default=None,
+        metavar="LIST",
+        help="sampling steps per level, e.g. 8,4,4 (default: the preset's)",
+    )
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds with --reference")
+    ap.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall: elapsed time; cpu: this process's CPU time, steadier on a shared machine\n"
+        "(use it with --threads 1; GPU runs always use wall time)",
+    )
     ap.add_argument(
         "--profile",
         action="store_true",
@@ -247,12 +264,19 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--steps and --rounds must be >= 1 and --warmup >= 0")
 
     dev = torch.device(args.device)
+    use_cpu_clock = args.clock == "cpu" and dev.type == "cpu"
+    clock = time.process_time if use_cpu_clock else time.perf_counter
     if dev.type == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but torch sees no CUDA device", file=sys.stderr)
         return 1
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     kw, num_iter, channels, classes = _preset(args.preset, args.gen)
+    if args.num_iter is not None:
+        try:
+            num_iter = [int(v) for v in args.num_iter.split(",")]
+        except ValueError:
+            ap.error(f"--num-iter expects integers like 8,4,4, got {args.num_iter!r}")
     if args.reference is not None and "factory" in kw:
         ap.error("--reference supports the tiny16 and digits presets")
     ref_mod = _load_reference(args.reference, dev) if args.reference is not None else None
@@ -270,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     with dev:
         model: FractalGen = FACTORIES[kw["factory"]]() if "factory" in kw else FractalGen(**kw)
     model.train()
+    if len(num_iter) != len(model.levels) or min(num_iter) < 1:
+        ap.error(f"--num-iter needs {len(model.levels)} positive integers, got {num_iter}")
     size = model.img_size_list[0]
     imgs = torch.rand(args.batch, channels, size, size, device=dev)
     imgs = (imgs * 255).round() / 255
@@ -318,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
             device=str(dev),
             bf16=args.bf16,
             threads=torch.get_num_threads(),
+            clock="cpu" if use_cpu_clock else "wall",
         )
 
     for r in runners:
@@ -339,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(rounds):
             order = runners if i % 2 == 0 else runners[::-1]
             for r in order:
-                per_round[r.name].append(_median_time(getattr(r, attr), steps, warm, sync))
+                per_round[r.name].append(_median_time(getattr(r, attr), steps, warm, sync, clock))
         ours = statistics.median(per_round["ours"])
         emit(figure, ours, "s")
         if attr == "train_step":

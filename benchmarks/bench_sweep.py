@@ -8,8 +8,9 @@ Prints one JSON object per line and figure::
 Per storage (the default journal file; PostgreSQL through ``$VERSIONKIT_TEST_POSTGRES``):
 
 - ``trial_bookkeeping_ms``: one trial with no training, in a running worker: the claim
-  lock, counting the study, Optuna's ask/suggest/tell and user attributes, the version's
-  allocation and its record (extra), and the final status. Median of 3 sweeps of N trials.
+  lock, counting the study, Optuna's ask/suggest/tell and user attributes, and the run's
+  start (version, lease, record with the trial, config.yaml) and finish, through
+  ``versionkit.run.start_run`` as a real trial does. Median of 3 sweeps of N trials.
 - ``worker_start_s``: a worker process, from its start to the first trial's objective,
   importing what a FractalGen trial needs (optuna, torch, Lightning). Median of 3.
 - ``overhead_per_trial_s``: what a trial costs beyond its training in the example sweep
@@ -53,14 +54,17 @@ def parse(argv: list[str]) -> LoadedConfig[BenchConfig]:
 
 
 def bookkeeping(ctx: Any) -> float:
-    """Everything a trial does besides training: a version with its record, then done."""
+    """Everything a trial does besides training: start the run (version, lease, record
+    with the trial, config.yaml, the four lines), link it to the trial, finish it."""
     from versionkit.registry import Registry
+    from versionkit.run import start_run
 
     config = ctx.loaded.config
     with Registry(config.root, config.registry) as registry:
-        info = registry.allocate(config=config.model_dump(mode="json"), extra=ctx.extra)
-        ctx.link(info.version, info.checkpoint_dir)
-        registry.set_status(info.version, "completed")
+        run = start_run(registry, ctx.loaded, extra=ctx.extra, printer=lambda _line: None,
+                        command=["bench"])
+        ctx.link(run.version, run.checkpoint_dir)
+        run.finish("completed")
     return float(config.x)
 
 
@@ -71,7 +75,7 @@ def first_entry(ctx: Any) -> float:
 
     stamp = Path(ctx.loaded.config.stamp)
     with open(stamp, "a", encoding="utf-8") as f:
-        f.write(f"{time.time()}\n")
+        f.write(f"{time.time()} {time.process_time()}\n")
     return bookkeeping(ctx)
 
 
@@ -95,9 +99,9 @@ def _pg(base: str, schema: str) -> tuple[str, str]:
     """(registry URI, Optuna URL) in a fresh schema of PostgreSQL."""
     import sqlalchemy as sa
 
-    from versionkit.backends import sql as sqlmod
+    from versionkit.backends.sql.uri import parse_uri
 
-    engine = sa.create_engine(sqlmod._parse_uri(base)[0])
+    engine = sa.create_engine(parse_uri(base)[0])
     with engine.begin() as conn:
         conn.exec_driver_sql(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
     engine.dispose()
@@ -109,9 +113,9 @@ def _pg(base: str, schema: str) -> tuple[str, str]:
 def _drop(base: str, schema: str) -> None:
     import sqlalchemy as sa
 
-    from versionkit.backends import sql as sqlmod
+    from versionkit.backends.sql.uri import parse_uri
 
-    engine = sa.create_engine(sqlmod._parse_uri(base)[0])
+    engine = sa.create_engine(parse_uri(base)[0])
     with engine.begin() as conn:
         conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     engine.dispose()
@@ -128,16 +132,19 @@ def measure(kind: str, trials: int, repeats: int) -> None:
     registry, storage = _pg(base, schema) if kind == "postgresql" else (None, None)
     try:
         per_trial: list[float] = []
+        per_trial_cpu: list[float] = []
         starts: list[float] = []
+        start_cpu: list[float] = []
         with tempfile.TemporaryDirectory() as tmp:
             for i in range(repeats):
                 root = Path(tmp) / f"r{i}"
                 root.mkdir()
                 sweep = _sweep(root, storage, f"bk{i}", trials, bookkeeping, registry)
                 sweep.open_study(create=True)
-                begin = time.perf_counter()
+                begin, cpu = time.perf_counter(), time.process_time()
                 assert work(sweep) == 0
                 per_trial.append((time.perf_counter() - begin) / trials)
+                per_trial_cpu.append((time.process_time() - cpu) / trials)
             for i in range(repeats):
                 root = Path(tmp) / f"s{i}"
                 root.mkdir()
@@ -153,8 +160,10 @@ def measure(kind: str, trials: int, repeats: int) -> None:
                     proc.start()
                 for proc in procs:
                     proc.join()
-                entries = [float(x) for x in stamp.read_text().split()]
-                starts.append(min(entries) - begin)
+                entries = [[float(x) for x in line.split()]
+                           for line in stamp.read_text().splitlines()]
+                starts.append(min(e[0] for e in entries) - begin)
+                start_cpu.extend(e[1] for e in entries)
     finally:
         if kind == "postgresql":
             _drop(base, schema)
@@ -162,8 +171,13 @@ def measure(kind: str, trials: int, repeats: int) -> None:
     start = statistics.median(starts)
     emit("sweep", f"{kind}_trial_bookkeeping_ms", bk * 1000, "ms", None, MACHINE, digits=1,
          trials=trials, repeats=repeats)
+    emit("sweep", f"{kind}_trial_bookkeeping_cpu_ms", statistics.median(per_trial_cpu) * 1000,
+         "ms", None, MACHINE, digits=1, note="this process's CPU time: what a busy machine "
+         "does not inflate")
     emit("sweep", f"{kind}_worker_start_s", start, "s", None, MACHINE, digits=2,
          imports="optuna, torch, pytorch_lightning")
+    emit("sweep", f"{kind}_worker_start_cpu_s", statistics.median(start_cpu), "s", None,
+         MACHINE, digits=2, note="the worker's CPU time up to its first trial")
     emit("sweep", f"{kind}_overhead_per_trial_s", bk + start * 2 / 8, "s", "<= 1.5", MACHINE,
          digits=3, shape="8 trials, 2 jobs")
     emit("sweep", f"{kind}_overhead_per_trial_worst_s", bk + start, "s", None, MACHINE,
@@ -175,6 +189,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer trials and repeats")
     parser.add_argument("--storages", default="journal,postgresql")
     args = parser.parse_args()
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     trials, repeats = (5, 1) if args.quick else (20, 3)
     for kind in args.storages.split(","):
         measure(kind.strip(), trials, repeats)

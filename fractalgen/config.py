@@ -27,6 +27,7 @@ from fractalgen.limits import (
     cpu_count,
     estimate_parameters,
     host_memory_bytes,
+    max_workers,
 )
 from versionkit.config import (
     ConfigModel,
@@ -123,10 +124,9 @@ class DataConfig(ConfigSection):
     @field_validator("num_workers")
     @classmethod
     def _workers(cls, value: int) -> int:
-        cpus = cpu_count()
-        return at_most(value, WORKERS_PER_CPU * cpus, f"{WORKERS_PER_CPU} per CPU on this "
-                        f"machine, which has {cpus}: each worker is a process holding a copy "
-                        "of the data set")
+        return at_most(value, max_workers(), f"{WORKERS_PER_CPU} per CPU on this machine, "
+                        f"which has {cpu_count()}, and at least 32: each worker is a process "
+                        "holding a copy of the data set")
 
     @field_validator("train_batch_size", "val_batch_size")
     @classmethod

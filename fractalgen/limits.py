@@ -28,12 +28,16 @@ __all__ = [
     "finite_float",
     "host_memory_bytes",
     "image_count",
+    "max_workers",
     "seed",
 ]
 
 MAX_NAME_LENGTH = 128  # experiment names are folder names (file systems allow 255 bytes)
 SEED_LIMIT = 2**32  # numpy, DataLoader workers and CUDA take 32-bit seeds
 WORKERS_PER_CPU = 4
+#: allowed on any machine, so a config saved on a large machine (the paper's recipes use
+#: 8) still loads on a laptop for inference
+MIN_WORKER_LIMIT = 32
 MAX_STEPS = 10**12
 WHY_STEPS = "a step count beyond 10**12 is a typo"
 MAX_BATCH = 2**16
@@ -51,6 +55,11 @@ def cpu_count() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
         return max(1, os.cpu_count() or 1)
+
+
+def max_workers() -> int:
+    """DataLoader workers allowed here: 4 per CPU, and never fewer than 32."""
+    return max(MIN_WORKER_LIMIT, WORKERS_PER_CPU * cpu_count())
 
 
 def host_memory_bytes() -> int | None:

@@ -83,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
         "--num_images",
         type=limits.image_count,
         default=None,
-        help="how many images (default: the config's sampling.num_images)",
+        help="how many images, at most 100000 (default: the config's sampling.num_images)",
     )
     p.add_argument(
         "--cfg",

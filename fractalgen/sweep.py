@@ -38,6 +38,8 @@ _CHOICES = {
     "pruner": ("median", "none"),
     "direction": ("minimize", "maximize"),
 }
+#: where the versions go: the same for every trial of one sweep
+_SHARED = ("experiment.name", "experiment.output_root", "experiment.registry")
 _HELP = """\
 usage: fractalgen-sweep [TRAINING FLAGS] --space FIELD=KIND(ARGS) ... [--trials N] [--jobs J]
                         [--study NAME] [--storage URI] [--sampler tpe|random|grid]
@@ -181,7 +183,7 @@ def _best_of(ctx: TrialContext, version: int, metric: str) -> float | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run or continue a sweep; returns the exit code (2 for usage and config errors,
-    130 after Ctrl-C)."""
+    130 after Ctrl-C, 143 after SIGTERM)."""
     args = list(sys.argv[1:] if argv is None else argv)
     if "-h" in args or "--help" in args:
         sys.stdout.write(_HELP)
@@ -199,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    if code == 130:
+    if code in (130, 143):
         print("interrupted: the running trials are FAIL (interrupted) in the study and "
               "their values are queued; run the same command again to continue",
               file=sys.stderr)
@@ -219,6 +221,10 @@ def _prepare(args: list[str]) -> tuple[Sweep, int]:
     parsed = _split(args)
     base = _parse(parsed.train)
     space = SearchSpace.parse(parsed.spaces, TrainConfig, files=parsed.space_files)
+    for dim in space.dimensions:
+        if dim.field in _SHARED:
+            raise ConfigError(f"--space {dim.source}: every trial of a sweep is a version of "
+                              f"one experiment, so {dim.field} cannot vary; search other fields")
     trials = parsed.trials
     if parsed.sampler == "grid":
         space.grid()  # refuses ranges

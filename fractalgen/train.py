@@ -320,11 +320,13 @@ def _resume_plan(
         return None, None, loaded.config
     from versionkit.registry import Registry
     from versionkit.run import plan_resume, resolve_target
+    from versionkit.run.target import checkpoint_required
 
     default_root, _shown = experiment_root(loaded.config)
     backend = loaded.config.experiment.registry
     try:
         target = resolve_target(str(text), default_root=default_root, backend=backend)
+        checkpoint_required(target, str(text))
     except VersionkitError as exc:
         raise type(exc)(f"--resume {exc}") from None
     registry = Registry(target.root, backend)

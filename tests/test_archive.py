@@ -201,9 +201,14 @@ def test_hostile_and_damaged_archives_change_nothing(
     assert code == 2 and not (tmp_path / "fresh").exists(), "a refusal creates no root"
     code, _, err = run("import", str(tmp_path / "nosuch.tar.gz"), str(dest.root))
     assert code == 2 and "does not exist" in one_error_line(err)
-    # the good one still imports, as the next number
+    # the good one still imports, as the next number; an import of it keeps the chain
     assert run("import", str(good), str(dest.root))[0] == 0
     assert dest.latest() is not None and dest.latest().version == 1
+    again = tmp_path / "again.tar.gz"
+    assert run("export", str(dest.root), "1", str(again))[0] == 0
+    assert run("import", str(again), str(dest.root))[0] == 0
+    chain = dest.get(2).record["imported_from"]
+    assert chain["version"] == 1 and chain["via"]["version"] == n
 
 
 @pytest.mark.slow
@@ -212,7 +217,7 @@ def test_export_import_then_inference(
 ) -> None:
     """A real (2-step) training run, exported, imported elsewhere, sampled from ROOT2@latest."""
     from fractalgen import sample, train
-    from versionkit.lightning import RUN_ENV
+    from versionkit.run import RUN_ENV
 
     monkeypatch.delenv(RUN_ENV, raising=False)
     monkeypatch.delenv("VERSIONKIT_BACKEND", raising=False)
@@ -256,3 +261,37 @@ def test_an_accepted_member_name_stays_inside_the_version(parts: list[str], lead
     target = Path(os.path.normpath(base / rel))
     assert target == base or base in target.parents, (name, rel)
     assert ".." not in rel.split("/") and not rel.startswith("/")
+
+
+def test_a_full_disk_during_export_is_one_line_and_leaves_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from versionkit.curate import archive
+
+    src, n = _source(tmp_path / "a" / "exp", "file")
+
+    def full(_fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(archive.os, "fsync", full)
+    code, _, err = cli(capsys, "file")("export", str(src.root), str(n), str(tmp_path / "v.tgz"))
+    assert code == 1 and "the disk is full" in one_error_line(err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+
+
+def test_export_follows_no_symlink(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src, n = _source(tmp_path / "a" / "exp", "file")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for sharing")
+    (src.checkpoint_dir(n) / "config.source.yaml").unlink()
+    (src.checkpoint_dir(n) / "config.source.yaml").symlink_to(secret)
+    (src.log_dir(n) / "leak").symlink_to(secret)
+    assert cli(capsys, "file")("export", str(src.root), str(n), str(tmp_path / "v.tgz"))[0] == 0
+    with tarfile.open(tmp_path / "v.tgz") as tar:
+        names = [m.name for m in tar]
+        assert all(tar.extractfile(m).read() != b"not for sharing"  # type: ignore[union-attr]
+                   for m in tar if m.isreg())
+    assert f"{PREFIX}/checkpoints/config.source.yaml" not in names
+    assert f"{PREFIX}/logs/leak" not in names

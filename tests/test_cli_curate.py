@@ -70,8 +70,10 @@ def test_list_best_columns_filters_sort_limit(
                        (["--columns", "a,,b"], "comma-separated"),
                        (["--columns", ""], "comma-separated"),
                        (["--limit", "-1"], "--limit must be >= 0")):
-        code, _, err = run("list", root, *flags)
+        code, out, err = run("list", root, *flags)
         assert code == 2 and why in one_error_line(err), flags
+        code, out, err = run("list", root, "--json", *flags)
+        assert (code, out) == (2, ""), "nothing printed before a refusal"
 
 
 def test_list_json_streams_a_valid_array(tmp_path: Path) -> None:

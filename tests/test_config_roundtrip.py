@@ -247,4 +247,4 @@ def test_any_command_line_loads_or_fails_with_a_config_error(argv: list[str]) ->
     try:
         load_config(Rich, argv)
     except ConfigError as exc:
-        _check_error(exc, "--", "flag", "argument")
+        _check_error(exc, "--", "flag", "argument", "config file")

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fractalgen.config import TrainConfig, parse_train_args
-from fractalgen.limits import MAX_STEPS, SEED_LIMIT, WORKERS_PER_CPU, cpu_count
+from fractalgen.limits import MAX_STEPS, SEED_LIMIT, max_workers
 from versionkit._types import leaf_index
 from versionkit._yaml import parse_yaml
 from versionkit.config import dump_config, load_yaml_text
@@ -67,7 +67,7 @@ def assert_sane(config: TrainConfig) -> None:
     plain = config.model_dump()
     assert all(math.isfinite(f) for f in _floats(plain)), plain
     assert 0 <= config.experiment.seed < SEED_LIMIT
-    assert config.data.num_workers <= WORKERS_PER_CPU * cpu_count()
+    assert config.data.num_workers <= max_workers()
     assert config.trainer.max_steps <= MAX_STEPS
     assert len(config.experiment.name) <= 128
     assert load_yaml_text(TrainConfig, dump_config(config)) == config
@@ -93,7 +93,7 @@ def test_any_command_line(argv: list[str]) -> None:
     try:
         loaded = parse_train_args(argv)
     except ConfigError as exc:
-        assert_clear(exc, "--", "flag", "argument", "schema default")
+        assert_clear(exc, "--", "flag", "argument", "schema default", "config file")
     else:
         assert_sane(loaded.config)
 
@@ -106,7 +106,7 @@ def test_any_one_flag(name: str, value: str, inline: bool) -> None:
     try:
         loaded = parse_train_args(argv)
     except ConfigError as exc:
-        assert_clear(exc, "--", "flag", "argument", "schema default")
+        assert_clear(exc, "--", "flag", "argument", "schema default", "config file")
     else:
         assert_sane(loaded.config)
 

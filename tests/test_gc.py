@@ -101,9 +101,9 @@ def test_policy_flags_are_checked(tmp_path: Path, capsys: pytest.CaptureFixture[
     _finished(reg, [0.5])
     run = cli(capsys, "file")
     for flags in (["--keep-best", "-1"], ["--keep-last", "x"], ["--older-than", "nan"],
-                  ["--older-than", "-2"], ["--older-than", "inf"]):
+                  ["--older-than", "-2"], ["--older-than", "inf"], ["--metric", ""]):
         code, _, err = run("gc", str(reg.root), *flags)
-        assert code == 2 and "expected" in err, flags
+        assert code == 2 and ("expected" in err or "cannot be empty" in err), flags
     with pytest.raises(Exception, match="--keep-best must be"):
         gc.plan(reg, keep_best=-1)
 

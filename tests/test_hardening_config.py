@@ -152,8 +152,8 @@ def test_train_config_defaults_are_finite() -> None:
     ("argv", "expected"),
     [
         (["--num_workers", "100000"], "data.num_workers: expected at most {workers} (4 per "
-         "CPU on this machine, which has {cpus}: each worker is a process holding a copy of "
-         "the data set), given 100000 (from flag --num_workers 100000)"),
+         "CPU on this machine, which has {cpus}, and at least 32: each worker is a process "
+         "holding a copy of the data set), given 100000 (from flag --num_workers 100000)"),
         (["--seed", "99999999999999999999"], "experiment.seed: expected at most 4294967295 "
          "(seeds are in [0, 2**32): random generators take 32-bit seeds), given "
          "99999999999999999999 (from flag --seed 99999999999999999999)"),
@@ -171,20 +171,22 @@ def test_train_config_defaults_are_finite() -> None:
     ],
 )
 def test_size_like_fields_are_bounded_with_a_reason(argv: list[str], expected: str) -> None:
-    from fractalgen.limits import WORKERS_PER_CPU, cpu_count
+    from fractalgen.limits import cpu_count, max_workers
 
-    cpus = cpu_count()
     message = error(argv)
-    assert message.startswith(expected.format(workers=WORKERS_PER_CPU * cpus, cpus=cpus))
+    assert message.startswith(expected.format(workers=max_workers(), cpus=cpu_count()))
 
 
 def test_bounds_are_inclusive() -> None:
-    from fractalgen.limits import WORKERS_PER_CPU, cpu_count
+    from fractalgen import limits
 
     config = parse_train_args(["--seed", str(2**32 - 1), "--num_workers",
-                               str(WORKERS_PER_CPU * cpu_count()), "--experiment.name",
+                               str(limits.max_workers()), "--experiment.name",
                                "n" * 128]).config
     assert config.experiment.seed == 2**32 - 1
+    assert error(["--num_workers", str(limits.max_workers() + 1)]).startswith(
+        "data.num_workers: expected at most")
+    assert limits.max_workers() == max(32, 4 * limits.cpu_count())
     assert "experiment.name: expected a name of at most 128 characters, not 129" in error(
         ["--experiment.name", "n" * 129])
 
@@ -272,3 +274,15 @@ def test_a_file_that_is_not_a_config_is_not_echoed_whole(tmp_path: Path) -> None
     lines = message.splitlines()
     assert lines[0] == "59 problems in the config:"
     assert len(lines) == 1 + MAX_SHOWN + 1 and lines[-1] == f"  ... and {59 - MAX_SHOWN} more"
+
+
+def test_bundled_recipes_load_on_a_one_cpu_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the paper's recipes ask for 8 workers; a laptop must still load them (inference)
+    from fractalgen import limits
+    from versionkit.config import load_yaml_config
+
+    monkeypatch.setattr(limits, "cpu_count", lambda: 1)
+    root = Path(__file__).resolve().parents[1] / "config"
+    config = load_yaml_config(TrainConfig, root / "fractalmar_in64.yaml")
+    assert config.data.num_workers == 8
+    assert "expected at most 32" in error(["--num_workers", "33"])

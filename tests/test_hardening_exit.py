@@ -63,8 +63,6 @@ def test_show_and_diff_of_a_missing_version_exit_3(
     assert "Traceback" not in capsys.readouterr().err
 
 
-@pytest.mark.xfail(strict=True, reason="versionkit/cli.py (helper 'curate') still exits 1 "
-                   "for 'best' with no checkpoint")
 def test_best_with_no_checkpoint_exits_3(root: Path) -> None:
     done = versionkit("best", str(root))
     assert done.returncode == 3, done.stderr

@@ -139,9 +139,16 @@ def test_top_k_holds_across_a_resume_from_an_older_checkpoint(tmp_path: Path) ->
     os.replace(older, run.checkpoint_dir / "last.ckpt")  # "crash": back to step 4
     again = resumed(run, run.checkpoint_dir / "last.ckpt")
     trainer = build_trainer(again, save_top_k=3, **trainer_kwargs(max_steps=12))
-    assert fit(again, trainer, Toy(val_by_step=vals), *loaders()) == "completed"
+    # The steps after 4 are trained again and validate differently (as on a GPU): the
+    # crashed run's files for steps 6 and 8 are not the ones this run writes.
+    redo = {**vals, 6: 3.5, 8: 2.5}
+    assert fit(again, trainer, Toy(val_by_step=redo), *loaders()) == "completed"
     files = _steps(run.checkpoint_dir)
-    assert [f[:13] for f in files] == ["step_00000008", "step_00000010", "step_00000012"]
+    assert files == [
+        "step_00000008-val_loss_2.5000.ckpt",
+        "step_00000010-val_loss_1.0000.ckpt",
+        "step_00000012-val_loss_0.5000.ckpt",
+    ]
     recorded = {
         Path(c["path"]).name
         for c in run.registry.get(run.version).record["checkpoints"]
@@ -218,3 +225,30 @@ def test_progress_bar_counts_steps_from_the_resumed_one(tmp_path: Path) -> None:
     # the 4 steps this process ran
     assert (bar.n, bar.total, bar.initial) == (10, 10, 6)
     assert bars[0].get_metrics(trainer, None)["v_num"] == run.version
+
+
+def test_mistakes_in_build_trainer_and_fit_are_one_clear_error(tmp_path: Path) -> None:
+    from versionkit.errors import ConfigError
+
+    run = new_run(tmp_path / "exp")
+    pl = pl_module("pytorch_lightning")
+    for kwargs, needle in (
+        ({"lightning": "keras"}, "lightning='keras': expected one of"),
+        ({"mode": "median"}, "mode: expected 'min' or 'max'"),
+        ({"logger": False}, "drop logger="),
+        ({"enable_checkpointing": False}, "save_top_k=0"),
+        (
+            {"lightning": "lightning", "callbacks": [pl.Callback()]},
+            "Callback is a pytorch_lightning object but the trainer is lightning's",
+        ),
+    ):
+        with pytest.raises(ConfigError, match=needle):
+            build_trainer(run, **kwargs)
+    trainer = build_trainer(run, **trainer_kwargs())
+    with pytest.raises(ConfigError, match="lightning='lightning'"):
+        fit(run, trainer, toy_class("lightning")(), *loaders())
+    plain = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    with pytest.raises(ConfigError, match=r"not made by versionkit\.lightning\.build_trainer"):
+        fit(run, plain, toy_class("pytorch_lightning")(), *loaders())
+    assert not list(run.checkpoint_dir.glob("*.ckpt"))
+    assert run.registry.get(run.version).status == "failed"

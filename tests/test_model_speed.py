@@ -12,9 +12,12 @@ from typing import Any
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import fractalgen.model.pixel as pixel_mod
 from fractalgen.model import FractalGen
+from fractalgen.model.blocks import Dropout
+from fractalgen.model.mar import MARLevel
 from fractalgen.model.pixel import PixelHead
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -152,3 +155,68 @@ def test_cached_pixel_sampler_equals_the_full_causal_pass(
     if guided:
         full = pixel_mod.guide_logits(full[:6], full[6:], 2.5)
     torch.testing.assert_close(torch.stack(seen, 1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_row_cross_entropy_matches_torch_in_value_and_gradient() -> None:
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(3, 50, 256, generator=g) * 6).requires_grad_()
+    target = torch.randint(0, 256, (3, 50), generator=g)
+    weight = torch.rand(3, 50, generator=g)
+    ours = pixel_mod.cross_entropy_rows(logits, target)
+    (ours * weight).sum().backward()
+    assert logits.grad is not None
+    got_grad, logits.grad = logits.grad, None
+    want = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none")
+    (want.view(3, 50) * weight).sum().backward()
+    torch.testing.assert_close(ours, want.view(3, 50), atol=1e-5, rtol=1e-6)
+    torch.testing.assert_close(got_grad, logits.grad, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_fast_dropout_draws_the_same_mask_as_torch(dtype: torch.dtype, p: float) -> None:
+    x = torch.randn(37, 21, 48).to(dtype).requires_grad_()
+    torch.manual_seed(3)
+    want = F.dropout(x, p, training=True)
+    after_want = torch.rand(4)
+    torch.manual_seed(3)
+    got = Dropout(p)(x)
+    after_got = torch.rand(4)
+    assert torch.equal(got, want)
+    assert torch.equal(after_got, after_want), "the RNG must end in the same state"
+    (gx,) = torch.autograd.grad(got.sum(), x)
+    (wx,) = torch.autograd.grad(want.sum(), x)
+    assert torch.equal(gx, wx)
+    assert torch.equal(Dropout(p).eval()(x), x)
+
+
+@pytest.mark.parametrize("guiding", [False, True])
+def test_mar_predict_for_some_patches_equals_the_full_pass(guiding: bool) -> None:
+    torch.manual_seed(0)
+    level = MARLevel(
+        seq_len=16,
+        patch_size=2,
+        in_channels=3,
+        cond_dim=8,
+        embed_dim=32,
+        num_blocks=2,
+        num_heads=4,
+        guiding_pixel=guiding,
+    ).eval()
+    patches = torch.rand(5, 16, 12)
+    mask = torch.rand(5, 16) < 0.5
+    cond = torch.randn(5, 5, 8)
+    pix = torch.rand(5, 3) if guiding else None
+    query = torch.argsort(torch.rand(5, 16), dim=1)[:, :3]
+    with torch.no_grad():
+        full = level.predict(patches, mask, cond, pix)
+        some = level.predict(patches, mask, cond, pix, query=query)
+    want = full.gather(1, query.unsqueeze(-1).expand(-1, -1, 32))
+    torch.testing.assert_close(some, want, atol=1e-5, rtol=1e-5)
+
+
+def test_samples_are_ordinary_tensors_the_caller_may_change() -> None:
+    model = _model("mar3")
+    imgs = model.sample(2, torch.tensor([1, 2]), num_iter_list=[1, 1])
+    assert not imgs.is_inference()
+    imgs.add_(1)  # raises for an inference-mode tensor

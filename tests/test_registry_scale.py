@@ -158,7 +158,7 @@ def test_file_best_index_is_rebuilt_when_missing_and_by_repair(tmp_path: Path) -
 
 
 def test_iter_versions_streams_newest_first_with_limit_and_status(tmp_path: Path) -> None:
-    reg = Registry(tmp_path / "exp", "memory://scale")
+    reg = Registry(tmp_path / "exp", f"memory://scale-{tmp_path.name}")
     for _ in range(6):
         reg.allocate()
     reg.set_status(4, "pruned")
@@ -219,3 +219,47 @@ def test_best_remembers_untracked_folders_until_a_folder_changes(
     # A new foreign folder changes checkpoints/' mtime: it is found at once.
     touch(root / "checkpoints" / "version_7" / "step_00000001-val_loss_0.1000.ckpt")
     assert reg.best().version == 7  # type: ignore[union-attr]
+
+
+def test_the_latest_few_read_a_few_records_not_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reg = Registry(tmp_path / "exp")
+    for _ in range(12):
+        reg.allocate()
+    for n in (10, 9):
+        (tmp_path / "exp" / ".versionkit" / "versions" / f"{n}.json").unlink()
+    reg.checkpoint_dir(9).rmdir()
+    reg.log_dir(9).rmdir()  # 9: deleted entirely; 10: folders left, so untracked
+    touch(reg.log_dir(15) / "events")  # another tool's, above the counter
+    reads: list[int] = []
+    real_get = reg.backend.get
+
+    def get(number: int) -> Any:
+        reads.append(number)
+        return real_get(number)
+
+    monkeypatch.setattr(reg.backend, "get", get)
+    monkeypatch.setattr(reg.backend, "iter_records", lambda **kw: pytest.fail("listed records"))
+    got = [(v.version, v.status) for v in reg.iter_versions(limit=4, newest_first=True)]
+    assert got == [(15, "untracked"), (11, "running"), (10, "untracked"), (8, "running")]
+    assert len(reads) <= 9
+    monkeypatch.undo()
+    full = [(v.version, v.status) for v in reg.iter_versions(newest_first=True)][:4]
+    assert full == got, "the walk and the listing agree"
+
+
+def test_the_walk_gives_way_to_the_listing_after_a_long_gap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from versionkit.registry import queries
+
+    monkeypatch.setattr(queries, "_WALK_GAPS", 3)
+    reg = Registry(tmp_path / "exp", f"memory://walk-{tmp_path.name}")
+    for _ in range(10):
+        reg.allocate()
+    for n in range(2, 9):
+        del reg.backend._store.records[n]  # type: ignore[attr-defined]
+        reg.checkpoint_dir(n).rmdir()
+        reg.log_dir(n).rmdir()
+    assert [v.version for v in reg.iter_versions(limit=3, newest_first=True)] == [9, 1, 0]

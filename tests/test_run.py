@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import Field
 
 from versionkit.config import ConfigModel, ConfigSection, config_hash, load_config
@@ -289,7 +291,9 @@ _RESUMER = textwrap.dedent(
         print("busy:", exc)
         sys.exit(1)
     print("running", flush=True)
-    time.sleep(3)
+    deadline = time.monotonic() + 60
+    while not go.with_name("release").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)  # hold the version until the test has seen the other one refused
     run.finish("completed")
     """
 )
@@ -317,6 +321,10 @@ def test_two_resumes_started_together_exactly_one_runs(
     ]
     time.sleep(0.5)  # both imported and waiting: release them together
     go.touch()
+    deadline = time.monotonic() + 60
+    while all(p.poll() is None for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.01)  # one of them must give up while the other holds the version
+    (tmp_path / "release").touch()
     results = [p.communicate(timeout=60) for p in procs]
     codes = sorted(p.returncode for p in procs)
     assert codes == [0, 1], results
@@ -361,12 +369,12 @@ def test_every_spelling_resolves(exp: Registry) -> None:
     assert resolve_target("outputs/exp@best").checkpoint == ck0 / "last.ckpt"
 
 
-def test_tags_come_from_the_registry_meta(exp: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
-    from versionkit.backends.file import FileBackend
-
-    monkeypatch.setattr(FileBackend, "get_meta", lambda self: {"tags": {"keep": 0}},
-                        raising=False)
+def test_tags_come_from_the_registry_meta(exp: Registry) -> None:
+    exp.backend.modify_meta(lambda meta: {"tags": {"keep": 0}})
     assert resolve_target("outputs/exp@keep").version == 0
+    assert resolve_target("outputs/exp@keep", want_checkpoint="best").checkpoint == Path(
+        "outputs/exp/checkpoints/version_0/step_00000002-val_loss_0.5000.ckpt"
+    )
     with pytest.raises(TargetNotFoundError, match=r"no tag 'nope' .*tags: keep"):
         resolve_target("outputs/exp@nope")
 
@@ -447,3 +455,41 @@ def test_checkpoints_and_logs_may_be_symlinks_to_a_bigger_disk(tmp_path: Path) -
     assert resolve_target("outputs/exp", want_checkpoint="best").checkpoint == path
     shown = "outputs/exp/checkpoints/version_0/step_00000002-val_loss_0.5000.ckpt"
     assert run.display(path) == shown
+
+
+_FLAGS = {
+    "train.max_steps": ("--max_steps", st.integers(1, 50)),
+    "train.workers": ("--workers", st.integers(0, 8)),
+    "train.lr": ("--lr", st.sampled_from([1e-3, 5e-4, 0.1])),
+    "net.width": ("--width", st.integers(1, 9)),
+}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_resume_config_changes_only_mutable_fields_and_refuses_the_rest(data: Any) -> None:
+    """Whatever flags a resume gives: the result is the saved config with exactly the
+    flagged mutable fields changed, or one ConfigError naming a flagged frozen field."""
+    from versionkit.run import resume_config
+
+    saved = load("--width", "4", "--lr", "5e-4", "--max_steps", "4").config
+    keys = data.draw(st.lists(st.sampled_from(sorted(_FLAGS)), unique=True, max_size=4))
+    values = {k: data.draw(_FLAGS[k][1]) for k in keys}
+    argv = [str(t) for k in keys for t in (_FLAGS[k][0], values[k])]
+    saved_plain = saved.model_dump(mode="json")
+    frozen = {k for k in keys if k not in MUTABLE and values[k] != _get(saved_plain, k)}
+    if frozen:
+        with pytest.raises(ConfigError) as caught:
+            resume_config(load(*argv), saved, mutable=MUTABLE)
+        assert any(str(caught.value).startswith(f"{_FLAGS[k][0]}: cannot change {k}")
+                   for k in frozen)
+        return
+    result = resume_config(load(*argv), saved, mutable=MUTABLE).config.model_dump(mode="json")
+    for key in ("net.width", "net.depth", "train.max_steps", "train.workers", "train.lr"):
+        expected = values[key] if key in values else _get(saved_plain, key)
+        assert _get(result, key) == expected, key
+
+
+def _get(plain: dict[str, Any], key: str) -> Any:
+    section, leaf = key.split(".")
+    return plain[section][leaf]

@@ -40,7 +40,7 @@ def state(root: Path) -> tuple[str, dict[str, Any], bytes]:
 
 
 @pytest.mark.slow
-def test_resume_trains_with_the_saved_config_and_never_rewrites_it(
+def test_resume_uses_the_saved_config_and_a_refused_one_changes_nothing(
     workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["--config", "config/tiny.yaml", "--lr", "5e-4", "--max_steps", "2"]) == 0
@@ -70,24 +70,17 @@ def test_resume_trains_with_the_saved_config_and_never_rewrites_it(
     assert blob["global_step"] == 4
     assert blob["hyper_parameters"]["config"]["optim"]["lr"] == 5e-4
 
-
-@pytest.mark.slow
-def test_a_checkpoint_of_another_model_is_refused_and_changes_nothing(
-    workdir: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert main(["--config", "config/tiny.yaml", "--max_steps", "2"]) == 0
+    # A checkpoint of another model: exit 2, one line naming the weight, nothing changed.
     capsys.readouterr()
-    last = workdir / CK / "last.ckpt"
-    blob = torch.load(last, weights_only=True)
     key = "model.levels.0.pos_embed"
     shape = list(blob["state_dict"][key].shape)
-    blob["state_dict"][key] = torch.zeros(*shape[:-1], shape[-1] * 2)  # a wider model's
-    torch.save(blob, last)
+    wide = [*shape[:-1], 2 * shape[-1]]
+    blob["state_dict"][key] = torch.zeros(*wide)
+    torch.save(blob, workdir / CK / "last.ckpt")
     before = state(workdir)
-    assert main(["--resume", CK, "--max_steps", "4"]) == 2
+    assert main(["--resume", CK, "--max_steps", "6"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
-    wide = [*shape[:-1], 2 * shape[-1]]
     assert f"not of this model: {key} is {wide} in the checkpoint but {shape} here" in err
     assert state(workdir) == before
 
@@ -127,3 +120,49 @@ def test_resume_after_a_real_sigkill(workdir: Path, capsys: pytest.CaptureFixtur
     assert info.record["lease"] is None
     blob = torch.load(root / "checkpoints" / "version_0" / "last.ckpt", weights_only=True)
     assert blob["global_step"] == target
+
+
+@pytest.mark.slow
+def test_train_api_for_sweeps_records_extra_and_reports_the_result(workdir: Path) -> None:
+    import pytorch_lightning as pl
+
+    from fractalgen.config import TrainConfig
+    from fractalgen.train import train
+    from versionkit.config import load_config
+    from versionkit.run import RunPruned
+
+    lines: list[str] = []
+    loaded = load_config(TrainConfig, ["--config", "config/tiny.yaml", "--max_steps", "2"])
+    result = train(loaded, extra={"sweep": {"study": "s", "trial": 0}}, printer=lines.append)
+    reg = Registry(workdir / "outputs" / "tiny")
+    best = reg.best("val_loss", "min", version=0)
+    assert best is not None and result.version == 0 and result.status == "completed"
+    assert (result.best_metric, result.best_step) == (best.metrics["val_loss"], 2)
+    assert result.checkpoint_dir == Path("outputs/tiny/checkpoints/version_0")
+    assert lines[0] == "✓ Experiment version: 0" and lines[-1].startswith("✓ Best checkpoint: ")
+    assert reg.get(0).record["sweep"] == {"study": "s", "trial": 0}
+
+    class Prune(pl.Callback):
+        def on_validation_end(self, trainer: Any, module: Any) -> None:
+            raise RunPruned("hopeless")
+
+    with pytest.raises(RunPruned):
+        train(loaded, callbacks=[Prune()], printer=lines.append)
+    info = reg.get(1)
+    assert info.status == "pruned" and info.record["lease"] is None
+    assert (reg.checkpoint_dir(1) / "last.ckpt").is_file()
+
+
+def test_a_version_without_a_checkpoint_cannot_be_resumed(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    reg = Registry(workdir / "outputs" / "tiny")
+    reg.allocate()  # killed before its first checkpoint
+    before = reg.get(0).record
+    assert main(["--resume", "outputs/tiny", "--max_steps", "9"]) == 3
+    err = capsys.readouterr().err
+    assert err == (
+        "error: --resume outputs/tiny: outputs/tiny/checkpoints/version_0 holds no checkpoint "
+        "(.ckpt) to start from\n"
+    )
+    assert reg.get(0).record == before

@@ -47,6 +47,12 @@ def _run(args: list[str], capsys: pytest.CaptureFixture[str], tmp_path: Path) ->
         ("model=choice(1,2)", "model is a section"),
         ("model.embed_dim_list=choice([64,32,16],[96,48])", "one entry per level"),
         ("trainer.precision=choice(32-true,bf16)", "'bf16' is not valid"),
+        ("experiment.name=choice(a,b)", "experiment.name cannot vary"),
+        ("data.train_batch_size=uniform(1,64)", "takes integers; uniform() samples floats"),
+        ("data.dataset=uniform(1,2)", "data.dataset is not a number field"),
+        ("model.guiding_pixel=int(0,1)", "is not a number field"),
+        ("model.embed_dim_list=int(1,2)", "is not a number field"),
+        ("output_root=choice(a,b)", "experiment.output_root cannot vary"),
     ],
 )
 def test_a_bad_space_is_one_line_and_exit_2_before_anything_is_written(

@@ -127,3 +127,44 @@ def test_a_trial_that_looks_bad_is_pruned_and_its_version_is_pruned(
         assert best is not None and best.version != info.version
     assert "[trial 2] ✗ pruned" in out
     assert re.search(r"^2\s+2\s+10000[01]\s+\S+\s+pruned$", out, re.M), out
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_workers_and_marks_trials_and_versions_interrupted(
+    tmp_path: Path,
+) -> None:
+    import signal
+    import time
+
+    from versionkit.registry import Registry
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fractalgen.sweep", *TINY, f"--output_root={tmp_path}",
+         "--max_steps", "100000", "--space", "optim.lr=loguniform(1e-4,3e-2)",
+         "--trials", "4", "--jobs", "2"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,  # a terminal's Ctrl-C goes to its foreground group
+    )
+    root = tmp_path / "fractalgen_small"
+    deadline = time.monotonic() + 300
+    while not all((root / "checkpoints" / f"version_{n}" / "config.yaml").exists()
+                  for n in (0, 1)):
+        assert proc.poll() is None, proc.communicate()[0]
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGINT)
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 130, out
+    assert "run the same command again to continue" in out
+    with Registry(root) as registry:
+        assert sorted(v.status for v in registry.list()) == ["interrupted", "interrupted"]
+    trials = _journal_study(root, "fractalgen_small").get_trials()
+    stopped = [t for t in trials if t.state.name == "FAIL"]
+    assert [t.user_attrs["status"] for t in stopped] == ["interrupted", "interrupted"]
+    # their values wait in the study for the next run
+    waiting = [t for t in trials if t.state.name == "WAITING"]
+    assert sorted(t.params["optim.lr"] for t in waiting) == sorted(
+        t.params["optim.lr"] for t in stopped)
+

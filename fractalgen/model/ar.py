@@ -101,7 +101,12 @@ class ARLevel(nn.Module):
         return out
 
     def forward(
-        self, imgs: Tensor, cond: Tensor, generator: torch.Generator | None = None
+        self,
+        imgs: Tensor,
+        cond: Tensor,
+        generator: torch.Generator | None = None,
+        *,
+        out_conds: int = 1,
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         """Training/evaluation pass: every patch goes down to the next level.
 
@@ -109,11 +114,12 @@ class ARLevel(nn.Module):
             imgs: Images (N, C, H, W) in [0, 1].
             cond: Conditions (N, k, cond_dim); the first is used.
             generator: Unused (the AR level draws nothing); kept for the level contract.
+            out_conds: Unused: an AR level hands down one condition per patch.
 
         Returns:
             Patches (N L, C, p, p), their conditions (N L, 1, d), and no auxiliary loss.
         """
-        del generator
+        del generator, out_conds
         patches = patchify(imgs, self.patch_size)
         n = patches.shape[0]
         # The last patch's token would only feed a position past the end: skip it.
@@ -134,6 +140,7 @@ class ARLevel(nn.Module):
         generator: torch.Generator | None,
         next_level: NextLevel,
         filter_threshold: float = 0.0,
+        out_conds: int = 1,
     ) -> Tensor:
         """Generate patches in raster order, one per step (``num_iter`` is ignored).
 
@@ -148,11 +155,12 @@ class ARLevel(nn.Module):
             generator: Passed down.
             next_level: Samples the patches of the next level.
             filter_threshold: Unused here (an AR level has no guiding pixel).
+            out_conds: Unused: an AR level hands down one condition per patch.
 
         Returns:
             Images (N, C, H, W) in [0, 1].
         """
-        del num_iter, temperature, generator, filter_threshold
+        del num_iter, temperature, generator, filter_threshold, out_conds
         n2 = cond.shape[0]
         n = n2 // 2 if guided else n2
         dim = self.in_channels * self.patch_size**2

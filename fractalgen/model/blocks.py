@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "Attention",
+    "Dropout",
     "KVCache",
     "LlamaBlock",
     "Mlp",
@@ -48,6 +49,27 @@ def init_weights(module: nn.Module) -> None:
             nn.init.ones_(module.weight)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` that draws the very same mask from the same RNG state, faster on CPU.
+
+    On CPU, ``F.dropout`` keeps an element where ``bernoulli_(1 - p)`` draws 1, and that
+    draw is a float64 uniform compared with ``1 - p``: drawing the uniforms with
+    ``torch.rand`` and comparing gives the identical mask (and leaves the generator in the
+    identical state) in about half the time. Elsewhere ``F.dropout`` runs as usual.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Zero each element with probability ``p`` in training mode, scale the rest."""
+        if not self.training or self.p == 0.0 or x.device.type != "cpu" or self.inplace:
+            out: Tensor = super().forward(x)
+            return out
+        keep = 1.0 - self.p
+        if keep == 0.0:
+            return x * 0.0
+        noise = (torch.rand(x.shape, dtype=torch.float64) < keep).to(x.dtype).div_(keep)
+        return x * noise
 
 
 class RMSNorm(nn.Module):
@@ -92,7 +114,7 @@ class SwiGLU(nn.Module):
         self.w1 = nn.Linear(dim, hidden, bias=False)
         self.w3 = nn.Linear(dim, hidden, bias=False)
         self.w2 = nn.Linear(hidden, dim, bias=False)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         """Apply the feed-forward."""
@@ -114,9 +136,9 @@ class Mlp(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.act = nn.GELU()
-        self.drop1 = nn.Dropout(dropout)
+        self.drop1 = Dropout(dropout)
         self.fc2 = nn.Linear(hidden, dim)
-        self.drop2 = nn.Dropout(dropout)
+        self.drop2 = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         """Apply the MLP."""
@@ -151,7 +173,7 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.attn_dropout = attn_dropout
         self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_dropout)
+        self.proj_drop = Dropout(proj_dropout)
 
     def forward(self, x: Tensor, *, causal: bool = False) -> Tensor:
         """Attend over the sequence ``x`` of shape (B, N, D)."""
@@ -223,6 +245,31 @@ class ViTBlock(nn.Module):
         """Apply the block to (B, N, D)."""
         x = x + self.attn(self.norm1(x), causal=self.causal)
         y: Tensor = x + self.mlp(self.norm2(x))
+        return y
+
+    def forward_queries(self, x: Tensor, query: Tensor) -> Tensor:
+        """Inference (no dropout) of a bidirectional block for some tokens only.
+
+        Args:
+            x: All tokens (B, N, D): the keys and values.
+            query: Token indices (B, q) whose outputs are wanted.
+
+        Returns:
+            The block's outputs at ``query`` (B, q, D): those of :meth:`forward`.
+        """
+        if self.causal:
+            raise ValueError("forward_queries is for bidirectional blocks")
+        b, n, d = x.shape
+        attn = self.attn
+        index = query.unsqueeze(-1)
+        qkv = attn.qkv(self.norm1(x)).view(b, n, 3, attn.num_heads, attn.head_dim)
+        q = qkv[:, :, 0].gather(1, index.unsqueeze(-1).expand(-1, -1, *qkv.shape[-2:]))
+        q, k, v = q.transpose(1, 2), qkv[:, :, 1].transpose(1, 2), qkv[:, :, 2].transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v)
+        h = x.gather(1, index.expand(-1, -1, d))
+        h = h + attn.proj(out.transpose(1, 2).reshape(b, -1, d))
+        mlp = self.mlp
+        y: Tensor = h + mlp.fc2(mlp.act(mlp.fc1(self.norm2(h))))
         return y
 
     def step(self, x: Tensor, cache: list[Tensor]) -> Tensor:
@@ -325,7 +372,7 @@ class LlamaBlock(nn.Module):
         self.attention_norm = RMSNorm(dim)
         self.wqkv = nn.Linear(dim, 3 * dim, bias=False)
         self.wo = nn.Linear(dim, dim, bias=False)
-        self.resid_dropout = nn.Dropout(dropout)
+        self.resid_dropout = Dropout(dropout)
         self.ffn_norm = RMSNorm(dim)
         self.feed_forward = SwiGLU(dim, dropout)
 

@@ -188,12 +188,18 @@ class FractalGen(nn.Module):
             emb = torch.where((u < self.label_drop_prob).unsqueeze(1), null.to(emb.dtype), emb)
         return emb
 
+    def _out_conds(self, i: int) -> int:
+        """How many conditions level ``i`` hands down: what the level below reads (the pixel
+        head and AR levels one, a MAR level up to five: its ``num_conds``)."""
+        below = self.levels[i + 1] if i + 1 < len(self.levels) else None
+        return min(5, below.num_conds) if isinstance(below, MARLevel) else 1
+
     def _loss(self, imgs: Tensor, cond0: Tensor, generator: torch.Generator | None) -> Tensor:
         cond = cond0.unsqueeze(1).expand(-1, self._top_conds, -1)
         x = imgs
         aux: list[Tensor] = []
-        for level in self.levels:
-            x, cond, extra = level(x, cond, generator)
+        for i, level in enumerate(self.levels):
+            x, cond, extra = level(x, cond, generator, out_conds=self._out_conds(i))
             if extra is not None:
                 aux.append(extra)
         loss: Tensor = self.pixel_head(x.reshape(x.shape[0], self.in_channels), cond, generator)
@@ -358,6 +364,7 @@ class FractalGen(nn.Module):
                     generator=generator,
                     next_level=below,
                     filter_threshold=filter_threshold,
+                    out_conds=self._out_conds(i),
                 )
                 return out
 
@@ -366,10 +373,13 @@ class FractalGen(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            imgs = make_next(0)(cond, float(cfg))
+            # Inference mode: less bookkeeping per op, and sampling is thousands of tiny ops.
+            with torch.inference_mode():
+                imgs = make_next(0)(cond, float(cfg))
+                out = (imgs.float() * 255).round().clamp(0, 255).to(torch.uint8)
         finally:
             self.train(was_training)
-        return (imgs.float() * 255).round().clamp(0, 255).to(torch.uint8)
+        return out.clone()  # an ordinary tensor: callers may change it in place
 
 
 # ---------------------------------------------------------------------- factories

@@ -10,6 +10,7 @@ borders). Sampling unmasks patches in a random order on a cosine schedule.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -146,7 +147,14 @@ class MARLevel(nn.Module):
         self.register_buffer("pix_mean", mean, persistent=False)
         self.register_buffer("pix_std", std, persistent=False)
 
-    def predict(self, patches: Tensor, mask: Tensor, cond: Tensor, pix: Tensor | None) -> Tensor:
+    def predict(
+        self,
+        patches: Tensor,
+        mask: Tensor,
+        cond: Tensor,
+        pix: Tensor | None,
+        query: Tensor | None = None,
+    ) -> Tensor:
         """Run the transformer; masked patches are replaced by the mask token.
 
         Args:
@@ -154,9 +162,13 @@ class MARLevel(nn.Module):
             mask: Bool (N, L), True where a patch is masked (unknown).
             cond: Conditions (N, k, cond_dim).
             pix: Guiding pixels (N, C) in [0, 1] when this level uses them.
+            query: Optional patch indices (N, q): return only their output tokens. The last
+                block then runs its queries, projection and MLP on those tokens alone (its
+                keys and values still come from every token): the same outputs, less work.
+                Inference only (training would draw differently shaped dropout masks).
 
         Returns:
-            Output tokens of the patches (N, L, d).
+            Output tokens of the patches (N, L, d), or of the ``query`` patches (N, q, d).
         """
         x = self.patch_emb(normalize_channels(patches, self.pix_mean, self.pix_std))
         x = torch.where(mask.unsqueeze(-1), self.mask_token.to(x.dtype), x)
@@ -173,6 +185,12 @@ class MARLevel(nn.Module):
             prefix.insert(0, gp.unsqueeze(1))
         x = torch.cat([*[p.to(x.dtype) for p in prefix], x], dim=1)
         x = self.patch_emb_ln(x + self.pos_embed)
+        if query is not None and len(self.blocks) > 0 and not self.training:
+            for block in self.blocks[:-1]:
+                x = block(x)
+            last = cast("ViTBlock", self.blocks[-1])
+            picked: Tensor = self.norm(last.forward_queries(x, query + self.num_prefix))
+            return picked
         for block in self.blocks:
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
                 x = checkpoint(block, x, use_reentrant=False)
@@ -180,17 +198,27 @@ class MARLevel(nn.Module):
                 x = block(x)
         x = self.norm(x)
         out: Tensor = x[:, self.num_prefix :]
+        if query is not None:
+            return out.gather(1, query.unsqueeze(-1).expand(-1, -1, out.shape[-1]))
         return out
 
-    def gather_conds(self, out: Tensor, rows: Tensor, pos: Tensor) -> Tensor:
-        """Five conditions (M, 5, d) of patches ``pos`` of batch rows ``rows`` (both (M,))."""
+    def gather_conds(self, out: Tensor, rows: Tensor, pos: Tensor, count: int = 5) -> Tensor:
+        """Conditions (M, count, d) of patches ``pos`` of batch rows ``rows`` (both (M,)):
+        own, top, right, bottom, left, the first ``count`` of them (1 to 5)."""
         n, seq, d = out.shape
+        if count == 1:  # only the patch's own token: no zero row needed
+            return out.reshape(n * seq, d)[rows * seq + pos].unsqueeze(1)
         padded = F.pad(out, (0, 0, 0, 1)).reshape(n * (seq + 1), d)
-        index = rows.unsqueeze(1) * (seq + 1) + self.nbr[pos]
+        index = rows.unsqueeze(1) * (seq + 1) + self.nbr[pos, :count]
         return padded[index]
 
     def forward(
-        self, imgs: Tensor, cond: Tensor, generator: torch.Generator | None = None
+        self,
+        imgs: Tensor,
+        cond: Tensor,
+        generator: torch.Generator | None = None,
+        *,
+        out_conds: int = _NUM_OUT_CONDS,
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         """Training/evaluation pass: only masked patches go down to the next level.
 
@@ -201,10 +229,12 @@ class MARLevel(nn.Module):
             imgs: Images (N, C, H, W) in [0, 1].
             cond: Conditions (N, k, cond_dim).
             generator: Optional RNG for the random order and counts (model's device).
+            out_conds: How many of the five conditions the next level reads (1 to 5);
+                only those are gathered.
 
         Returns:
-            Masked patches (M, C, p, p), their conditions (M, 5, d), and the guiding-pixel
-            loss (None without a guiding pixel).
+            Masked patches (M, C, p, p), their conditions (M, out_conds, d), and the
+            guiding-pixel loss (None without a guiding pixel).
         """
         n = imgs.shape[0]
         dev = imgs.device
@@ -233,7 +263,7 @@ class MARLevel(nn.Module):
         out = self.predict(patches, mask, cond, pix)
         p = self.patch_size
         child = patches[rows, pos].reshape(-1, self.in_channels, p, p)
-        return child, self.gather_conds(out, rows, pos), aux
+        return child, self.gather_conds(out, rows, pos, out_conds), aux
 
     def sample(
         self,
@@ -247,6 +277,7 @@ class MARLevel(nn.Module):
         generator: torch.Generator | None,
         next_level: NextLevel,
         filter_threshold: float = 0.0,
+        out_conds: int = _NUM_OUT_CONDS,
     ) -> Tensor:
         """Generate by iterative unmasking on a cosine schedule (at least one patch a step).
 
@@ -261,6 +292,7 @@ class MARLevel(nn.Module):
             generator: Optional RNG on the model's device.
             next_level: Samples the patches of the next level.
             filter_threshold: Guidance filter of the guiding pixel (see ``guide_logits``).
+            out_conds: How many of the five conditions the next level reads.
 
         Returns:
             Images (N, C, H, W) in [0, 1].
@@ -294,16 +326,20 @@ class MARLevel(nn.Module):
             keep_masked = 0 if step == num_iter - 1 else mask_len
             # The masked patches are orders[:, :masked]; this step fills the tail of them.
             pred = orders[:, keep_masked:masked]
-            if guided:
-                out = self.predict(
-                    torch.cat([patches, patches]), torch.cat([mask, mask]), cond, pix
-                )
-                pred2 = torch.cat([pred, pred])
+            pred2 = torch.cat([pred, pred]) if guided else pred
+            inputs = (
+                (torch.cat([patches, patches]), torch.cat([mask, mask]))
+                if guided
+                else (patches, mask)
+            )
+            if out_conds == 1:
+                # Only the predicted patches' own tokens go down: compute just those.
+                out = self.predict(*inputs, cond, pix, query=pred2)
+                conds = out.reshape(-1, 1, out.shape[-1])
             else:
-                out = self.predict(patches, mask, cond, pix)
-                pred2 = pred
-            rows = torch.arange(n2, device=dev).repeat_interleave(pred.shape[1])
-            conds = self.gather_conds(out, rows, pred2.reshape(-1))
+                out = self.predict(*inputs, cond, pix)
+                rows = torch.arange(n2, device=dev).repeat_interleave(pred.shape[1])
+                conds = self.gather_conds(out, rows, pred2.reshape(-1), out_conds)
             cfg_iter = 1 + (cfg - 1) * (seq - mask_len) / seq if cfg_schedule == "linear" else cfg
             sampled = next_level(conds, cfg_iter).reshape(n, -1, dim).to(patches.dtype)
             patches.scatter_(1, pred.unsqueeze(-1).expand(-1, -1, dim), sampled)

@@ -9,8 +9,9 @@ product with that channel's codebook (weight-tied to the token embedding) plus a
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fractalgen.model.blocks import ViTBlock, init_weights
@@ -18,6 +19,7 @@ from fractalgen.model.blocks import ViTBlock, init_weights
 __all__ = [
     "PixelHead",
     "channel_stats",
+    "cross_entropy_rows",
     "guide_logits",
     "normalize_channels",
     "sample_categorical",
@@ -93,19 +95,22 @@ class PixelHead(nn.Module):
         nn.init.normal_(self.codebook, std=0.02)
         self.apply(init_weights)
 
-    def logits(self, cond: Tensor, values: Tensor, *, projected: Tensor | None = None) -> Tensor:
+    def logits(self, cond: Tensor, values: Tensor) -> Tensor:
         """Logits of channels ``0 .. j`` given the condition and the first ``j`` channel values.
 
         Args:
             cond: Condition vectors (N, cond_dim).
             values: Known 8-bit values (N, j) as long, ``0 <= j < C``.
-            projected: ``cond_proj(cond)`` when the caller already has it.
 
         Returns:
             fp32 logits (N, j + 1, 256).
         """
+        return self._channel_logits(cond, values).transpose(0, 1)
+
+    def _channel_logits(self, cond: Tensor, values: Tensor) -> Tensor:
+        """:meth:`logits` laid out channel-major, (j + 1, N, 256), contiguous."""
         j = values.shape[1]
-        x = (self.cond_proj(cond) if projected is None else projected).unsqueeze(1)
+        x = self.cond_proj(cond).unsqueeze(1)
         if j > 0:
             chan = torch.arange(j, device=values.device)
             x = torch.cat([x, self.codebook[chan, values].to(x.dtype)], dim=1)
@@ -114,8 +119,12 @@ class PixelHead(nn.Module):
             x = block(x)
         x = self.norm(x)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            out = torch.einsum("njw,jvw->njv", x.float(), self.codebook[: j + 1].float())
-            return out + self.logit_bias[: j + 1].float()
+            # One batched matmul per channel with the bias added in place: (j+1, N, 256).
+            return torch.baddbmm(
+                self.logit_bias[: j + 1].float().unsqueeze(1),
+                x.float().transpose(0, 1),
+                self.codebook[: j + 1].float().transpose(1, 2),
+            )
 
     def forward(
         self, target: Tensor, cond: Tensor, generator: torch.Generator | None = None
@@ -138,13 +147,12 @@ class PixelHead(nn.Module):
             target.shape, device=target.device, dtype=torch.float32, generator=generator
         )
         values = (target.float() * 255 + 0.01 * noise).round().clamp_(0, 255).long()
-        logits = self.logits(cond[:, 0], values[:, :-1])
-        ce = F.cross_entropy(logits.flatten(0, 1), values.flatten(), reduction="none")
-        ce = ce.view(values.shape)
+        logits = self._channel_logits(cond[:, 0], values[:, :-1])
+        ce = cross_entropy_rows(logits, values.t())  # (C, N)
         if self.training and self.in_channels > 1:
-            w = torch.ones(self.in_channels, device=ce.device)
+            w = torch.ones(self.in_channels, 1, device=ce.device)
             w[0] = self.r_weight
-            return (ce * w).sum(1).mean() / w.sum()
+            return (ce * w).sum(0).mean() / w.sum()
         return ce.mean()
 
     def sample(
@@ -200,6 +208,37 @@ class PixelHead(nn.Module):
                 x = self.codebook[i, sampled].to(x.dtype)
         # In the conditions' dtype (the model's): the guiding pixel feeds a Linear layer.
         return (values.float() / 255).to(c.dtype)
+
+
+class _RowCrossEntropy(torch.autograd.Function):
+    """Per-row cross-entropy ``logsumexp(logits) - logits[target]`` with a lean backward.
+
+    Same value and gradient as ``F.cross_entropy(..., reduction="none")`` up to float
+    rounding; the backward builds ``softmax - onehot`` in one buffer instead of a zero-filled
+    one-hot gradient plus the log-softmax backward (the logits are the pixel head's largest
+    tensor, so each pass over them counts).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, logits: Tensor, target: Tensor) -> Tensor:
+        lse = torch.logsumexp(logits, dim=-1)
+        picked = logits.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+        ctx.save_for_backward(logits, target)
+        return lse - picked
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        logits, target = ctx.saved_tensors
+        g = grad.unsqueeze(-1)
+        out = torch.softmax(logits, dim=-1).mul_(g)
+        out.scatter_add_(-1, target.unsqueeze(-1), -g)
+        return out, None
+
+
+def cross_entropy_rows(logits: Tensor, target: Tensor) -> Tensor:
+    """Cross-entropy of each row of ``logits`` (..., K) against long ``target`` (...)."""
+    out: Tensor = _RowCrossEntropy.apply(logits, target)
+    return out
 
 
 def guide_logits(

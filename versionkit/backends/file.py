@@ -58,13 +58,20 @@ _HOLDER_WIDTH = 160
 # filelock waits by polling a non-blocking flock; its 50 ms default turns 16 contending
 # processes into ~20 allocations/s. A hold lasts ~1 ms, so poll at about that scale.
 _POLL_INTERVAL = 0.002
-_CANONICAL = re.compile(r"^(0|[1-9]\d{0,18})\.json$")
 
 
 def _record_number(name: str) -> int | None:
     """N of a record file name ``N.json`` written as this backend writes it, else None."""
-    match = _CANONICAL.match(name)
-    return int(match.group(1)) if match else None
+    stem = name[:-5]
+    if (
+        name.endswith(".json")
+        and stem.isdigit()
+        and stem.isascii()
+        and len(stem) <= 19
+        and (stem[0] != "0" or stem == "0")
+    ):
+        return int(stem)
+    return None
 
 
 class FileBackend(Backend):

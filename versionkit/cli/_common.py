@@ -123,10 +123,9 @@ def finite(value: Any) -> Any:
     return value
 
 
-def dump(value: Any, out: TextIO, *, indent: int | None = 2) -> None:
-    """JSON, strict (no NaN), one document; ``indent=None`` for large ones (one line)."""
-    text = json.dumps(finite(value), indent=indent, ensure_ascii=False, default=str,
-                      allow_nan=False)
+def dump(value: Any, out: TextIO) -> None:
+    """Pretty JSON, strict (no NaN), one document."""
+    text = json.dumps(finite(value), indent=2, ensure_ascii=False, default=str, allow_nan=False)
     out.write(text + "\n")
 
 

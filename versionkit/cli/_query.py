@@ -90,6 +90,7 @@ def _sort_value(row: dict[str, Any], key: str) -> Any:
 
 
 def _list_rows(reg: Registry, args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+    """Checks every flag first (nothing is printed before a refusal), then streams rows."""
     columns = comma_list(args.columns, "--columns") if args.columns is not None else []
     statuses = set(comma_list(args.status, "--status")) if args.status is not None else None
     if args.limit is not None and args.limit < 0:
@@ -115,6 +116,12 @@ def _list_rows(reg: Registry, args: argparse.Namespace) -> Iterator[dict[str, An
     versions = (iter([reg.get(only)]) if only is not None else
                 iter_versions(reg, limit=None if filtered else args.limit,
                               newest_first=newest_first))
+    return _rows(versions, args, tags, columns, statuses, only)
+
+
+def _rows(versions: Iterator[VersionInfo], args: argparse.Namespace,
+          tags: dict[int, list[str]], columns: list[str], statuses: set[str] | None,
+          only: int | None) -> Iterator[dict[str, Any]]:
     count = 0
     for v in versions:
         if only is not None and v.version != only:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -66,7 +67,7 @@ def register(add: Adder) -> None:
 def _print_plan(done: GcPlan, reg: Registry, dry_run: bool, out: TextIO) -> None:
     verb = "would remove" if dry_run else "removed"
     for r in done.checkpoints:
-        out.write(f"{verb} {r.path} ({human_bytes(r.bytes)})\n")
+        out.write(f"{verb} {os.path.join(r.folder, r.name)} ({human_bytes(r.bytes)})\n")
     for n, size in sorted(done.versions.items()):
         out.write(f"{verb} version {n}: {reg.checkpoint_dir(n)} and {reg.log_dir(n)} "
                   f"({human_bytes(size)})\n")
@@ -100,7 +101,8 @@ def cmd_gc(reg: Registry, args: argparse.Namespace, out: TextIO) -> int:
             return 1
     done = todo if args.dry_run else gc.apply(reg, todo)
     if args.json:
-        dump({"dry_run": bool(args.dry_run), **done.to_json()}, out, indent=None)
+        # Thousands of entries, and no float among them: plain compact JSON.
+        out.write(json.dumps({"dry_run": bool(args.dry_run), **done.to_json()}) + "\n")
     else:
         _print_plan(done, reg, args.dry_run, out)
     return 0

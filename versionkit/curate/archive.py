@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import hashlib
 import io
 import json
@@ -32,7 +33,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from versionkit.errors import ConfigError, RegistryError, VersionNotFoundError
+from versionkit._atomic import _umask
+from versionkit.errors import (
+    ConfigError,
+    DiskFullError,
+    RegistryError,
+    VersionkitError,
+    VersionNotFoundError,
+)
 from versionkit.layout import CHECKPOINT_SUFFIX, CONFIG_FILE, LAST_CHECKPOINT, SOURCE_CONFIG_FILE
 
 if TYPE_CHECKING:
@@ -153,8 +161,8 @@ def export_version(registry: Registry, n: int, dest: Path, *,
     ck = registry.checkpoint_dir(n)
     members: list[tuple[Path, str]] = []
     for name in (CONFIG_FILE, SOURCE_CONFIG_FILE):
-        if (ck / name).is_file():
-            members.append((ck / name, f"{PREFIX}/checkpoints/{name}"))
+        if os.path.lexists(ck / name):  # regular files only: a symlink is not followed
+            members += _files_under(ck / name, f"{PREFIX}/checkpoints/{name}")
     for path in _choose(registry, n, which):
         members += _files_under(path, f"{PREFIX}/checkpoints/{path.name}")
     if registry.log_dir(n).is_dir():
@@ -194,18 +202,21 @@ def export_version(registry: Registry, n: int, dest: Path, *,
             os.fsync(raw.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, dest)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and not isinstance(exc, VersionkitError):
+            raise _os_error(f"cannot export version {n} to {dest}", exc) from None
         raise
     return {"version": n, "path": str(dest), "files": len(files),
             "bytes": sum(f["size"] for f in files.values()), "source": manifest["source"]}
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _os_error(what: str, exc: OSError) -> VersionkitError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFullError(f"{what}: the disk is full (no space left on device)",
+                             filename=exc.filename)
+    return RegistryError(f"{what}: {exc.strerror or exc}")
 
 
 # -- import -----------------------------------------------------------------------------
@@ -378,6 +389,8 @@ def import_version(path: Path, registry: Registry) -> ImportResult:
         "exported_at": source.get("exported_at"), "created_at": record.get("created_at"),
         "user": record.get("user"), "archive": str(path.resolve()),
     }
+    if isinstance(record.get("imported_from"), dict):  # an import of an import: the chain
+        origin["via"] = record["imported_from"]
     config = record.get("config")
     info = registry.allocate(
         config=config if isinstance(config, dict) else None,
@@ -401,7 +414,10 @@ def import_version(path: Path, registry: Registry) -> ImportResult:
     except (VersionNotFoundError, RegistryError, OSError, tarfile.TarError, EOFError,
             zlib.error, ArchiveError) as exc:
         registry.set_status(n, "failed", error=f"import from {path} failed: {exc}")
-        raise ArchiveError(f"importing {path} as version {n} failed: {exc}") from None
+        what = f"importing {path} as version {n} failed (it is marked failed)"
+        if isinstance(exc, OSError) and not isinstance(exc, VersionkitError):
+            raise _os_error(what, exc) from None
+        raise ArchiveError(f"{what}: {exc}") from None
     prefix = info.checkpoint_dir.relative_to(registry.root).as_posix()
     checkpoints = []
     for item in record.get("checkpoints") or ():

@@ -51,17 +51,23 @@ __all__ = ["GcPlan", "Removal", "apply", "plan"]
 _WHOLE = ("failed", "interrupted")
 
 
-@dataclass(frozen=True)
-class Removal:
+class Removal(NamedTuple):
     """One checkpoint file (or sharded checkpoint folder) to delete."""
 
     version: int
-    path: Path
+    folder: Path
+    name: str
     bytes: int
+
+    @property
+    def path(self) -> Path:
+        """``folder / name``."""
+        return self.folder / self.name
 
     def to_json(self) -> dict[str, Any]:
         """``{"version", "path", "bytes"}``."""
-        return {"version": self.version, "path": str(self.path), "bytes": self.bytes}
+        return {"version": self.version, "path": os.path.join(self.folder, self.name),
+                "bytes": self.bytes}
 
 
 @dataclass
@@ -181,7 +187,8 @@ def _is_live(info: VersionInfo) -> bool:
     return info.status == "running" and not info.is_dead
 
 
-def _check(keep_best: int, keep_last: int, older_than_days: float | None, mode: str) -> None:
+def _check(keep_best: int, keep_last: int, older_than_days: float | None, mode: str,
+           metric: str) -> None:
     for flag, value in (("--keep-best", keep_best), ("--keep-last", keep_last)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ConfigError(f"{flag} must be an integer >= 0, got {value!r}")
@@ -191,6 +198,8 @@ def _check(keep_best: int, keep_last: int, older_than_days: float | None, mode: 
         raise ConfigError(f"--older-than must be a number of days >= 0, got {older_than_days!r}")
     if mode not in ("min", "max"):
         raise ConfigError(f"--mode must be min or max, got {mode!r}")
+    if not metric or not metric.strip():
+        raise ConfigError("--metric cannot be empty (e.g. val_loss)")
 
 
 def plan(
@@ -216,7 +225,7 @@ def plan(
         versions: also remove whole ``failed``/``interrupted`` version folders.
         now: the current time (seconds since the epoch); for tests.
     """
-    _check(keep_best, keep_last, older_than_days, mode)
+    _check(keep_best, keep_last, older_than_days, mode, metric)
     from versionkit.curate.refs import tags_by_version
 
     layout = Layout(registry.root)
@@ -267,7 +276,7 @@ def plan(
         for c in sorted(ckpts, key=lambda c: (c.step, c.name)):
             if c.name in keep or (cutoff is not None and c.mtime >= cutoff):
                 continue
-            result.checkpoints.append(Removal(n, folder / c.name, c.bytes))
+            result.checkpoints.append(Removal(n, folder, c.name, c.bytes))
     return result
 
 
@@ -335,7 +344,8 @@ def _patcher(patch: dict[str, Any]) -> Callable[[dict[str, Any]], dict[str, Any]
 
 
 def _forget(registry: Registry, layout: Layout, n: int, gone: list[Removal]) -> None:
-    rels = {r.path.relative_to(layout.root).as_posix() for r in gone}
+    prefix = f"{CHECKPOINTS}/{version_dir_name(n)}/"
+    rels = {prefix + r.name for r in gone}
 
     def change(record: dict[str, Any]) -> dict[str, Any]:
         items = record.get("checkpoints") or []

@@ -86,16 +86,16 @@ def namespace(name: str) -> Namespace:
 
 
 def namespace_of(obj: Any) -> Namespace:
-    """The namespace a Trainer, LightningModule or callback comes from.
+    """The namespace a Trainer, LightningModule, callback or plugin comes from.
 
     Raises:
         ConfigError: ``obj`` is not from either namespace.
     """
     for klass in type(obj).__mro__:
         module = klass.__module__
-        if module.startswith("lightning.pytorch"):
+        if module.startswith(("lightning.pytorch", "lightning.fabric")):
             return namespace("lightning")
-        if module.startswith("pytorch_lightning"):
+        if module.startswith(("pytorch_lightning", "lightning_fabric")):
             return namespace("pytorch_lightning")
     raise ConfigError(
         f"{type(obj).__name__} is neither a lightning.pytorch nor a pytorch_lightning object"

@@ -105,7 +105,19 @@ def build_trainer(
         raise ConfigError(f"mode: expected 'min' or 'max', got {mode!r}")
     if "logger" in trainer_kwargs:
         raise ConfigError("build_trainer: the run's VersionkitLogger is the logger; drop logger=")
+    if trainer_kwargs.get("enable_checkpointing") is False:
+        raise ConfigError(
+            "build_trainer: the run checkpoints (last.ckpt at least); drop "
+            "enable_checkpointing=False, or pass save_top_k=0 to keep only last.ckpt"
+        )
     kinds = classes(lightning)
+    for extra_object in (*callbacks, *plugins):
+        other = _namespace_name(extra_object)
+        if other is not None and other != lightning:
+            raise ConfigError(
+                f"build_trainer: {type(extra_object).__name__} is a {other} object but the "
+                f"trainer is {lightning}'s; pass lightning={other!r} or use {lightning}'s class"
+            )
     ns = kinds.namespace
     logger = kinds.VersionkitLogger(run, monitor=monitor, mode=mode, **dict(logger_kwargs or {}))
     folder = str(run.checkpoint_dir)
@@ -160,13 +172,17 @@ def fit(run: RunLike, trainer: Any, module: Any, *args: Any, **kwargs: Any) -> s
         *args: train/val dataloaders or a datamodule, as ``Trainer.fit`` takes them.
         **kwargs: more ``Trainer.fit`` arguments (``ckpt_path`` defaults to the resume).
     """
-    lifecycle = _lifecycle(trainer)
-    if namespace_of(module).name != namespace_of(trainer).name:
-        raise ConfigError(
-            f"the LightningModule is a {namespace_of(module).name} one but the Trainer is "
-            f"{namespace_of(trainer).name}'s; build the trainer with "
-            f"build_trainer(..., lightning={namespace_of(module).name!r})"
-        )
+    try:
+        lifecycle = _lifecycle(trainer)
+        if namespace_of(module).name != namespace_of(trainer).name:
+            raise ConfigError(
+                f"the LightningModule is a {namespace_of(module).name} one but the Trainer is "
+                f"{namespace_of(trainer).name}'s; build the trainer with "
+                f"build_trainer(..., lightning={namespace_of(module).name!r})"
+            )
+    except ConfigError as exc:
+        run.finish("failed", error=str(exc))  # the version must not stay "running"
+        raise
     kwargs.setdefault("ckpt_path", str(run.resume_from) if run.resume_from else None)
     kwargs.setdefault("weights_only", True)
     try:
@@ -207,6 +223,13 @@ def _ended(run: RunLike, trainer: Any, lifecycle: Any, exc: BaseException) -> st
             print(f"error: {exc}{where}", file=sys.stderr)
         return "failed"
     raise exc
+
+
+def _namespace_name(obj: Any) -> str | None:
+    try:
+        return namespace_of(obj).name
+    except ConfigError:
+        return None
 
 
 def _lifecycle(trainer: Any) -> Any:

@@ -43,13 +43,13 @@ class Folders:
 
     def numbers(self) -> set[int]:
         """Numbers N of every ``version_N`` entry in ``checkpoints/`` and ``logs/``."""
-        numbers: set[int] = set()
         skip = len(VERSION_PREFIX)
-        for _folder, name in self._names():
-            digits = name[skip:]
-            if digits.isdigit() and digits.isascii() and len(digits) <= _MAX_DIGITS:
-                numbers.add(int(digits))
-        return numbers
+        # One comprehension over bare names: this is the part of a listing that grows.
+        return {
+            int(name[skip:])
+            for _folder, name in self._names()
+            if name[skip:].isdigit() and name[skip:].isascii() and len(name) - skip <= _MAX_DIGITS
+        }
 
     def stamp(self) -> list[int | None]:
         """The mtimes (ns) of ``checkpoints/`` and ``logs/``: they change whenever a

@@ -39,6 +39,8 @@ C = TypeVar("C", bound="ConfigModel")
 _List = list  # ``Queries.list`` shadows the builtin inside the class body
 _UNTRACKED_KEY = "untracked_folders"
 _UNTRACKED_CACHE_MAX = 1000
+_WALK_LIMIT = 1000  # newest-first queries up to this many read number by number
+_WALK_GAPS = 256  # numbers without a version in a row before listing instead
 
 
 def untracked_record(n: int) -> Record:
@@ -130,6 +132,9 @@ class Queries:
             raise RegistryError(f"limit must be an integer >= 0, got {limit!r}")
         if limit == 0:
             return
+        if newest_first and status is None and limit is not None and limit <= _WALK_LIMIT:
+            yield from self._walk_down(limit)
+            return
         # Folders and records merge in order; a folder whose number has a record is that
         # version's, the others list as untracked. No set of record numbers is built.
         folders = sorted(self.folders.numbers(), reverse=newest_first)
@@ -148,6 +153,36 @@ class Queries:
             count += 1
             if limit is not None and count >= limit:
                 return
+
+    def _walk_down(self, limit: int) -> Iterator[VersionInfo]:
+        """The latest ``limit`` versions, read one number at a time from the top.
+
+        One listing of the folders (cheap: names only) and ``limit`` record reads,
+        instead of a listing of every record, while gaps (deleted versions) stay few;
+        after ``_WALK_GAPS`` numbers in a row without a version it lists instead.
+        """
+        folders = self.folders.numbers()
+        n = max(max(folders, default=-1), self.backend.next_number() - 1)
+        count = misses = 0
+        while n >= 0 and count < limit:
+            record = self.backend.get(n)
+            if record is None and n in folders:
+                record = untracked_record(n)
+            if record is None:
+                misses += 1
+                if misses > _WALK_GAPS:
+                    below = (v for v in self.iter_versions(newest_first=True) if v.version < n)
+                    for info in below:
+                        yield info
+                        count += 1
+                        if count >= limit:
+                            return
+                    return
+            else:
+                misses = 0
+                yield self._info(record)
+                count += 1
+            n -= 1
 
     def list(self) -> _List[VersionInfo]:
         """Every version in increasing order, folder-only ones as ``untracked``."""

@@ -342,11 +342,11 @@ def _start_new(
     config = loaded.config
     source = str(loaded.config_file) if loaded.config_file is not None else None
     fields: dict[str, Any] = {
+        **dict(extra or {}),
         "config_file": source,
         "flags": list(loaded.flags),
         "lease": lease.body(time.time()),
         "resumes": [],
-        **dict(extra or {}),
     }
     # Dumped (and hashed) once, before the number is known: the header's first line has a
     # slot for it.

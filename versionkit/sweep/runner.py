@@ -45,6 +45,15 @@ if TYPE_CHECKING:
 __all__ = ["run_sweep", "work", "worker_threads"]
 
 
+#: exit codes of a sweep stopped by Ctrl-C or by SIGTERM (128 + the signal, as shells show)
+INTERRUPTED = 130
+TERMINATED = 143
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM ended the trial (Optuna fails a trial on KeyboardInterrupt, then re-raises)."""
+
+
 class _TrialFailed(Exception):
     """The objective's run ended as failed without raising."""
 
@@ -127,6 +136,9 @@ def _run_one(sweep: Sweep, trial: optuna.Trial, *, quiet: bool = False) -> float
     import optuna
 
     trial.set_user_attr(ATTR_WORKER, f"{socket.gethostname()}:{os.getpid()}")
+    # A queued retry carries its original's attributes; this attempt's status starts
+    # afresh (a FAIL trial still "running" is one whose worker died).
+    trial.set_user_attr(ATTR_STATUS, "running")
 
     def fail(message: str) -> None:
         trial.set_user_attr(ATTR_STATUS, "failed")
@@ -148,6 +160,11 @@ def _run_one(sweep: Sweep, trial: optuna.Trial, *, quiet: bool = False) -> float
     except KeyboardInterrupt:
         trial.set_user_attr(ATTR_STATUS, "interrupted")
         raise
+    except SystemExit as exc:
+        # SIGTERM (a scheduler's preemption) ends a Lightning run with SystemExit, which
+        # Optuna would leave RUNNING: the trial is interrupted, like Ctrl-C.
+        trial.set_user_attr(ATTR_STATUS, "interrupted")
+        raise _Terminated(str(exc.code)) from None
     except Exception as exc:
         fail(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
         raise
@@ -171,7 +188,7 @@ def _run_one(sweep: Sweep, trial: optuna.Trial, *, quiet: bool = False) -> float
 
 def work(sweep: Sweep, *, threads: int | None = None, quiet: bool = False) -> int:
     """One worker: take trials until the study holds ``sweep.trials``; returns an exit
-    code (0, or 130 after Ctrl-C).
+    code (0, 130 after Ctrl-C, 143 after SIGTERM).
 
     Args:
         sweep: the sweep.
@@ -210,14 +227,14 @@ def work(sweep: Sweep, *, threads: int | None = None, quiet: bool = False) -> in
             current.clear()
             with quiet_experimental():
                 study.optimize(objective, n_trials=1, catch=(Exception,))
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             claim.close()
             if current:
                 number = current[0].number
                 for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
                     if t.number == number:
                         _requeue(study, t)
-            return 130
+            return TERMINATED if isinstance(exc, _Terminated) else INTERRUPTED
         finally:
             claim.close()
 
@@ -245,18 +262,48 @@ def _check_same_space(sweep: Sweep, study: optuna.Study) -> None:
 
 
 def _child(sweep: Sweep, threads: int) -> None:
+    # Its own process group: a terminal's Ctrl-C reaches the parent alone, which passes
+    # it on once (a second SIGINT could cut short the worker's checkpoint on the way out).
+    os.setpgrp()
     sys.exit(work(sweep, threads=threads, quiet=True))
 
+
+def _wait(procs: list[Any]) -> int | None:
+    """Join the workers; on Ctrl-C or SIGTERM, pass the signal on to each and keep
+    waiting. Returns the signal that arrived, if any."""
+    got: list[int] = []
+
+    def forward(signum: int) -> None:
+        got.append(signum)
+        for proc in procs:
+            if proc.is_alive() and proc.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signum)
+
+    previous = signal.signal(signal.SIGTERM, lambda signum, _frame: forward(signum))
+    try:
+        for proc in procs:
+            while True:
+                try:
+                    proc.join()
+                    break
+                except KeyboardInterrupt:
+                    forward(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return got[0] if got else None
 
 def run_sweep(sweep: Sweep, *, jobs: int = 1, printer: Callable[[str], None] = print) -> int:
     """Create or continue the study and run it with ``jobs`` worker processes.
 
     With ``jobs == 1`` the trials run in this process; otherwise each worker is a fresh
-    (spawned) process with ``cores // jobs`` threads. Ctrl-C stops every worker: their
-    trials are FAIL (status ``interrupted``) and queued again for the next run.
+    (spawned) process with ``cores // jobs`` threads. Ctrl-C or SIGTERM stops every
+    worker: their trials are FAIL (status ``interrupted``) and queued again for the next
+    run, their versions ``interrupted`` (by the run's own handling).
 
     Returns:
-        0 when the study holds its trials; 130 after Ctrl-C; 1 if a worker crashed.
+        0 when the study holds its trials; 130 after Ctrl-C; 143 after SIGTERM; 1 if a
+        worker crashed.
     """
     import optuna
 
@@ -280,26 +327,10 @@ def run_sweep(sweep: Sweep, *, jobs: int = 1, printer: Callable[[str], None] = p
              for _ in range(min(jobs, sweep.trials - have))]
     for proc in procs:
         proc.start()
-    interrupted = False
-    try:
-        for proc in procs:
-            proc.join()
-    except KeyboardInterrupt:
-        interrupted = True
-        # A terminal's Ctrl-C reaches every worker already; `kill -INT` of this process
-        # alone does not, so pass it on.
-        for proc in procs:
-            if proc.is_alive() and proc.pid is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, signal.SIGINT)
-        for proc in procs:
-            while True:
-                try:
-                    proc.join()
-                    break
-                except KeyboardInterrupt:
-                    continue
+    arrived = _wait(procs)
     codes = [proc.exitcode for proc in procs]
-    if interrupted or 130 in codes:
-        return 130
+    if arrived == signal.SIGTERM or TERMINATED in codes:
+        return TERMINATED
+    if arrived is not None or INTERRUPTED in codes:
+        return INTERRUPTED
     return 0 if all(code == 0 for code in codes) else 1

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from versionkit._flags import _flag_text
-from versionkit._types import convert_flag, leaf_index
+from versionkit._types import _union_args, convert_flag, describe_type, leaf_index, strip
 from versionkit.config import ConfigModel
 from versionkit.errors import ConfigError
 
@@ -138,6 +138,29 @@ def _suggest_field(name: str, known: Sequence[str]) -> str:
     return f"; did you mean {' or '.join(close)}?" if close else ""
 
 
+def _scalar_types(annotation: Any) -> set[Any]:
+    """The non-None types a field takes (``float | None`` -> {float})."""
+    tp = strip(annotation)
+    union = _union_args(tp)
+    return {strip(a) for a in union[0]} if union is not None else {tp}
+
+
+def _check_range_field(kind: str, field: str, annotation: Any, shown: str) -> None:
+    """A range needs a number field; uniform/loguniform a float one."""
+    found = _scalar_types(annotation)
+    numbers = {t for t in found if t in (int, float)}
+    if not numbers or bool in found:
+        raise ConfigError(
+            f"--space {shown}: {field} is not a number field ({describe_type(annotation)}); "
+            "list its values with choice(...)"
+        )
+    if kind != "int" and numbers == {int}:
+        raise ConfigError(
+            f"--space {shown}: {field} takes integers; {kind}() samples floats: use int(a,b) "
+            "or choice(...)"
+        )
+
+
 def _number(raw: str, what: str, source: str, *, integer: bool) -> float:
     try:
         value = int(raw) if integer else float(raw)
@@ -202,6 +225,7 @@ def parse_dimension(
         return Dimension(leaf.dotted, "choice", choices=tuple(choices), source=shown)
     if count != 2:
         raise ConfigError(f"--space {shown}: {kind}() takes two numbers (low, high), given {count}")
+    _check_range_field(kind, leaf.dotted, leaf.annotation, shown)
     integer = kind == "int"
     texts = raw_args if raw_args is not None else [str(v) for v in values or ()]
     low = _number(texts[0], "low", shown, integer=integer)

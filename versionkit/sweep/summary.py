@@ -29,7 +29,7 @@ def summary_rows(sweep: Sweep, study: optuna.Study) -> list[dict[str, Any]]:
             seen = list(t.intermediate_values.values())
             best = (min if sign > 0 else max)(seen) if seen else None
         elif t.state == TrialState.FAIL:
-            status, best = status or "dead", None
+            status, best = (status if status not in (None, "running") else "dead"), None
         else:
             status, best = t.state.name.lower(), None
         group = {"completed": 0, "pruned": 1}.get(str(status), 2)
