@@ -15,7 +15,9 @@ The model turns each value ``x`` into the 8-bit level ``round(255 * x)``.
 * ``synthetic``: deterministic, class-dependent gradient patterns with seeded noise, for
   tests and benchmarks.
 
-The train/validation split is a fixed permutation drawn from ``seed``.
+The train/validation split is a fixed permutation drawn from ``seed``. An item's key is its
+index, or ``(index, mirrored)`` from a flipping batch sampler (``data.random_flip``);
+``rank_share`` gives each DDP rank its own part of the validation set.
 """
 
 from __future__ import annotations
