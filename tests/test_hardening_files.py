@@ -58,7 +58,7 @@ def test_registry_records_and_checkpoints_honour_the_umask(tmp_path: Path, umask
     assert written, "the registry wrote no state files"
     ckpt = tmp_path / "last.ckpt"
     AtomicCheckpointIO().save_checkpoint({"w": torch.zeros(2)}, ckpt)
-    write_atomic(tmp_path / "config.yaml", b"a: 1\n")
+    write_atomic(tmp_path / "config.yaml", b"a: 1\n")  # as versionkit.run writes it
     for path in [*written, ckpt, tmp_path / "config.yaml"]:
         assert mode(path) == 0o666 & ~umask, path
 
