@@ -237,6 +237,7 @@ def test_mistakes_in_build_trainer_and_fit_are_one_clear_error(tmp_path: Path) -
         ({"mode": "median"}, "mode: expected 'min' or 'max'"),
         ({"logger": False}, "drop logger="),
         ({"enable_checkpointing": False}, "save_top_k=0"),
+        ({"save_top_k": -5}, r"^build_trainer: Invalid value for save_top_k=-5"),
         (
             {"lightning": "lightning", "callbacks": [pl.Callback()]},
             "Callback is a pytorch_lightning object but the trainer is lightning's",
