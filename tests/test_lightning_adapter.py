@@ -237,6 +237,7 @@ def test_mistakes_in_build_trainer_and_fit_are_one_clear_error(tmp_path: Path) -
         ({"mode": "median"}, "mode: expected 'min' or 'max'"),
         ({"logger": False}, "drop logger="),
         ({"enable_checkpointing": False}, "save_top_k=0"),
+        ({"save_top_k": -5}, r"^build_trainer: Invalid value for save_top_k=-5"),
         (
             {"lightning": "lightning", "callbacks": [pl.Callback()]},
             "Callback is a pytorch_lightning object but the trainer is lightning's",
@@ -251,4 +252,22 @@ def test_mistakes_in_build_trainer_and_fit_are_one_clear_error(tmp_path: Path) -
     with pytest.raises(ConfigError, match=r"not made by versionkit\.lightning\.build_trainer"):
         fit(run, plain, toy_class("pytorch_lightning")(), *loaders())
     assert not list(run.checkpoint_dir.glob("*.ckpt"))
+    assert run.registry.get(run.version).status == "failed"
+
+
+def test_a_resume_that_fails_to_restore_never_overwrites_last_ckpt(tmp_path: Path) -> None:
+    run = new_run(tmp_path / "exp")
+    fit(
+        run,
+        build_trainer(run, **trainer_kwargs(max_steps=4)),
+        toy_class("pytorch_lightning")(),
+        *loaders(),
+    )
+    last = run.checkpoint_dir / "last.ckpt"
+    before = last.read_bytes()
+    again = resumed(run, last)
+    trainer = build_trainer(again, **trainer_kwargs(max_steps=8))
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        fit(again, trainer, toy_class("pytorch_lightning")(width=5), *loaders(width=5))
+    assert last.read_bytes() == before
     assert run.registry.get(run.version).status == "failed"
