@@ -32,13 +32,13 @@ def backend(tmp_path: Path) -> Callable[..., Backend]:
 class TestFileBackend(BackendContractSuite):
     shares_across_processes = True
 
-
-class TestFileCurate(CurateContract):
-    shares_across_processes = True
-
     def delete_record(self, b: Backend, number: int) -> None:
         assert isinstance(b, FileBackend)
         (b.records_dir / f"{number}.json").unlink()
+
+
+class TestFileCurate(CurateContract):
+    shares_across_processes = True
 
 
 @pytest.fixture

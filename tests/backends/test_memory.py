@@ -28,13 +28,13 @@ def backend(tmp_path: Path) -> Iterator[Callable[..., Backend]]:
 class TestMemoryBackend(BackendContractSuite):
     shares_across_processes = False
 
-
-class TestMemoryCurate(CurateContract):
-    shares_across_processes = False
-
     def delete_record(self, b: Backend, number: int) -> None:
         assert isinstance(b, MemoryBackend)
         del b._store.records[number]
+
+
+class TestMemoryCurate(CurateContract):
+    shares_across_processes = False
 
 
 def test_named_stores_are_separate(tmp_path: Path) -> None:
