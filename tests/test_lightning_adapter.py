@@ -74,6 +74,21 @@ def test_last_ckpt_is_the_final_step_even_when_it_is_not_top_k(tmp_path: Path) -
     assert _step_of(run.checkpoint_dir / "last.ckpt") == 40
 
 
+def test_last_ckpt_is_the_final_step_when_the_run_ends_between_validations(
+    tmp_path: Path,
+) -> None:
+    # Ended by max_epochs (8 batches) with validation every 3 steps: the final step, 8,
+    # is no validation step, and last.ckpt must still hold it.
+    run = new_run(tmp_path / "exp")
+    model = toy_class("pytorch_lightning")()
+    trainer = build_trainer(
+        run, **trainer_kwargs(max_steps=-1, max_epochs=1, val_check_interval=3)
+    )
+    assert fit(run, trainer, model, *loaders()) == "completed"
+    assert _steps(run.checkpoint_dir)  # validations at 3 and 6 did save
+    assert _step_of(run.checkpoint_dir / "last.ckpt") == 8
+
+
 @pytest.mark.parametrize("lightning", NAMESPACES)
 def test_exception_saves_the_current_step_and_fails(tmp_path: Path, lightning: str) -> None:
     run = new_run(tmp_path / "exp")
