@@ -168,7 +168,7 @@ def test_top_k_holds_across_a_resume_from_an_older_checkpoint(tmp_path: Path) ->
 def _fit_steps(lightning: str, run: Any, max_steps: int, **kw: Any) -> tuple[Any, Any]:
     Toy = toy_class(lightning)
     pl_module(lightning).seed_everything(0, verbose=False)
-    model = Toy(adamw=True)
+    model = Toy(adamw=True, dropout=0.5)
     trainer = build_trainer(
         run, lightning=lightning, **trainer_kwargs(max_steps=max_steps, val_check_interval=5, **kw)
     )
@@ -179,8 +179,9 @@ def _fit_steps(lightning: str, run: Any, max_steps: int, **kw: Any) -> tuple[Any
 
 @pytest.mark.parametrize("lightning", NAMESPACES)
 def test_resume_mid_epoch_continues_exactly(tmp_path: Path, lightning: str) -> None:
-    # AdamW (state), a step LR schedule, a shuffled loader, a resume mid-epoch (step 15 of
-    # 11-batch epochs): the resumed run's losses and weights equal the uninterrupted one's.
+    # AdamW (state), a step LR schedule, a shuffled loader, dropout (torch's global
+    # generator), a resume mid-epoch (step 15 of 11-batch epochs): the resumed run's
+    # losses and weights equal the uninterrupted one's.
     ref, _ = _fit_steps(lightning, new_run(tmp_path / "a"), 30)
     run = new_run(tmp_path / "b")
     first, _ = _fit_steps(lightning, run, 15)
