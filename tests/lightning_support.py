@@ -79,12 +79,13 @@ def toy_class(lightning: str) -> type[Any]:
             interrupt_at: int | None = None,
             nan_at: int | None = None,
             adamw: bool = False,
+            dropout: float = 0.0,
         ) -> None:
             super().__init__()
             self.net = nn.Linear(width, 1)
             self.val_by_step = dict(val_by_step or {})
             self.fail_at, self.interrupt_at, self.nan_at = fail_at, interrupt_at, nan_at
-            self.adamw = adamw
+            self.adamw, self.dropout = adamw, dropout
             self.losses: list[float] = []
 
         def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
@@ -93,6 +94,8 @@ def toy_class(lightning: str) -> type[Any]:
             if self.interrupt_at == self.global_step:
                 raise KeyboardInterrupt
             x, y = batch
+            if self.dropout:  # draws from torch's global generator, as a user's module does
+                x = nn.functional.dropout(x, self.dropout, training=True)
             loss = nn.functional.mse_loss(self.net(x), y)
             if self.nan_at is not None and self.global_step >= self.nan_at:
                 loss = loss * float("nan")

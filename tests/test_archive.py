@@ -144,6 +144,10 @@ def _hostile(good: Path, tmp: Path) -> dict[str, tuple[Path, str]]:
     def tamper(name: str, data: bytes) -> bytes:
         return data + b"!" if name.endswith("last.ckpt") else data
 
+    def flip(name: str, data: bytes) -> bytes:
+        # The same size, one bit changed: only the sha256 can tell.
+        return data[:-1] + bytes([data[-1] ^ 1]) if name.endswith("last.ckpt") else data
+
     truncated = tmp / "truncated.tar.gz"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     garbage = tmp / "garbage.tar.gz"
@@ -167,6 +171,7 @@ def _hostile(good: Path, tmp: Path) -> dict[str, tuple[Path, str]]:
         "unlisted": (rp("unlisted", [_member(f"{PREFIX}/logs/extra", b"x")]),
                      "does not match the manifest"),
         "tampered": (rp("tampered", [], edit=tamper), "does not match the manifest"),
+        "flipped": (rp("flipped", [], edit=flip), "does not match the manifest"),
         "duplicate": (rp("duplicate", [_member(f"{PREFIX}/checkpoints/config.yaml", CONFIG)]),
                       "appears twice"),
         "file-and-folder": (rp("faf", [_member(f"{PREFIX}/logs/samples", b"x")]),

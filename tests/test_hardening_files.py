@@ -48,7 +48,7 @@ def test_replacing_keeps_the_files_mode(tmp_path: Path) -> None:
 
 def test_registry_records_and_checkpoints_honour_the_umask(tmp_path: Path, umask: int) -> None:
     torch = pytest.importorskip("torch")
-    from versionkit.lightning import atomic_write_bytes, atomic_write_text
+    from versionkit.lightning import AtomicCheckpointIO
     from versionkit.registry import Registry
 
     reg = Registry(tmp_path / "exp")
@@ -57,8 +57,8 @@ def test_registry_records_and_checkpoints_honour_the_umask(tmp_path: Path, umask
     written = [p for p in (tmp_path / "exp").rglob("*.json") if p.is_file()]
     assert written, "the registry wrote no state files"
     ckpt = tmp_path / "last.ckpt"
-    atomic_write_bytes(ckpt, lambda f: torch.save({"w": torch.zeros(2)}, f))
-    atomic_write_text(tmp_path / "config.yaml", "a: 1\n")
+    AtomicCheckpointIO().save_checkpoint({"w": torch.zeros(2)}, ckpt)
+    write_atomic(tmp_path / "config.yaml", b"a: 1\n")  # as versionkit.run writes it
     for path in [*written, ckpt, tmp_path / "config.yaml"]:
         assert mode(path) == 0o666 & ~umask, path
 
@@ -120,12 +120,12 @@ def test_full_disk_is_one_clear_error_and_changes_nothing(
 
 def test_full_disk_while_torch_saves_a_checkpoint(tmp_path: Path, full_disk: None) -> None:
     torch = pytest.importorskip("torch")
-    from versionkit.lightning import atomic_write_bytes
+    from versionkit.lightning import AtomicCheckpointIO
 
     target = tmp_path / "last.ckpt"
     with pytest.raises(DiskFullError, match=r"the disk is full") as info:
         # torch reports the failed write as RuntimeError("unexpected pos ...")
-        atomic_write_bytes(target, lambda f: torch.save({"w": torch.zeros(10_000)}, f))
+        AtomicCheckpointIO().save_checkpoint({"w": torch.zeros(10_000)}, target)
     assert str(target) in str(info.value) and "\n" not in str(info.value)
     assert not target.exists() and _left_behind(tmp_path) == []
 

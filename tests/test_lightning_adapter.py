@@ -74,6 +74,21 @@ def test_last_ckpt_is_the_final_step_even_when_it_is_not_top_k(tmp_path: Path) -
     assert _step_of(run.checkpoint_dir / "last.ckpt") == 40
 
 
+def test_last_ckpt_is_the_final_step_when_the_run_ends_between_validations(
+    tmp_path: Path,
+) -> None:
+    # Ended by max_epochs (8 batches) with validation every 3 steps: the final step, 8,
+    # is no validation step, and last.ckpt must still hold it.
+    run = new_run(tmp_path / "exp")
+    model = toy_class("pytorch_lightning")()
+    trainer = build_trainer(
+        run, **trainer_kwargs(max_steps=-1, max_epochs=1, val_check_interval=3)
+    )
+    assert fit(run, trainer, model, *loaders()) == "completed"
+    assert _steps(run.checkpoint_dir)  # validations at 3 and 6 did save
+    assert _step_of(run.checkpoint_dir / "last.ckpt") == 8
+
+
 @pytest.mark.parametrize("lightning", NAMESPACES)
 def test_exception_saves_the_current_step_and_fails(tmp_path: Path, lightning: str) -> None:
     run = new_run(tmp_path / "exp")
@@ -160,7 +175,7 @@ def test_top_k_holds_across_a_resume_from_an_older_checkpoint(tmp_path: Path) ->
 def _fit_steps(lightning: str, run: Any, max_steps: int, **kw: Any) -> tuple[Any, Any]:
     Toy = toy_class(lightning)
     pl_module(lightning).seed_everything(0, verbose=False)
-    model = Toy(adamw=True)
+    model = Toy(adamw=True, dropout=0.5)
     trainer = build_trainer(
         run, lightning=lightning, **trainer_kwargs(max_steps=max_steps, val_check_interval=5, **kw)
     )
@@ -171,8 +186,9 @@ def _fit_steps(lightning: str, run: Any, max_steps: int, **kw: Any) -> tuple[Any
 
 @pytest.mark.parametrize("lightning", NAMESPACES)
 def test_resume_mid_epoch_continues_exactly(tmp_path: Path, lightning: str) -> None:
-    # AdamW (state), a step LR schedule, a shuffled loader, a resume mid-epoch (step 15 of
-    # 11-batch epochs): the resumed run's losses and weights equal the uninterrupted one's.
+    # AdamW (state), a step LR schedule, a shuffled loader, dropout (torch's global
+    # generator), a resume mid-epoch (step 15 of 11-batch epochs): the resumed run's
+    # losses and weights equal the uninterrupted one's.
     ref, _ = _fit_steps(lightning, new_run(tmp_path / "a"), 30)
     run = new_run(tmp_path / "b")
     first, _ = _fit_steps(lightning, run, 15)
@@ -237,6 +253,7 @@ def test_mistakes_in_build_trainer_and_fit_are_one_clear_error(tmp_path: Path) -
         ({"mode": "median"}, "mode: expected 'min' or 'max'"),
         ({"logger": False}, "drop logger="),
         ({"enable_checkpointing": False}, "save_top_k=0"),
+        ({"save_top_k": -5}, r"^build_trainer: Invalid value for save_top_k=-5"),
         (
             {"lightning": "lightning", "callbacks": [pl.Callback()]},
             "Callback is a pytorch_lightning object but the trainer is lightning's",
@@ -251,4 +268,22 @@ def test_mistakes_in_build_trainer_and_fit_are_one_clear_error(tmp_path: Path) -
     with pytest.raises(ConfigError, match=r"not made by versionkit\.lightning\.build_trainer"):
         fit(run, plain, toy_class("pytorch_lightning")(), *loaders())
     assert not list(run.checkpoint_dir.glob("*.ckpt"))
+    assert run.registry.get(run.version).status == "failed"
+
+
+def test_a_resume_that_fails_to_restore_never_overwrites_last_ckpt(tmp_path: Path) -> None:
+    run = new_run(tmp_path / "exp")
+    fit(
+        run,
+        build_trainer(run, **trainer_kwargs(max_steps=4)),
+        toy_class("pytorch_lightning")(),
+        *loaders(),
+    )
+    last = run.checkpoint_dir / "last.ckpt"
+    before = last.read_bytes()
+    again = resumed(run, last)
+    trainer = build_trainer(again, **trainer_kwargs(max_steps=8))
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        fit(again, trainer, toy_class("pytorch_lightning")(width=5), *loaders(width=5))
+    assert last.read_bytes() == before
     assert run.registry.get(run.version).status == "failed"

@@ -384,6 +384,10 @@ def test_best_min_max_ties_and_nan(reg: Registry) -> None:
     assert worst is not None and worst.metrics["val_loss"] == 0.5
     only1 = reg.best(version=1)
     assert only1 is not None and only1.step == 200
+    only0 = reg.best(version=0)  # two finite values in one version: the lower wins
+    assert only0 is not None and only0.step == 300
+    worst0 = reg.best(version=0, mode="max")
+    assert worst0 is not None and worst0.step == 100
     assert reg.best("val_acc") is None
     with pytest.raises(RegistryError, match="'min' or 'max'"):
         reg.best(mode="lowest")

@@ -255,6 +255,16 @@ def test_another_hosts_lease_lives_as_long_as_its_heartbeat(done: Registry) -> N
     run.finish("completed")
 
 
+def test_another_hosts_heartbeat_holds_for_ten_minutes(done: Registry) -> None:
+    # The README's figure: a heartbeat older than 10 minutes is a dead holder.
+    _set_lease(done, 0, host="elsewhere", pid=1, token="x", heartbeat=time.time() - 9 * 60)
+    with pytest.raises(RunBusyError, match="pid 1 on host elsewhere"):
+        resume(done, "--max_steps", "9")
+    _set_lease(done, 0, host="elsewhere", pid=1, token="x", heartbeat=time.time() - 11 * 60)
+    run, _ = resume(done, "--max_steps", "9")
+    run.finish("completed")
+
+
 def test_heartbeat_refreshes_and_notices_a_takeover(done: Registry) -> None:
     from versionkit.run import LeaseLost
 

@@ -207,3 +207,26 @@ def test_versionkit_list_filters_one_sweep(tmp_path: Path) -> None:
     with contextlib.redirect_stdout(out):
         assert vk_main(["list", str(tmp_path), "--sweep", "zzz"]) == 0
     assert "no versions of sweep zzz" in out.getvalue()
+
+
+def test_jobs_share_the_cores_and_a_worker_limits_its_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`--jobs J` gives each worker cores // J threads (at least one), and a worker
+    sets them for torch and for the BLAS libraries its children start."""
+    import torch
+
+    from versionkit.sweep import runner
+
+    monkeypatch.setattr(runner.os, "sched_getaffinity", lambda _pid: set(range(8)))
+    assert [runner.worker_threads(j) for j in (1, 2, 3, 8, 16)] == [8, 4, 2, 1, 1]
+    before = torch.get_num_threads()
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        monkeypatch.setenv(name, "99")
+    try:
+        runner._limit_threads(1)
+        assert torch.get_num_threads() == 1
+        assert all(runner.os.environ[n] == "1"
+                   for n in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"))
+    finally:
+        torch.set_num_threads(before)

@@ -111,6 +111,7 @@ def build_trainer(
             "enable_checkpointing=False, or pass save_top_k=0 to keep only last.ckpt"
         )
     kinds = classes(lightning)
+    callbacks, plugins = list(callbacks), list(plugins)
     for extra_object in (*callbacks, *plugins):
         other = _namespace_name(extra_object)
         if other is not None and other != lightning:
@@ -118,6 +119,38 @@ def build_trainer(
                 f"build_trainer: {type(extra_object).__name__} is a {other} object but the "
                 f"trainer is {lightning}'s; pass lightning={other!r} or use {lightning}'s class"
             )
+    try:
+        return _assemble(
+            run,
+            kinds,
+            callbacks,
+            plugins,
+            save_top_k,
+            monitor,
+            mode,
+            progress_refresh,
+            logger_kwargs,
+            trainer_kwargs,
+        )
+    except Exception as exc:
+        if type(exc).__name__ != "MisconfigurationException" and not isinstance(exc, ValueError):
+            raise
+        lines = str(exc).strip().splitlines()
+        raise ConfigError(f"build_trainer: {lines[0] if lines else exc}") from None
+
+
+def _assemble(
+    run: RunLike,
+    kinds: Classes,
+    callbacks: Iterable[Any],
+    plugins: Iterable[Any],
+    save_top_k: int,
+    monitor: str,
+    mode: str,
+    progress_refresh: int,
+    logger_kwargs: dict[str, Any] | None,
+    trainer_kwargs: dict[str, Any],
+) -> Any:
     ns = kinds.namespace
     logger = kinds.VersionkitLogger(run, monitor=monitor, mode=mode, **dict(logger_kwargs or {}))
     folder = str(run.checkpoint_dir)

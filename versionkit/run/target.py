@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from versionkit.curate.refs import split_reference
 from versionkit.errors import ConfigError, RegistryError, VersionNotFoundError
 from versionkit.layout import (
     CHECKPOINT_SUFFIX,
@@ -120,8 +121,8 @@ def resolve_target(
     path = Path(text).expanduser()
     if path.exists():
         return _path_target(path, text, backend, want_checkpoint)
-    if "@" in text:
-        root_text, selector = text.rsplit("@", 1)
+    root_text, selector = split_reference(text)
+    if selector is not None:
         return _selector_target(Path(root_text).expanduser(), selector, text, backend,
                                 want_checkpoint)
     raise TargetNotFoundError(
@@ -177,26 +178,15 @@ def _selector_target(
         if want == "best":
             return Target(root=root, version=best.version, checkpoint=best.path)
         return _version_target(root, best.version, text, backend, want)
-    tags = _tags(registry)
+    from versionkit.curate.refs import tags as experiment_tags
+
+    tags = experiment_tags(registry)
     if selector not in tags:
         known = ", ".join(sorted(tags)) or "none"
         raise TargetNotFoundError(
             f"{text}: no tag {selector!r} in {root} (tags: {known}; or use N, latest, best)"
         )
     return _version_target(root, tags[selector], text, backend, want)
-
-
-def _tags(registry: Any) -> dict[str, int]:
-    """Tag name -> version from the experiment's metadata (when the backend keeps it)."""
-    get_meta = getattr(registry.backend, "get_meta", None)
-    if get_meta is None:
-        return {}
-    raw = get_meta().get("tags", {})
-    if not isinstance(raw, dict):
-        return {}
-    return {
-        str(k): v for k, v in raw.items() if isinstance(v, int) and not isinstance(v, bool)
-    }
 
 
 def _registry(root: Path, backend: str | None, text: str) -> Any:
