@@ -39,28 +39,57 @@ from fractalgen.config import TrainConfig, parse_train_args  # noqa: E402
 from versionkit.config import config_hash, dump_config  # noqa: E402
 
 FLAGS = [  # 10 overrides in the forms users type
-    "--max_steps", "7",
+    "--max_steps",
+    "7",
     "--lr=3e-4",
-    "--train_batch_size", "32",
-    "--model.num_blocks_list", "2,1,1",
+    "--train_batch_size",
+    "32",
+    "--model.num_blocks_list",
+    "2,1,1",
     "--no-guiding_pixel",
-    "--experiment.name", "bench",
-    "--sampling.cfg", "1.5",
-    "--betas", "[0.9, 0.99]",
+    "--experiment.name",
+    "bench",
+    "--sampling.cfg",
+    "1.5",
+    "--betas",
+    "[0.9, 0.99]",
     "--warmup_steps=10",
-    "--precision", "bf16-mixed",
+    "--precision",
+    "bf16-mixed",
 ]
 DOTLIST = [  # the same overrides in OmegaConf's dotlist form
-    "trainer.max_steps=7", "optim.lr=3e-4", "data.train_batch_size=32",
-    "model.num_blocks_list=[2,1,1]", "model.guiding_pixel=false", "experiment.name=bench",
-    "sampling.cfg=1.5", "optim.betas=[0.9,0.99]", "optim.warmup_steps=10",
+    "trainer.max_steps=7",
+    "optim.lr=3e-4",
+    "data.train_batch_size=32",
+    "model.num_blocks_list=[2,1,1]",
+    "model.guiding_pixel=false",
+    "experiment.name=bench",
+    "sampling.cfg=1.5",
+    "optim.betas=[0.9,0.99]",
+    "optim.warmup_steps=10",
     "trainer.precision=bf16-mixed",
 ]
 JSONARG_FLAGS = [  # and in jsonargparse's (full dotted names)
-    "--trainer.max_steps", "7", "--optim.lr", "3e-4", "--data.train_batch_size", "32",
-    "--model.num_blocks_list", "[2,1,1]", "--model.guiding_pixel", "false",
-    "--experiment.name", "bench", "--sampling.cfg", "1.5", "--optim.betas", "[0.9,0.99]",
-    "--optim.warmup_steps", "10", "--trainer.precision", "bf16-mixed",
+    "--trainer.max_steps",
+    "7",
+    "--optim.lr",
+    "3e-4",
+    "--data.train_batch_size",
+    "32",
+    "--model.num_blocks_list",
+    "[2,1,1]",
+    "--model.guiding_pixel",
+    "false",
+    "--experiment.name",
+    "bench",
+    "--sampling.cfg",
+    "1.5",
+    "--optim.betas",
+    "[0.9,0.99]",
+    "--optim.warmup_steps",
+    "10",
+    "--trainer.precision",
+    "bf16-mixed",
 ]
 
 
@@ -93,8 +122,9 @@ def import_ms(runs: int) -> tuple[float, float, list[str]]:
     times, walls, heavy = [], [], set()
     for _ in range(runs):
         start = time.perf_counter()
-        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                             text=True, check=True).stdout.split()
+        out = subprocess.run(
+            [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.split()
         walls.append((time.perf_counter() - start) * 1000)
         times.append(float(out[0]))
         if len(out) > 1:
@@ -161,11 +191,19 @@ def main() -> int:
 
         imp, wall, heavy = import_ms(5 if opts.quick else 11)
         emit("import_versionkit_median_ms", imp, "ms", "<= 150")
-        emit("python_c_import_versionkit_process_median_ms", wall, "ms",
-             "whole process incl. interpreter start-up")
+        emit(
+            "python_c_import_versionkit_process_median_ms",
+            wall,
+            "ms",
+            "whole process incl. interpreter start-up",
+        )
         got = f": got {','.join(heavy)}" if heavy else ""
-        emit("import_versionkit_heavy_modules", float(len(heavy)), "modules",
-             f"0 (torch, lightning, pydantic not imported){got}")
+        emit(
+            "import_versionkit_heavy_modules",
+            float(len(heavy)),
+            "modules",
+            f"0 (torch, lightning, pydantic not imported){got}",
+        )
 
         try:
             from omegaconf import OmegaConf
@@ -175,8 +213,9 @@ def main() -> int:
             schema = OmegaConf.structured(dataclass_of(TrainConfig))
 
             def omega() -> object:
-                merged = OmegaConf.merge(schema, OmegaConf.load(path),
-                                         OmegaConf.from_dotlist(DOTLIST))
+                merged = OmegaConf.merge(
+                    schema, OmegaConf.load(path), OmegaConf.from_dotlist(DOTLIST)
+                )
                 return OmegaConf.to_object(merged)
 
             result: Any = omega()

@@ -6,6 +6,8 @@ Prints one JSON object per line and figure::
     python benchmarks/bench_registry.py --backends file,sqlite  # any of file, memory,
                                                                 # sqlite, postgresql
     python benchmarks/bench_registry.py --quick                 # smaller, for a smoke run
+    python benchmarks/bench_registry.py --versions 100,1000,10000,100000 \
+        --backends file,sqlite,postgresql                       # cost as an experiment grows
 
 Per backend: the median uncontended ``Registry.allocate`` (durable; target <= 5 ms for
 file), its CPU time, and the bare ``backend.allocate`` under it; 16 processes x 50
@@ -48,9 +50,8 @@ sys.path.insert(0, str(ROOT))
 from _common import emit as common_emit  # noqa: E402
 from _common import machine  # noqa: E402
 
-from versionkit import registry as registry_module  # noqa: E402
 from versionkit.errors import VersionkitError  # noqa: E402
-from versionkit.registry import Registry  # noqa: E402
+from versionkit.registry import Registry, provenance  # noqa: E402
 
 CTX = multiprocessing.get_context("fork")
 
@@ -123,7 +124,7 @@ def concurrent(
     target: Callable[..., None], args: Callable[[int], tuple[Any, ...]], procs: int
 ) -> tuple[float, list[int]]:
     """Run ``procs`` processes released together; (total ops/s, all numbers)."""
-    registry_module._git_info(os.getcwd())  # fresh in the cache the children inherit
+    provenance.git_info(os.getcwd())  # fresh in the cache the children inherit
     barrier, out = CTX.Barrier(procs), CTX.Queue()
     workers = [CTX.Process(target=target, args=(*args(i), barrier, out)) for i in range(procs)]
     for w in workers:
@@ -341,6 +342,13 @@ def main() -> None:
         help="comma-separated: file, memory, sqlite, postgresql (default: file)",
     )
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument(
+        "--versions",
+        dest="scale_sizes",
+        default=None,
+        help="comma-separated experiment sizes, e.g. 100,1000,10000,100000: only the "
+        "figures of how the cost grows with the number of versions (see _registry_scale.py)",
+    )
     args = parser.parse_args()
     args.procs, args.per_proc = 16, 50
     args.versions, args.ckpts = 1000, 20
@@ -349,10 +357,30 @@ def main() -> None:
         args.procs, args.per_proc = 4, 10
         args.versions, args.ckpts = 50, 5
         args.latency_n, args.runs, args.runs_fast = 30, 1, 3
-    registry_module._git_info(os.getcwd())
-    registry_module._package_versions()
+    provenance.git_info(os.getcwd())
+    provenance.package_versions()
     with tempfile.TemporaryDirectory(prefix="vk-bench-") as name:
         tmp = Path(name)
+        if args.scale_sizes:
+            import _registry_scale
+
+            sizes = [int(s) for s in args.scale_sizes.split(",") if s.strip()]
+            backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+            try:
+                _registry_scale.run(
+                    sizes,
+                    backends,
+                    tmp,
+                    uri_for,
+                    lambda figure, value, unit, target, **extra: common_emit(
+                        "registry", figure, value, unit, target, MACHINE, **extra
+                    ),
+                )
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+                if _PG_SCHEMAS:
+                    _drop_pg_schemas()
+            return
         bench_bare(args, tmp)
         for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
             bench_backend(backend, args, tmp)

@@ -5,9 +5,12 @@ Figures (one JSON line each):
 - ``plain_step_ms``: a plain PyTorch loop (same model, data order, AdamW, schedule and
   gradient clipping as the trainer), median per-step time;
 - ``lightning_step_ms``: the same steps through the Lightning + versionkit trainer
-  (``versionkit.lightning`` run, logger, checkpoint and registry callbacks, progress
-  bar), median per-step time;
+  (``versionkit.run`` run, ``versionkit.lightning`` trainer: logger, checkpoints,
+  the adapter's callback, progress bar), median per-step time;
 - ``lightning_overhead_pct``: ``lightning / plain - 1`` in percent (target <= 5);
+- with ``--breakdown``, ``lightning_bare_step_ms`` / ``lightning_bare_step_cpu_ms``:
+  Lightning's loop alone (no logger, checkpoints, progress bar, versionkit), so that
+  the overhead splits into Lightning's (bare - plain) and versionkit's (lightning - bare);
 - the same three in process CPU time: ``plain_step_cpu_ms``, ``lightning_step_cpu_ms``,
   ``lightning_overhead_cpu_pct``;
 - ``train_small_wall_s``: ``python main.py --config config/train_small.yaml`` from start
@@ -111,16 +114,23 @@ def _per_step(marks: list[tuple[float, float]], warmup: int) -> tuple[float, flo
     return (marks[-1][0] - marks[warmup][0]) / n, (marks[-1][1] - marks[warmup][1]) / n
 
 
-def lightning_loop(loaded: Any, steps: int, warmup: int) -> tuple[float, float]:
-    """(wall, CPU) seconds per step through the real trainer (fractalgen.train's pieces)."""
+def lightning_loop(
+    loaded: Any, steps: int, warmup: int, bare: bool = False
+) -> tuple[float, float]:
+    """(wall, CPU) seconds per step through the real trainer (fractalgen.train's pieces).
+
+    With ``bare``: Lightning's own loop alone (no logger, checkpoints, progress bar or
+    versionkit), which splits the overhead into Lightning's and the adapter's.
+    """
     import pytorch_lightning as pl
     import torch
     from torch.utils.data import DataLoader
 
     from fractalgen.module import FractalGenModule, StepBatchSampler
     from fractalgen.train import build_trainer_kwargs
-    from versionkit.lightning import start_run
+    from versionkit.lightning import build_trainer, fit
     from versionkit.registry import Registry
+    from versionkit.run import start_run
 
     config = loaded.config
     marks: list[tuple[float, float]] = []
@@ -136,7 +146,15 @@ def lightning_loop(loaded: Any, steps: int, warmup: int) -> tuple[float, float]:
         module = FractalGenModule(config.model_dump(mode="json"), info.channels, info.num_classes)
         kwargs = build_trainer_kwargs(config)
         kwargs["enable_model_summary"] = False
-        trainer = run.trainer(callbacks=[Clock()], **kwargs)
+        if bare:
+            kwargs.update(enable_progress_bar=False)
+            trainer = pl.Trainer(
+                logger=False, enable_checkpointing=False, callbacks=[Clock()], **kwargs
+            )
+        else:
+            trainer = build_trainer(
+                run, callbacks=[Clock()], save_top_k=int(config.trainer.save_top_k), **kwargs
+            )
         sampler = StepBatchSampler(
             len(train_set),
             config.data.train_batch_size,
@@ -148,7 +166,11 @@ def lightning_loop(loaded: Any, steps: int, warmup: int) -> tuple[float, float]:
         )
         val_loader = DataLoader(val_set, batch_size=config.data.val_batch_size)
         with contextlib.redirect_stdout(sys.stderr):  # the progress bar, not our JSON
-            run.fit(trainer, module, loader, val_loader)
+            if bare:
+                trainer.fit(module, loader, val_loader)
+                run.finish("completed")
+            else:
+                fit(run, trainer, module, loader, val_loader)
     return _per_step(marks, warmup)
 
 
@@ -183,6 +205,11 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps at the start")
     parser.add_argument("--repeats", type=int, default=5, help="alternating runs of each")
     parser.add_argument("--quick", action="store_true", help="skip the full train_small run")
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also time Lightning's bare loop (lightning_bare_*): Lightning's share vs ours",
+    )
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
@@ -195,9 +222,12 @@ def main() -> int:
     loaded = _config(Path(args.config), args.steps)
     plain: list[tuple[float, float]] = []
     light: list[tuple[float, float]] = []
+    bare: list[tuple[float, float]] = []
     for _ in range(args.repeats):
         plain.append(plain_loop(loaded, args.steps, args.warmup))
         light.append(lightning_loop(loaded, args.steps, args.warmup))
+        if args.breakdown:
+            bare.append(lightning_loop(loaded, args.steps, args.warmup, bare=True))
     for kind, index in (("", 0), ("_cpu", 1)):
         p = statistics.median(x[index] for x in plain)
         q = statistics.median(x[index] for x in light)
@@ -232,6 +262,18 @@ def main() -> int:
             clock=what,
             pairs=[round(r, 2) for r in ratios],
         )
+        if bare:
+            b = statistics.median(x[index] for x in bare)
+            _emit(
+                f"lightning_bare_step{kind}_ms",
+                b * 1e3,
+                "ms",
+                "reference",
+                machine,
+                runs=[round(x[index] * 1e3, 2) for x in bare],
+                clock=what,
+                note="Lightning's loop alone: lightning_step - this is versionkit's share",
+            )
     if not args.quick:
         _emit("train_small_wall_s", train_small_wall(Path(args.config)), "s", "<= 300", machine)
     return 0

@@ -15,6 +15,20 @@ from typing import Any, Literal
 
 from pydantic import Field, NonNegativeInt, PositiveInt, field_validator, model_validator
 
+from fractalgen.limits import (
+    MAX_BATCH,
+    MAX_GRID_IMAGES,
+    MAX_NAME_LENGTH,
+    MAX_STEPS,
+    SEED_LIMIT,
+    WHY_STEPS,
+    WORKERS_PER_CPU,
+    at_most,
+    cpu_count,
+    estimate_parameters,
+    host_memory_bytes,
+    max_workers,
+)
 from versionkit.config import (
     ConfigModel,
     ConfigSection,
@@ -37,7 +51,6 @@ __all__ = [
 ]
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*\Z")
-
 
 class ExperimentConfig(ConfigSection):
     """Where a run's versions, checkpoints and logs go."""
@@ -66,7 +79,18 @@ class ExperimentConfig(ConfigSection):
                 "expected a plain folder name (letters, digits, '_', '-', '.', '+'; "
                 "no '/', '\\', spaces or '..')"
             )
+        if len(value) > MAX_NAME_LENGTH:
+            raise ValueError(
+                f"expected a name of at most {MAX_NAME_LENGTH} characters, not {len(value)} "
+                "(it is a folder name; file systems allow 255 bytes per name)"
+            )
         return value
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_bits(cls, value: int) -> int:
+        return at_most(value, SEED_LIMIT - 1, "seeds are in [0, 2**32): random generators "
+                        "take 32-bit seeds")
 
 
 class DataConfig(ConfigSection):
@@ -90,6 +114,31 @@ class DataConfig(ConfigSection):
     train_batch_size: PositiveInt = Field(64, description="Training batch size per device.")
     val_batch_size: PositiveInt = Field(256, description="Validation batch size per device.")
     num_workers: NonNegativeInt = Field(0, description="DataLoader worker processes.")
+    random_flip: bool = Field(
+        False,
+        description="Mirror each training image left-right with probability 1/2 (the "
+        "reference's ImageNet augmentation; validation images are never flipped). Off for "
+        "the digits: a mirrored digit is not a digit.",
+    )
+
+    @field_validator("num_workers")
+    @classmethod
+    def _workers(cls, value: int) -> int:
+        return at_most(value, max_workers(), f"{WORKERS_PER_CPU} per CPU on this machine, "
+                        f"which has {cpu_count()}, and at least 32: each worker is a process "
+                        "holding a copy of the data set")
+
+    @field_validator("train_batch_size", "val_batch_size")
+    @classmethod
+    def _batch(cls, value: int) -> int:
+        return at_most(value, MAX_BATCH, "a batch of more images than that does not fit "
+                        "on one device")
+
+    @field_validator("num_classes")
+    @classmethod
+    def _classes(cls, value: int) -> int:
+        return at_most(value, 1_000_000, "each class is an embedding row on every "
+                        "level")
 
     @model_validator(mode="after")
     def _path_for_folder(self) -> DataConfig:
@@ -133,6 +182,38 @@ class ModelConfig(ConfigSection):
         5.0, gt=0.0, description="Training loss weight of the first channel in the pixel head."
     )
     grad_checkpointing: bool = Field(False, description="Trade compute for memory.")
+
+    @field_validator("img_size_list")
+    @classmethod
+    def _image_size(cls, value: list[int]) -> list[int]:
+        return at_most(value, 4096, "images above 4096 pixels a side do not fit in "
+                        "memory")
+
+    @field_validator("embed_dim_list")
+    @classmethod
+    def _width(cls, value: list[int]) -> list[int]:
+        return at_most(value, 65536, "a wider transformer does not fit in "
+                        "memory")
+
+    @field_validator("num_blocks_list", "num_heads_list", "num_conds")
+    @classmethod
+    def _depth(cls, value: Any) -> Any:
+        return at_most(value, 4096, "more than that is a typo")
+
+    @model_validator(mode="after")
+    def _fits_in_memory(self) -> ModelConfig:
+        params = estimate_parameters(self.embed_dim_list, self.num_blocks_list)
+        memory = host_memory_bytes()
+        if memory is not None and 4 * params > memory:
+            raise FieldError(
+                f"the model has at least {params:.3g} parameters ({4 * params / 2**30:.3g} "
+                f"GiB in float32, estimated from embed_dim_list {self.embed_dim_list} and "
+                f"num_blocks_list {self.num_blocks_list}), more than this machine's "
+                f"{memory / 2**30:.3g} GiB of memory; the model could not even be built",
+                "embed_dim_list",
+                "num_blocks_list",
+            )
+        return self
 
     @model_validator(mode="after")
     def _levels_agree(self) -> ModelConfig:
@@ -179,6 +260,13 @@ class ModelConfig(ConfigSection):
                     "num_heads_list",
                     "embed_dim_list",
                 )
+            if i < levels - 1 and self.generator_type_list[i] == "ar" and (dim // heads) % 4:
+                raise FieldError(
+                    f"AR level {i}: the head width embed_dim_list[{i}] / num_heads_list[{i}] "
+                    f"= {dim // heads} must be a multiple of 4 for the 2D rotary embedding",
+                    "num_heads_list",
+                    "embed_dim_list",
+                )
         return self
 
 
@@ -204,6 +292,11 @@ class OptimConfig(ConfigSection):
     ema_decay: float | None = Field(
         None, gt=0.0, lt=1.0, description="EMA of the weights (e.g. 0.9999); null: no EMA."
     )
+
+    @field_validator("warmup_steps")
+    @classmethod
+    def _steps(cls, value: int) -> int:
+        return at_most(value, MAX_STEPS, WHY_STEPS)
 
     @field_validator("betas")
     @classmethod
@@ -245,14 +338,30 @@ class TrainerConfig(ConfigSection):
     def _devices(cls, value: int | str) -> int | str:
         if isinstance(value, int) and value < 1 and value != -1:
             raise ValueError("expected a positive count, -1 (all), 'auto' or '0,1'")
-        return value
+        return at_most(value, 4096, "devices per node")
+
+    @field_validator("max_steps", "val_every_n_steps", "log_every_n_steps")
+    @classmethod
+    def _steps(cls, value: int) -> int:
+        return at_most(value, MAX_STEPS, WHY_STEPS)
+
+    @field_validator("save_top_k")
+    @classmethod
+    def _kept(cls, value: int) -> int:
+        return at_most(value, 10_000, "each kept checkpoint is a file on "
+                        "disk")
+
+    @field_validator("num_nodes")
+    @classmethod
+    def _nodes(cls, value: int) -> int:
+        return at_most(value, 100_000, "machines in one run")
 
     @field_validator("limit_val_batches")
     @classmethod
     def _fraction(cls, value: int | float | None) -> int | float | None:
         if isinstance(value, float) and value > 1.0:
             raise ValueError("a fraction must be at most 1.0 (use an int for a batch count)")
-        return value
+        return at_most(value, MAX_STEPS, "batches per validation")
 
 
 class SamplingConfig(ConfigSection):
@@ -268,7 +377,28 @@ class SamplingConfig(ConfigSection):
     temperature: float = Field(
         1.0, gt=0.0, description="Divides the pixel logits (lower: sharper samples)."
     )
+    filter_threshold: float = Field(
+        1e-4,
+        ge=0.0,
+        lt=1.0,
+        description="Guidance filter: a pixel value whose class-conditional probability is "
+        "below this cannot be boosted by guidance (its unconditional logit is raised to "
+        "match). The reference uses 1e-4 in every evaluation; 0 turns it off. Only used "
+        "with cfg != 1.",
+    )
     num_images: PositiveInt = Field(16, description="Images in the validation grid.")
+
+    @field_validator("num_images")
+    @classmethod
+    def _grid(cls, value: int) -> int:
+        return at_most(value, MAX_GRID_IMAGES, "the validation grid is one image; sample "
+                        "more with inference.py")
+
+    @field_validator("num_iter_list")
+    @classmethod
+    def _iters(cls, value: list[int]) -> list[int]:
+        return at_most(value, 65536, "sampling steps per level; more than the patches "
+                        "of a 4096-pixel image do nothing")
 
 
 class TrainConfig(ConfigModel):
@@ -307,7 +437,8 @@ CONTROLS: tuple[ControlFlag, ...] = (
     ControlFlag(
         "resume",
         "Continue a run in the same version: a .ckpt file, a version folder, an experiment "
-        "root or 'latest'. Its saved config.yaml is used unless --config is given.",
+        "root, 'latest', or ROOT@N|latest|best|TAG. Its saved config.yaml is used; only "
+        "the step budget, cadence, hardware, workers and sampling may change.",
         takes_value=True,
         default=None,
     ),

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from versionkit.errors import ConfigError
 
@@ -40,6 +40,7 @@ __all__ = [
     "FolderDataset",
     "TensorImageDataset",
     "build_datasets",
+    "rank_share",
 ]
 
 DATASETS = ("digits", "folder", "synthetic")
@@ -47,6 +48,16 @@ IMAGE_EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 )
 SYNTHETIC_SIZE = 512
+
+
+#: An item's key: its index, or ``(index, mirrored)`` from a flipping batch sampler.
+Key = int | tuple[int, bool]
+
+
+def _unpack(key: Key) -> tuple[int, bool]:
+    if isinstance(key, tuple):
+        return int(key[0]), bool(key[1])
+    return int(key), False
 
 
 class DataError(ConfigError):
@@ -83,9 +94,11 @@ class TensorImageDataset(Dataset[tuple[Tensor, int]]):
         """Number of items."""
         return len(self.labels)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        """Image ``index`` and its label."""
-        return self.images[index], self.labels[index]
+    def __getitem__(self, key: Key) -> tuple[Tensor, int]:
+        """Image ``key`` and its label; a key ``(index, True)`` mirrors it left-right."""
+        index, mirrored = _unpack(key)
+        image = self.images[index]
+        return (image.flip(-1) if mirrored else image), self.labels[index]
 
 
 class FolderDataset(Dataset[tuple[Tensor, int]]):
@@ -115,10 +128,12 @@ class FolderDataset(Dataset[tuple[Tensor, int]]):
         """Number of items."""
         return len(self.files)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        """Decode, crop, resize and scale image ``index`` to [0, 1]."""
+    def __getitem__(self, key: Key) -> tuple[Tensor, int]:
+        """Decode, crop, resize and scale image ``key`` to [0, 1] (``(index, True)``: mirrored)."""
+        index, mirrored = _unpack(key)
         path, label = self.files[index]
-        return load_image(path, self.img_size, self.channels), label
+        image = load_image(path, self.img_size, self.channels)
+        return (image.flip(-1) if mirrored else image), label
 
 
 def load_image(path: Path, img_size: int, channels: int) -> Tensor:
@@ -311,3 +326,24 @@ def build_datasets(
     train = TensorImageDataset(imgs[tr_t], [labels[i] for i in tr], tr.tolist())
     val = TensorImageDataset(imgs[va_t], [labels[i] for i in va], va.tolist())
     return train, val, DataInfo(channels, num_classes, img_size, len(tr), len(va))
+
+
+def rank_share(dataset: Dataset[Any], rank: int, world_size: int) -> Dataset[Any]:
+    """This rank's share of a validation set: items ``rank, rank + W, rank + 2W, ...``.
+
+    The shares are disjoint and cover the set once (no padding, unlike
+    ``DistributedSampler``), so the mean over ranks of each rank's mean is the mean over
+    the whole set whenever the shares are equal in size, and within one item's weight
+    otherwise. A rank that would get nothing (fewer items than ranks) gets item 0, so
+    that every rank takes part in the final reduction.
+
+    Args:
+        dataset: The full validation set (sized).
+        rank: This process's global rank.
+        world_size: Number of ranks; 1 returns ``dataset`` itself.
+    """
+    if world_size <= 1:
+        return dataset
+    size = len(dataset)  # type: ignore[arg-type]
+    indices = list(range(rank, size, world_size)) or [0]
+    return Subset(dataset, indices)

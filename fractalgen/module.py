@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.utils.data import Sampler
 
 from fractalgen.config import TrainConfig
+from fractalgen.images import image_grid
 from fractalgen.model import FractalGen, build_model
 
 __all__ = [
@@ -62,7 +63,7 @@ def cosine_lr_factor(step: int, *, warmup_steps: int, total_steps: int, min_rati
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-class StepBatchSampler(Sampler[list[int]]):
+class StepBatchSampler(Sampler[list[Any]]):
     """Endless batches whose content is a function of the global step only.
 
     The index stream is the concatenation of seeded permutations (epoch ``e`` uses
@@ -71,6 +72,10 @@ class StepBatchSampler(Sampler[list[int]]):
     ``start_step()``, read when iteration begins, so a resumed run sees exactly the
     batches an uninterrupted one would have. It never ends: ``max_steps`` stops the run.
 
+    With ``flip`` each key is ``(index, mirrored)`` instead of ``index``: the mirror bit
+    of a position is drawn with its epoch's permutation (probability 1/2), so random
+    flips are a function of the step too, on every rank and in every worker.
+
     Args:
         size: number of items in the data set.
         batch_size: per-rank batch size.
@@ -78,6 +83,7 @@ class StepBatchSampler(Sampler[list[int]]):
         rank: this process's rank.
         world_size: number of ranks.
         start_step: returns the global step to start from.
+        flip: yield ``(index, mirrored)`` keys (data sets of ``fractalgen.data`` take both).
     """
 
     def __init__(
@@ -89,6 +95,7 @@ class StepBatchSampler(Sampler[list[int]]):
         rank: int = 0,
         world_size: int = 1,
         start_step: Callable[[], int] = lambda: 0,
+        flip: bool = False,
     ) -> None:
         if size <= 0:
             raise ValueError("StepBatchSampler needs a non-empty data set")
@@ -100,59 +107,39 @@ class StepBatchSampler(Sampler[list[int]]):
         self.rank = rank
         self.world_size = world_size
         self.start_step = start_step
+        self.flip = flip
 
-    def _permutation(self, epoch: int) -> Tensor:
+    def _permutation(self, epoch: int) -> tuple[Tensor, Tensor | None]:
         generator = torch.Generator()
         generator.manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(self.size, generator=generator)
+        perm = torch.randperm(self.size, generator=generator)
+        mirror = torch.rand(self.size, generator=generator) < 0.5 if self.flip else None
+        return perm, mirror
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[list[Any]]:
         step = int(self.start_step())
         global_batch = self.batch_size * self.world_size
         position = step * global_batch + self.rank * self.batch_size
         epoch = position // self.size
-        perm = self._permutation(epoch)
+        perm, mirror = self._permutation(epoch)
         while True:
-            batch: list[int] = []
+            batch: list[Any] = []
             pos = position
             while len(batch) < self.batch_size:
                 e, offset = divmod(pos, self.size)
                 if e != epoch:
                     epoch = e
-                    perm = self._permutation(epoch)
+                    perm, mirror = self._permutation(epoch)
                 take = min(self.batch_size - len(batch), self.size - offset)
-                batch.extend(int(i) for i in perm[offset : offset + take])
+                indices = perm[offset : offset + take].tolist()
+                if mirror is None:
+                    batch.extend(indices)
+                else:
+                    bits = mirror[offset : offset + take].tolist()
+                    batch.extend(zip(indices, bits, strict=True))
                 pos += take
             yield batch
             position += global_batch
-
-
-def image_grid(images: np.ndarray, nrow: int, *, padding: int = 1, scale: int = 1) -> np.ndarray:
-    """Tile uint8 images ``(N, C, H, W)`` into one ``(H', W', 3)`` uint8 grid.
-
-    Grayscale images are repeated into RGB; ``scale`` enlarges each pixel (nearest
-    neighbour, via Pillow) so that tiny images are visible.
-    """
-    from PIL import Image
-
-    if images.ndim != 4:
-        raise ValueError(f"expected images shaped (N, C, H, W), got {images.shape}")
-    n, c, h, w = images.shape
-    if c == 1:
-        images = np.repeat(images, 3, axis=1)
-    elif c != 3:
-        images = np.repeat(images[:, :1], 3, axis=1)
-    ncol = max(1, min(nrow, n))
-    rows = max(1, math.ceil(n / ncol))
-    sh, sw = h * scale, w * scale
-    canvas = Image.new("RGB", (ncol * (sw + padding) + padding, rows * (sh + padding) + padding))
-    for i in range(n):
-        tile = Image.fromarray(np.ascontiguousarray(images[i].transpose(1, 2, 0)), mode="RGB")
-        if scale != 1:
-            tile = tile.resize((sw, sh), Image.Resampling.NEAREST)
-        r, col = divmod(i, ncol)
-        canvas.paste(tile, (padding + col * (sw + padding), padding + r * (sh + padding)))
-    return np.asarray(canvas, dtype=np.uint8)
 
 
 class FractalGenModule(pl.LightningModule):
@@ -181,7 +168,7 @@ class FractalGenModule(pl.LightningModule):
         self.in_channels = int(in_channels)
         self.num_classes = int(num_classes)
         self.model: FractalGen = build_model(
-            self.cfg.model.model_dump(), in_channels=self.in_channels, num_classes=self.num_classes
+            self.cfg.model, in_channels=self.in_channels, num_classes=self.num_classes
         )
         self.ema: FractalGen | None = None
         if self.cfg.optim.ema_decay is not None:
@@ -190,7 +177,7 @@ class FractalGenModule(pl.LightningModule):
             # sampling switch it to eval.
             self.ema = copy.deepcopy(self.model)
             self.ema.requires_grad_(False)
-        self._rng_to_restore: Tensor | None = None
+        self._rng_to_restore: dict[str, Any] | None = None
         self.sample_dir: Path | None = None
 
     # -- the model used for evaluation -------------------------------------------
@@ -332,6 +319,7 @@ class FractalGenModule(pl.LightningModule):
                         cfg_schedule=sampling.cfg_schedule,
                         temperature=sampling.temperature,
                         generator=generator,
+                        filter_threshold=float(sampling.filter_threshold),
                     ).cpu()
                 )
         model.train(was_training)
@@ -388,26 +376,80 @@ class FractalGenModule(pl.LightningModule):
 
     # -- exact resume --------------------------------------------------------------
 
+    #: Checkpoint key of every rank's RNG states (see ``on_save_checkpoint``).
+    RNG_KEY = "fractalgen_rng"
+
+    def _gather(self, state: Tensor) -> list[Tensor]:
+        """Every rank's copy of ``state`` (a collective: every rank must call it)."""
+        world = int(self.trainer.world_size) if self._trainer is not None else 1
+        if world <= 1 or not torch.distributed.is_initialized():
+            return [state]
+        # NCCL gathers device tensors only; gloo takes either.
+        gathered = self.trainer.strategy.all_gather(state.to(self.device))
+        # Own storage per row: torch.set_rng_state crashes (SIGSEGV) on a view whose
+        # storage offset is not 0, and a checkpoint would otherwise save rows as views.
+        return [row.cpu().clone() for row in gathered]
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Store the CPU RNG state so that a resumed run draws the same dropout and masks."""
-        checkpoint["fractalgen_rng_state"] = torch.get_rng_state()
+        """Store every rank's CPU and CUDA RNG states, so that a resume draws the same
+        dropout, masks, orders and label drops on every rank as an uninterrupted run.
+
+        Lightning builds the checkpoint on every rank and writes rank 0's, so the states
+        are gathered here (a collective, like the barrier that follows each save).
+        """
+        cuda = self.device.type == "cuda"
+        checkpoint[self.RNG_KEY] = {
+            "world_size": int(self.trainer.world_size) if self._trainer is not None else 1,
+            "cpu": self._gather(torch.get_rng_state()),
+            "cuda": self._gather(torch.cuda.get_rng_state(self.device)) if cuda else [],
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep the saved RNG state until training restarts."""
-        state = checkpoint.get("fractalgen_rng_state")
-        self._rng_to_restore = state if isinstance(state, Tensor) else None
+        """Keep the saved RNG states until training restarts."""
+        saved = checkpoint.get(self.RNG_KEY)
+        legacy = checkpoint.get("fractalgen_rng_state")  # rank 0's CPU state only
+        if isinstance(saved, dict):
+            self._rng_to_restore = saved
+        elif isinstance(legacy, Tensor):
+            self._rng_to_restore = {"world_size": 1, "cpu": [legacy], "cuda": []}
+        else:
+            self._rng_to_restore = None
 
     def on_train_start(self) -> None:
-        """Restore the RNG state of the checkpoint we resumed from (if any); split it per rank.
+        """Split the RNG per rank at a fresh start (a resume restores each rank's own).
 
         Under DDP every rank starts from the same seed; like the reference (seed + rank),
         each rank then draws its own masks, orders, dropout and label drops. The per-rank
         seed comes from the shared stream, so a run stays reproducible for a given
         world size.
         """
-        if self._rng_to_restore is not None:
-            torch.set_rng_state(self._rng_to_restore)
-            self._rng_to_restore = None
+        if self._rng_to_restore is None:
+            self._split_rng_per_rank()
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """At the first batch of a resumed run, put back this rank's saved RNG states.
+
+        Here and not earlier: setting up the resumed run draws random numbers the
+        uninterrupted run did not, and the run's adapter callback puts back rank 0's
+        states at this hook (callbacks run before the module), which only suits rank 0.
+        With the world size it was saved with, each rank gets its own states back
+        (bitwise the uninterrupted run); with another, rank 0's state is re-split.
+        """
+        saved, self._rng_to_restore = self._rng_to_restore, None
+        if saved is None:
+            return
+        world, rank = int(self.trainer.world_size), int(self.global_rank)
+        cpu, cuda = list(saved.get("cpu") or []), list(saved.get("cuda") or [])
+        if int(saved.get("world_size", 1)) == world and len(cpu) == world:
+            torch.set_rng_state(cpu[rank].clone())
+            if self.device.type == "cuda" and len(cuda) == world:
+                torch.cuda.set_rng_state(cuda[rank].clone(), self.device)
+            return
+        if cpu:
+            torch.set_rng_state(cpu[0].clone())
+        self._split_rng_per_rank()
+
+    def _split_rng_per_rank(self) -> None:
         if self.trainer.world_size > 1:
             base = int(torch.randint(0, 2**62, (1,)).item())  # same on every rank
             torch.manual_seed((base + 1_000_003 * self.global_rank) % 2**63)

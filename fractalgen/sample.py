@@ -2,9 +2,10 @@
 
 Examples::
 
-    python inference.py --checkpoint outputs/fractalgen_small/checkpoints/version_0/last.ckpt \\
-        --mode unconditional
-    python inference.py --checkpoint outputs/fractalgen_small --mode class --classes 0,1,2
+    python inference.py --checkpoint outputs/fractalgen_small@best --mode unconditional
+    python inference.py --checkpoint outputs/fractalgen_small/checkpoints/version_0 \\
+        --mode class --classes 0,1,2
+    python inference.py --checkpoint outputs/fractalgen_small/checkpoints/version_0/last.ckpt
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from fractalgen import limits
 
 __all__ = [
     "LoadedCheckpoint",
@@ -60,8 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--checkpoint",
         required=True,
-        help="a .ckpt file, a checkpoints/version_N folder (its best checkpoint by val_loss, "
-        "else last.ckpt) or an experiment folder (the best checkpoint of all versions)",
+        help="a .ckpt file; a checkpoints/version_N folder (its best checkpoint by val_loss, "
+        "else last.ckpt); an experiment folder (its latest version's best); ROOT@N, "
+        "ROOT@latest, ROOT@TAG; or ROOT@best (the best checkpoint of every version)",
     )
     p.add_argument(
         "--mode",
@@ -77,13 +81,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--num_images",
-        type=int,
+        type=limits.image_count,
         default=None,
-        help="how many images (default: the config's sampling.num_images)",
+        help="how many images, at most 100000 (default: the config's sampling.num_images)",
     )
     p.add_argument(
         "--cfg",
-        type=float,
+        type=limits.finite_float,
         default=None,
         help="classifier-free guidance scale, 1.0 = none (default: the config's)",
     )
@@ -95,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--temperature",
-        type=float,
+        type=limits.finite_float,
         default=None,
         help="sampling temperature: the logits are DIVIDED by it (below 1 sharper, "
         "above 1 more diverse; the reference code multiplies instead). "
@@ -107,7 +111,7 @@ def _parser() -> argparse.ArgumentParser:
         help="generation steps per level above the pixel head, e.g. 4,4 "
         "(default: the config's sampling.num_iter_list)",
     )
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=limits.seed, default=0, help="random seed (default 0)")
     p.add_argument(
         "--batch_size", type=int, default=64, help="images per forward batch (default 64)"
     )
@@ -156,41 +160,30 @@ def parse_classes(text: str | None, num_classes: int) -> list[int]:
 
 
 def pick_checkpoint(target: str) -> tuple[Path, int | None]:
-    """Resolve ``--checkpoint`` to a file, and the version it belongs to when known."""
-    from versionkit.errors import RegistryError
-    from versionkit.registry import Registry
+    """Resolve ``--checkpoint`` to a file, and the version it belongs to when known.
 
-    path = Path(target)
-    if not path.exists():
-        raise SampleError(
-            f"--checkpoint {target}: no such file or folder (expected a .ckpt file, a "
-            "checkpoints/version_N folder or an experiment folder)",
-            2,
-        )
-    try:
-        root, version = Registry.locate(path)
-    except RegistryError:
-        if path.is_file():
+    A folder or ``ROOT@...`` gives the *best* checkpoint (lowest ``val_loss``) of the
+    version it names, else its ``last.ckpt``; a ``.ckpt`` file is used as it is, even
+    outside an experiment.
+    """
+    from versionkit.errors import VersionkitError
+    from versionkit.layout import CHECKPOINT_SUFFIX, CHECKPOINTS, Layout
+    from versionkit.run import resolve_target
+
+    path = Path(target).expanduser()
+    if path.is_file() and path.suffix == CHECKPOINT_SUFFIX:
+        located = Layout.locate(path)
+        in_version = located is not None and located[1] is not None
+        if not in_version or path.parent.parent.name != CHECKPOINTS:
             return path, None
-        raise SampleError(
-            f"--checkpoint {target}: a folder that is neither an experiment folder nor a "
-            "checkpoints/version_N folder",
-            2,
-        ) from None
-    if path.is_file():
-        return path, version
     try:
-        registry = Registry(root)
-        best = registry.best("val_loss", "min", version=version)
-    except RegistryError as exc:
-        raise SampleError(f"--checkpoint {target}: {exc}", 2) from None
-    if best is not None and best.path.is_file():
-        return best.path, best.version
-    if version is not None:
-        last = root / "checkpoints" / f"version_{version}" / "last.ckpt"
-        if last.is_file():
-            return last, version
-    raise SampleError(f"--checkpoint {target}: no checkpoint (.ckpt) found there", 2)
+        resolved = resolve_target(target, want_checkpoint="best")
+    except VersionkitError as exc:
+        raise SampleError(f"--checkpoint {exc}", exc.exit_code) from None
+    if resolved.checkpoint is None:
+        folder = Layout(resolved.root).checkpoint_dir(resolved.version)
+        raise SampleError(f"--checkpoint {target}: {folder} holds no checkpoint yet", 3)
+    return resolved.checkpoint, resolved.version
 
 
 def load_checkpoint(path: Path, *, weights: str = "auto", device: str = "cpu") -> LoadedCheckpoint:
@@ -309,7 +302,8 @@ def _run(args: argparse.Namespace) -> int:
     from PIL import Image
     from tqdm import tqdm
 
-    from fractalgen.module import image_grid
+    from fractalgen.images import image_grid
+    from versionkit.layout import CONFIG_FILE
 
     if args.num_images is not None and args.num_images < 1:
         raise SampleError(f"--num_images {args.num_images}: must be at least 1", 2)
@@ -331,7 +325,7 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.output_dir)
     _check_writable(out)
     loaded = load_checkpoint(path, weights=args.weights, device=device)
-    config_file = path.parent / "config.yaml"
+    config_file = path.parent / CONFIG_FILE
     print(f"✓ Checkpoint: {path}")
     print(f"✓ Experiment version: {version if version is not None else 'unknown'}")
     print(f"✓ Config: {config_file if config_file.is_file() else 'stored inside the checkpoint'}")
@@ -373,6 +367,7 @@ def _run(args: argparse.Namespace) -> int:
             cfg_schedule=schedule,
             temperature=temperature,
             generator=generator,
+            filter_threshold=float(sampling.filter_threshold),
         )
         images.append(imgs.cpu())
     stacked = torch.cat(images).numpy()

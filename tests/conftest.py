@@ -22,10 +22,11 @@ def pg_uri() -> Iterator[str]:
     import sqlalchemy as sa
     from sqlalchemy.pool import NullPool
 
-    from versionkit.backends import sql as sqlmod
+    from versionkit.backends.sql import engine as sqlmod
+    from versionkit.backends.sql.uri import parse_uri
 
     schema = f"vk_test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(sqlmod._parse_uri(base)[0], poolclass=NullPool)
+    admin = sa.create_engine(parse_uri(base)[0], poolclass=NullPool)
     with admin.begin() as conn:
         conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
     sep = "&" if "?" in base else "?"
@@ -34,7 +35,7 @@ def pg_uri() -> Iterator[str]:
     finally:
         # Backends a test left open still pool connections into the schema: end them.
         for key in [k for k in sqlmod._engines if schema in k]:
-            sqlmod._dispose_engine(key)
+            sqlmod.dispose_engine(key)
         with admin.begin() as conn:
             conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
         admin.dispose()

@@ -12,7 +12,7 @@ import pytest
 
 from versionkit.backends.memory import MemoryBackend
 from versionkit.cli import main
-from versionkit.registry import Registry
+from versionkit.registry import Registry, parse_checkpoint_name
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,8 +36,10 @@ def root(tmp_path: Path) -> Path:
 
 
 def make_ckpt(reg: Registry, n: int, name: str) -> Path:
+    """A checkpoint file, recorded without metrics: ``best`` reads them from its name."""
     path = reg.checkpoint_dir(n) / name
     path.write_bytes(b"x")
+    reg.add_checkpoint(n, path, step=parse_checkpoint_name(name)[0] or 0)
     return path
 
 
@@ -98,7 +100,7 @@ def test_list_json_and_table(capsys: pytest.CaptureFixture[str], root: Path) -> 
         ["2", "dead"],
         ["7", "untracked"],
     ]
-    assert "val_loss=0.25" in lines[1]
+    assert "0.25@10" in lines[1], "the last val_loss with its step"
 
 
 def test_show(capsys: pytest.CaptureFixture[str], root: Path) -> None:
@@ -142,13 +144,12 @@ def test_best(capsys: pytest.CaptureFixture[str], root: Path) -> None:
     code, out, _ = run(capsys, "best", str(root), "--version", "0", "--json")
     assert json.loads(out)["version"] == 0
     code, _, err = run(capsys, "best", str(root), "--metric", "bleu")
-    assert code == 1 and "no existing checkpoint" in one_error_line(err)
+    assert code == 3 and "no existing checkpoint" in one_error_line(err)
     code, _, err = run(capsys, "best", str(root), "--mode", "lowest")
     assert code == 2 and "invalid choice" in err
 
 
 def test_diff(capsys: pytest.CaptureFixture[str], root: Path) -> None:
-    pytest.importorskip("versionkit.config")
     reg = Registry(root)
     reg.allocate(config={"optim": {"lr": 0.1}, "seed": 0, "old": 1})
     reg.allocate(config={"optim": {"lr": 0.2}, "seed": 0, "new": True})
@@ -189,7 +190,6 @@ def test_repair(capsys: pytest.CaptureFixture[str], root: Path) -> None:
 def test_schema(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pytest.importorskip("versionkit.config")
     (tmp_path / "my_schema_mod.py").write_text(
         textwrap.dedent(
             """
@@ -228,7 +228,7 @@ def test_bad_input_errors(capsys: pytest.CaptureFixture[str], root: Path) -> Non
     line = one_error_line(err)
     assert code == 2 and "'nosuch' is not one of" in line and "file" in line and "memory" in line
     code, _, err = run(capsys, "show", str(root), "5")
-    assert code == 1 and "version 5 does not exist" in one_error_line(err)
+    assert code == 3 and "version 5 does not exist" in one_error_line(err)
     for bad in ("-1", "../0", "1.5", "0x1"):
         code, _, err = run(capsys, "show", str(root), bad)
         assert code == 2 and "expected a version number" in err
@@ -289,7 +289,7 @@ def test_module_entry_point_exit_codes(tmp_path: Path) -> None:
         cwd=REPO,
         timeout=60,
     )
-    assert done.returncode == 1
+    assert done.returncode == 3  # not found
     assert (
         done.stderr.strip() == f"error: version 3 does not exist in {tmp_path} "
         "(it has no versions yet)"

@@ -237,3 +237,71 @@ def test_mapping_config_also_works() -> None:
         {"dataset": "synthetic", "channels": 2, "num_classes": 3, "val_fraction": 0.5}, 4
     )
     assert info == DataInfo(2, 3, 4, 256, 256)
+
+
+# ------------------------------------------------------------------ random flip
+
+
+def test_flip_keys_mirror_tensor_and_folder_items(tmp_path: Path) -> None:
+    train, _, _ = build_datasets(cfg(), 8, seed=0)
+    image, label = train[3]
+    mirrored, same_label = train[(3, True)]
+    assert same_label == label and torch.equal(mirrored, image.flip(-1))
+    assert not torch.equal(mirrored, image)
+    assert torch.equal(train[(3, False)][0], image)
+    (tmp_path / "a").mkdir()
+    ramp = np.tile(np.arange(0, 256, 32, dtype=np.uint8), (8, 1))  # dark left, light right
+    Image.fromarray(ramp, mode="L").save(tmp_path / "a" / "x.png")
+    Image.fromarray(ramp, mode="L").save(tmp_path / "a" / "y.png")
+    folder, _, _ = build_datasets(cfg(dataset="folder", path=tmp_path, num_classes=0), 8)
+    plain, flipped = folder[0][0], folder[(0, True)][0]
+    assert plain[0, 0, 0] < plain[0, 0, -1] and torch.equal(flipped, plain.flip(-1))
+
+
+def test_flipping_sampler_mirrors_half_the_items_as_a_function_of_the_step() -> None:
+    from fractalgen.module import StepBatchSampler
+
+    plain = iter(StepBatchSampler(100, 10, seed=3))
+    flipping = iter(StepBatchSampler(100, 10, seed=3, flip=True))
+    batches = [next(flipping) for _ in range(30)]  # three epochs
+    for batch in batches:
+        assert [i for i, _ in batch] == next(plain)  # the same images in the same order
+    bits = [bit for batch in batches for _, bit in batch]
+    assert 0.4 < sum(bits) / len(bits) < 0.6
+    # Each epoch draws its own bits: an image is not always mirrored or always not.
+    per_image: dict[int, set[bool]] = {}
+    for batch in batches:
+        for i, bit in batch:
+            per_image.setdefault(i, set()).add(bit)
+    assert sum(len(v) == 2 for v in per_image.values()) > 50
+    # A resumed run (start step 17) and another rank see the same keys as the full stream.
+    resumed = iter(StepBatchSampler(100, 10, seed=3, flip=True, start_step=lambda: 17))
+    assert next(resumed) == batches[17]
+    rank1 = iter(StepBatchSampler(100, 5, seed=3, flip=True, rank=1, world_size=2))
+    assert next(rank1) == batches[0][5:]
+    # Through a DataLoader the keys reach the data set.
+    train, _, _ = build_datasets(cfg(), 8, seed=0)
+    sampler = StepBatchSampler(len(train), 4, seed=0, flip=True)
+    images, _ = next(iter(DataLoader(train, batch_sampler=sampler)))
+    keys = next(iter(StepBatchSampler(len(train), 4, seed=0, flip=True)))
+    expected = torch.stack([train[key][0] for key in keys])
+    assert torch.equal(images, expected)
+
+
+# ------------------------------------------------------------ validation shares
+
+
+@settings(max_examples=30, deadline=None)
+@given(size=st.integers(1, 50), world=st.integers(1, 5))
+def test_rank_shares_are_disjoint_and_cover_the_set_once(size: int, world: int) -> None:
+    from fractalgen.data import TensorImageDataset, rank_share
+
+    data = TensorImageDataset(torch.zeros(size, 1, 2, 2), list(range(size)))
+    shares = [[item[1] for item in rank_share(data, r, world)] for r in range(world)]  # type: ignore[attr-defined]
+    if world == 1:
+        assert rank_share(data, 0, 1) is data
+    if size >= world:
+        assert sorted(i for share in shares for i in share) == list(range(size))
+        assert max(map(len, shares)) - min(map(len, shares)) <= 1
+    else:  # more ranks than items: every rank still gets something to reduce
+        assert all(shares)

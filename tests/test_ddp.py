@@ -12,8 +12,8 @@ import pytest
 import torch
 from test_train_helpers import REPO, step_checkpoints, write_tiny
 
-from versionkit.lightning import RUN_ENV
 from versionkit.registry import Registry
+from versionkit.run import RUN_ENV
 
 
 def _free_port() -> int:

@@ -31,7 +31,7 @@ def test_design_shape_and_defaults() -> None:
                                    "registry": None}
     assert plain["data"] == {"dataset": "digits", "path": None, "channels": 1, "num_classes": 10,
                              "val_fraction": 0.1, "train_batch_size": 64, "val_batch_size": 256,
-                             "num_workers": 0}
+                             "num_workers": 0, "random_flip": False}
     assert plain["model"]["img_size_list"] == [8, 2, 1]
     assert plain["model"]["generator_type_list"] == ["mar", "mar"]
     assert list(plain["model"]) == [
@@ -46,7 +46,7 @@ def test_design_shape_and_defaults() -> None:
         "max_steps", "val_every_n_steps", "save_top_k", "log_every_n_steps", "accelerator",
         "devices", "num_nodes", "strategy", "precision", "limit_val_batches"]
     assert plain["sampling"] == {"num_iter_list": [4, 4], "cfg": 1.0, "cfg_schedule": "linear",
-                                 "temperature": 1.0, "num_images": 16}
+                                 "temperature": 1.0, "filter_threshold": 1e-4, "num_images": 16}
     assert isinstance(config.experiment.output_root, Path)
     assert config.optim.betas == (0.9, 0.95)
 
@@ -90,9 +90,15 @@ def test_print_config_output_feeds_back_identically(tmp_path: Path) -> None:
     assert second.config.trainer.max_steps == 7 and second.config.optim.lr == 1e-3
 
 
-@pytest.mark.skipif(not (ROOT / "config" / "train_small.yaml").exists(),
-                    reason="config/train_small.yaml is not in this checkout")
+BUNDLED = {"train_small.yaml", "train_default.yaml", "fractalmar_in64.yaml",
+           "fractalar_in64.yaml", "fractalmar_base_in256.yaml", "fractalmar_large_in256.yaml",
+           "fractalmar_huge_in256.yaml"}
+
+
 def test_bundled_configs_are_valid_and_round_trip() -> None:
+    # An empty or missing folder must fail here, not turn into a silent skip.
+    found = {p.name for p in (ROOT / "config").glob("*.yaml")}
+    assert found >= BUNDLED, f"config/ lacks {sorted(BUNDLED - found)}"
     for path in sorted((ROOT / "config").glob("*.yaml")):
         loaded = parse_train_args(["--config", str(path)])
         assert load_yaml_text(TrainConfig, dump_config(loaded.config)) == loaded.config, path
@@ -237,3 +243,59 @@ def test_main_user_mistakes_exit_2_without_traceback(
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and expected in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_filter_threshold_and_random_flip_are_fields_and_flags() -> None:
+    loaded = parse_train_args(["--filter_threshold", "0.001", "--random_flip", "true"])
+    assert loaded.config.sampling.filter_threshold == 0.001
+    assert loaded.config.data.random_flip is True
+    off = parse_train_args(["--sampling.filter_threshold", "0"])
+    assert off.config.sampling.filter_threshold == 0.0
+    assert "sampling.filter_threshold" in error("--filter_threshold", "1.5")
+    assert "sampling.filter_threshold" in error("--filter_threshold", "-1e-4")
+
+
+def test_the_validation_grid_samples_with_the_configs_filter_threshold(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import torch
+
+    from fractalgen.module import FractalGenModule
+
+    config = TrainConfig.model_validate(
+        {"model": {"embed_dim_list": [16, 8, 8], "num_blocks_list": [1, 1, 1],
+                   "num_heads_list": [2, 1, 1]},
+         "sampling": {"filter_threshold": 0.003, "num_images": 2, "num_iter_list": [1, 1]}}
+    )
+    module = FractalGenModule(config.model_dump(mode="json"), in_channels=1, num_classes=10)
+    seen: list[float] = []
+
+    def fake(n: int, labels: object, **kwargs: float) -> torch.Tensor:
+        seen.append(kwargs["filter_threshold"])
+        return torch.zeros(n, 1, 8, 8, dtype=torch.uint8)
+
+    monkeypatch.setattr(module.model, "sample", fake)
+    module.sample_grid()
+    assert seen == [0.003]
+
+
+def test_model_settings_are_defined_and_validated_once() -> None:
+    """ModelConfig is the model's one list of settings: the model takes exactly its fields,
+    its defaults, and its validation (a CLI user and a Python caller get the same rule)."""
+    from fractalgen.config import ModelConfig
+    from fractalgen.model import FractalGen, ModelError
+
+    fields = list(ModelConfig.model_fields)
+    model = FractalGen(in_channels=1, num_classes=10)
+    assert list(model.config) == [*fields, "in_channels", "num_classes"]
+    assert model.settings == ModelConfig()
+    # A validated section is used as is, not validated a second time.
+    section = TrainConfig().model
+    assert FractalGen(section, in_channels=1, num_classes=10).settings is section
+    # The AR head-width rule of the rotary embedding is the config's rule too.
+    ar = ["--generator_type_list", "[ar, ar]", "--num_heads_list", "[32, 2, 2]"]
+    assert "multiple of 4" in error(*ar)
+    with pytest.raises(ModelError, match="multiple of 4"):
+        FractalGen(generator_type_list=["ar", "ar"], num_heads_list=[32, 2, 2])
+    with pytest.raises(ModelError, match=r"unknown model config keys \['depth'\]"):
+        FractalGen(depth=3)

@@ -12,8 +12,8 @@ from PIL import Image
 from test_train_helpers import FILTERS, REPO, config_body, step_checkpoints, write_tiny
 
 from fractalgen.train import main
-from versionkit.lightning import RUN_ENV
 from versionkit.registry import Registry
+from versionkit.run import RUN_ENV
 
 pytestmark = [pytest.mark.filterwarnings(f) for f in FILTERS]
 

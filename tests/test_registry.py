@@ -19,7 +19,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from versionkit import registry as registry_module
 from versionkit.backends.memory import MemoryBackend
 from versionkit.errors import (
     ConfigError,
@@ -28,7 +27,7 @@ from versionkit.errors import (
     UnknownBackendError,
     VersionNotFoundError,
 )
-from versionkit.registry import Registry, VersionInfo, parse_checkpoint_name
+from versionkit.registry import Registry, VersionInfo, parse_checkpoint_name, provenance
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -178,19 +177,19 @@ def test_git_commit_and_dirty_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     git("add", "f.txt")
     git("commit", "-q", "-m", "one")
     monkeypatch.chdir(repo)
-    registry_module._git_cache.clear()
+    provenance._git_cache.clear()
     reg = Registry(tmp_path / "exp")
     clean = reg.allocate()
     assert clean.git_commit == git("rev-parse", "HEAD") and clean.git_dirty is False
     (repo / "f.txt").write_text("2")
     assert reg.allocate().git_dirty is False, "read again only after the cache's 10 s"
-    monkeypatch.setattr(registry_module, "_GIT_TTL_S", 0.0)
+    monkeypatch.setattr(provenance, "_GIT_TTL_S", 0.0)
     assert reg.allocate().git_dirty is True
     monkeypatch.chdir(tmp_path)
-    registry_module._git_cache.clear()
+    provenance._git_cache.clear()
     outside = reg.allocate()
     assert (outside.git_commit, outside.git_dirty) == (None, None)
-    registry_module._git_cache.clear()
+    provenance._git_cache.clear()
 
 
 # -- queries and updates --------------------------------------------------------------
@@ -368,10 +367,14 @@ def test_checkpoint_paths_cannot_escape_the_root(reg: Registry, tmp_path: Path) 
 def test_best_min_max_ties_and_nan(reg: Registry) -> None:
     for _ in range(3):
         reg.allocate()
-    touch(reg.checkpoint_dir(0) / "step_00000100-val_loss_0.5000.ckpt")
-    touch(reg.checkpoint_dir(0) / "step_00000300-val_loss_0.3000.ckpt")
-    touch(reg.checkpoint_dir(1) / "step_00000200-val_loss_0.3000.ckpt")
-    touch(reg.checkpoint_dir(1) / "step_00000400-val_loss_nan.ckpt")
+    for n, name in [
+        (0, "step_00000100-val_loss_0.5000.ckpt"),
+        (0, "step_00000300-val_loss_0.3000.ckpt"),
+        (1, "step_00000200-val_loss_0.3000.ckpt"),
+        (1, "step_00000400-val_loss_nan.ckpt"),
+    ]:
+        # Recorded without metrics: the values come from the names.
+        reg.add_checkpoint(n, touch(reg.checkpoint_dir(n) / name), step=int(name[5:13]))
     nan_recorded = touch(reg.checkpoint_dir(2) / "last.ckpt")
     reg.add_checkpoint(2, nan_recorded, step=500, metrics={"val_loss": math.nan})
     best = reg.best()
@@ -407,7 +410,7 @@ def test_best_skips_deleted_files_and_reads_untracked_folders(tmp_path: Path) ->
 
 
 def test_config_dict_typed_yaml_fallback_and_diff(reg: Registry) -> None:
-    config_mod = pytest.importorskip("versionkit.config")
+    import versionkit.config as config_mod
 
     class Model(config_mod.ConfigSection):  # type: ignore[name-defined,misc]
         dim: int = 8

@@ -17,9 +17,8 @@ from typing import Any
 
 import pytest
 
-from versionkit import registry as registry_module
 from versionkit.cli import main as cli_main
-from versionkit.registry import Registry
+from versionkit.registry import Registry, provenance
 
 CTX = multiprocessing.get_context("fork")
 # Python >= 3.12 warns when forking a process that has threads (torch's, started by other
@@ -30,8 +29,8 @@ pytestmark = pytest.mark.filterwarnings(r"ignore:.*multi-threaded.*fork:Deprecat
 @pytest.fixture(autouse=True)
 def _warm_caches() -> None:
     # Forked children inherit these per-process caches instead of each running git.
-    registry_module._git_info(os.getcwd())
-    registry_module._package_versions()
+    provenance.git_info(os.getcwd())
+    provenance.package_versions()
 
 
 def _allocate(root: str, count: int, barrier: Barrier, out: Any) -> None:
@@ -69,11 +68,14 @@ def _run_round(root: Path, processes: int, count: int) -> list[list[int]]:
 def test_16_processes_racing_for_several_rounds(tmp_path: Path) -> None:
     root = tmp_path / "exp"
     seen: list[int] = []
+    foreign: int | None = None
     for round_index in range(4):
         results = _run_round(root, processes=16, count=3)
         numbers = sorted(n for chunk in results for n in chunk)
         assert len(set(numbers)) == len(numbers) == 48, "a number was handed out twice"
-        assert numbers == list(range(len(seen), len(seen) + 48)), "no gaps, no reuse"
+        start = max(seen, default=-1) + 1
+        expected = [n for n in range(start, start + 49) if n != foreign][:48]
+        assert numbers == expected, "no gaps, no reuse, the foreign folder stepped over"
         assert not set(numbers) & set(seen)
         for chunk in results:
             assert chunk == sorted(chunk)
@@ -82,10 +84,10 @@ def test_16_processes_racing_for_several_rounds(tmp_path: Path) -> None:
         # the next round must still never reuse a number.
         shutil.rmtree(root / "checkpoints")
         shutil.rmtree(root / "logs")
+        foreign = None
         if round_index % 2:
-            foreign = len(seen) + 5
+            foreign = max(seen) + 5
             (root / "logs" / f"version_{foreign}").mkdir(parents=True)
-            seen += list(range(len(seen), foreign + 1))
     reg = Registry(root)
     records = [v.version for v in reg.list() if v.status != "untracked"]
     assert len(records) == 4 * 48 and len(set(records)) == len(records)
@@ -133,9 +135,7 @@ def test_sigkill_during_allocation_loops(tmp_path: Path, round_index: int) -> No
     numbers = [v.version for v in listed]
     assert set(reported) <= set(numbers)
     assert all(v.is_dead for v in listed if v.version in reported and v.status == "running")
-    started = time.monotonic()
     fresh = reg.allocate().version
-    assert time.monotonic() - started < 5
     assert fresh > max(numbers)
     assert not list((root / ".versionkit").rglob("*.corrupt"))
     assert cli_main(["list", str(root), "--json"]) == 0

@@ -1,8 +1,9 @@
 """Hypothesis state machine: random interleavings of registry operations vs a simple model.
 
 The model is what a user expects: numbers go up by one from the highest number ever
-handed out or seen as a folder, deleting folders never brings a number back, metrics
-merge, and ``best`` is the lowest ``val_loss`` among checkpoint files that still exist
+handed out, stepping over folders another tool made there (a new registry starts above
+every folder), deleting folders never brings a number back, metrics merge, and
+``best`` is the lowest ``val_loss`` among recorded checkpoints whose files still exist
 (recorded value first, else the one in the file name; ties to the later step).
 """
 
@@ -32,8 +33,10 @@ class RegistryMachine(RuleBasedStateMachine):
         self.foreign: set[int] = set()  # version_N folders made by another tool
         self.metrics: dict[int, dict[str, float]] = {}
         self.status: dict[int, str] = {}
-        # version -> file name -> (step, val_loss as the registry should see it)
-        self.ckpts: dict[int, dict[str, tuple[int, float]]] = {}
+        # version -> checkpoint files that exist
+        self.ckpts: dict[int, set[str]] = {}
+        # version -> file name -> (step, val_loss) recorded (kept when the file goes)
+        self.recorded: dict[int, dict[str, tuple[int, float]]] = {}
         # version -> which of its folders exist ("checkpoints", "logs"): the floor comes
         # from this model, never from the registry's own folder scan.
         self.folders: dict[int, set[str]] = {}
@@ -46,8 +49,12 @@ class RegistryMachine(RuleBasedStateMachine):
 
     @rule(target=versions)
     def allocate(self) -> int:
-        floor = max(self._folder_numbers(), default=-1) + 1
-        expected = max(self.next, floor)
+        if self.next == 0:  # a new registry lists the folders once
+            expected = max(self._folder_numbers(), default=-1) + 1
+        else:  # then it only steps over folders at and above its counter
+            expected = self.next
+            while expected in self._folder_numbers():
+                expected += 1
         info = self.reg.allocate(config={"n": len(self.allocated)})
         assert info.version == expected
         assert info.checkpoint_dir.is_dir() and info.log_dir.is_dir()
@@ -56,7 +63,8 @@ class RegistryMachine(RuleBasedStateMachine):
         self.foreign.discard(info.version)
         self.metrics[info.version] = {}
         self.status[info.version] = "running"
-        self.ckpts[info.version] = {}
+        self.ckpts[info.version] = set()
+        self.recorded[info.version] = {}
         self.folders[info.version] = {"checkpoints", "logs"}
         return info.version
 
@@ -64,7 +72,7 @@ class RegistryMachine(RuleBasedStateMachine):
     def delete_folders(self, n: int, which: str) -> None:
         if which in ("checkpoints", "both"):
             shutil.rmtree(self.reg.checkpoint_dir(n), ignore_errors=True)
-            self.ckpts[n] = {}
+            self.ckpts[n] = set()
             self.folders[n].discard("checkpoints")
         if which in ("logs", "both"):
             shutil.rmtree(self.reg.log_dir(n), ignore_errors=True)
@@ -120,9 +128,13 @@ class RegistryMachine(RuleBasedStateMachine):
         path.write_bytes(b"ckpt")
         if record:
             self.reg.add_checkpoint(n, path, step=step, metrics={"val_loss": value})
-            self.ckpts[n][name] = (step, value)
-        elif name not in self.ckpts[n]:
-            self.ckpts[n][name] = (step, float(f"{value:.4f}"))
+            self.recorded[n][name] = (step, value)
+        self.ckpts[n].add(name)
+
+    def _view(self, n: int, name: str) -> tuple[int, float]:
+        if name in self.recorded[n]:
+            return self.recorded[n][name]
+        return int(name[5:13]), float(name[23:29])
 
     @rule(n=versions, data=st.data())
     def delete_checkpoint(self, n: int, data: st.DataObject) -> None:
@@ -130,7 +142,7 @@ class RegistryMachine(RuleBasedStateMachine):
             return
         name = data.draw(st.sampled_from(sorted(self.ckpts[n])))
         (self.reg.checkpoint_dir(n) / name).unlink()
-        del self.ckpts[n][name]
+        self.ckpts[n].discard(name)
 
     @invariant()
     def listing_matches_model(self) -> None:
@@ -151,8 +163,12 @@ class RegistryMachine(RuleBasedStateMachine):
             found = {
                 c.path.name: (c.step, c.metrics.get("val_loss")) for c in self.reg.checkpoints(n)
             }
-            assert found == files
-            candidates += [(value, -step, -n, name) for name, (step, value) in files.items()]
+            assert found == {name: self._view(n, name) for name in files}
+            if self.status.get(n) == "pruned":
+                continue  # best leaves pruned versions out unless asked
+            for name in files & set(self.recorded[n]):
+                step, value = self._view(n, name)
+                candidates.append((value, -step, -n, name))
         best = self.reg.best("val_loss", "min")
         if not candidates:
             assert best is None

@@ -3,30 +3,34 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
-from test_train_helpers import FILTERS, write_tiny
+from test_train_helpers import FILTERS, REPO, write_tiny
 
 from fractalgen import sample, train
-from versionkit.lightning import RUN_ENV
+from versionkit.registry import Registry
+from versionkit.run import RUN_ENV
 
 pytestmark = [pytest.mark.filterwarnings(f) for f in FILTERS]
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A 2-step tiny run: ``<dir>/outputs/tiny/checkpoints/version_0`` with checkpoints."""
+    """A 4-step tiny run validated at steps 2 and 4: ``<dir>/outputs/tiny/checkpoints/
+    version_0`` with two step checkpoints of different val_loss, and last.ckpt."""
     folder = tmp_path_factory.mktemp("trained")
     write_tiny(folder)
     old = Path.cwd()
     saved_env = os.environ.pop(RUN_ENV, None)
     os.chdir(folder)
     try:
-        assert train.main(["--config", "config/tiny.yaml", "--max_steps", "2"]) == 0
+        assert train.main(["--config", "config/tiny.yaml", "--max_steps", "4"]) == 0
     finally:
         os.chdir(old)
         if saved_env is not None:
@@ -36,6 +40,26 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 def _ckpt(trained: Path) -> Path:
     return next((trained / "checkpoints" / "version_0").glob("step_*.ckpt"))
+
+
+def test_folders_and_best_pick_the_best_checkpoint_not_the_worst(trained: Path) -> None:
+    reg = Registry(trained)
+    scored = [c for c in reg.checkpoints(0) if "val_loss" in c.metrics]
+    by_loss = sorted(scored, key=lambda c: c.metrics["val_loss"])
+    assert len(by_loss) == 2 and by_loss[0].metrics["val_loss"] < by_loss[1].metrics["val_loss"]
+    best = by_loss[0].path
+    version_dir = trained / "checkpoints" / "version_0"
+    old = Path.cwd()
+    os.chdir(trained.parent.parent)
+    try:
+        for target in (str(version_dir), str(trained), "outputs/tiny@best", "outputs/tiny@0"):
+            path, version = sample.pick_checkpoint(target)
+            assert (path.resolve(), version) == (best.resolve(), 0), target
+        # A file is taken as it is, and last.ckpt is not mistaken for the best.
+        last = version_dir / "last.ckpt"
+        assert sample.pick_checkpoint(str(last)) == (last, 0)
+    finally:
+        os.chdir(old)
 
 
 def _err(capsys: pytest.CaptureFixture[str]) -> str:
@@ -115,8 +139,10 @@ def test_same_seed_same_images(trained: Path, tmp_path: Path) -> None:
 
 
 def test_missing_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert sample.main(["--checkpoint", str(tmp_path / "nope.ckpt")]) == 2
+    assert sample.main(["--checkpoint", str(tmp_path / "nope.ckpt")]) == 3
     assert "no such file" in _err(capsys)
+    assert sample.main(["--checkpoint", f"{tmp_path}@best"]) == 3
+    assert "no experiment folder" in _err(capsys)
 
 
 def test_truncated_checkpoint(
@@ -181,19 +207,45 @@ def test_output_dir_not_writable(
     assert "cannot write there" in _err(capsys)
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root can write anyway")
 def test_output_dir_read_only(
-    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    trained: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # As root (CI) chmod cannot make a folder read-only: fail the writes into it the way
+    # a read-only folder does for a normal user.
     ro = tmp_path / "ro"
     ro.mkdir()
-    ro.chmod(0o500)
-    try:
-        rc = sample.main(["--checkpoint", str(_ckpt(trained)), "--output_dir", str(ro)])
-    finally:
-        ro.chmod(0o700)
+    real_write = Path.write_bytes
+
+    def refuse(self: Path, data: bytes) -> int:
+        if self.parent == ro:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_write(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", refuse)
+    rc = sample.main(["--checkpoint", str(_ckpt(trained)), "--output_dir", str(ro)])
     assert rc == 2
-    assert "cannot write there" in _err(capsys)
+    err = _err(capsys)
+    assert err.startswith(f"error: --output_dir {ro}: cannot write there (Permission denied)")
+    assert list(ro.iterdir()) == []
+
+
+def test_sampling_imports_no_lightning(trained: Path, tmp_path: Path) -> None:
+    code = (
+        "import sys; from fractalgen import sample; "
+        f"rc = sample.main(['--checkpoint', {str(_ckpt(trained))!r}, '--num_images', '1', "
+        f"'--num_iter', '1,1', '--output_dir', {str(tmp_path / 'o')!r}]); "
+        "print(sorted(m for m in sys.modules if 'lightning' in m)); sys.exit(rc)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != RUN_ENV}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+    assert (tmp_path / "o" / "grid.png").is_file()
 
 
 @pytest.mark.parametrize(

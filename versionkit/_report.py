@@ -8,6 +8,7 @@ and for unknown keys a "did you mean ...?".
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass
 from typing import Any, TypeVar, get_origin
 
@@ -21,6 +22,7 @@ from versionkit.errors import ConfigError
 __all__ = ["Sources", "validate"]
 
 M = TypeVar("M", bound=BaseModel)
+MAX_SHOWN = 10  # problems listed in one error; the count says how many there are
 
 @dataclass
 class Sources:
@@ -103,8 +105,29 @@ def _did_you_mean(key: str, owner: type[BaseModel], schema: type[BaseModel]) -> 
 _BOOLISH = frozenset({"yes", "no", "on", "off", "y", "n", "0", "1"})
 
 
-def _hint(kind: str, given: Any) -> str:
+def _allows_inf_nan(schema: type[BaseModel], loc: Loc) -> bool:
+    leaf = leaf_index(schema).leaves.get(".".join(p for p in loc if isinstance(p, str)))
+    if leaf is None:
+        return False
+    return any(getattr(m, "allow_inf_nan", None) is True for m in leaf.info.metadata)
+
+
+def _hint(kind: str, given: Any, inf_nan_ok: bool) -> str:
     # the usual YAML surprises, explained where they happen
+    if kind == "finite_number":
+        if isinstance(given, float) and math.isnan(given):
+            return "; nan is not allowed here; give a finite number"
+        return ("; infinity is not allowed here; give a finite number (a number beyond "
+                "about 1.8e308 reads as infinity)")
+    if kind == "float_type" and isinstance(given, str):
+        try:
+            number = float(given)
+        except ValueError:
+            number = 0.0
+        if not math.isfinite(number):
+            if inf_nan_ok:
+                return "; YAML writes infinity as .inf or -.inf, and nan as .nan"
+            return "; infinity and nan are not allowed here; give a finite number"
     if kind == "string_type" and isinstance(given, (bool, int, float)):
         return "; quote it to make it a string"
     if kind == "bool_type" and isinstance(given, str) and given.lower() in _BOOLISH:
@@ -156,7 +179,7 @@ def _map_errors(exc: ValidationError, schema: type[BaseModel], src: Sources) -> 
                 text += f" ({'; '.join(parts)})"
             else:
                 text += f" ({src.where(loc, leaf_len=leaf_len)})"
-            text += _hint(kind, err.get("input"))
+            text += _hint(kind, err.get("input"), _allows_inf_nan(schema, loc))
         lines.setdefault(dotted, []).append(text)
     out = []
     for dotted, texts in lines.items():
@@ -168,7 +191,10 @@ def _map_errors(exc: ValidationError, schema: type[BaseModel], src: Sources) -> 
         out += [f"{dotted}: {t}" if dotted else t for t in texts]
     if len(out) == 1:
         return ConfigError(out[0])
-    return ConfigError(f"{len(out)} problems in the config:\n  " + "\n  ".join(out))
+    shown = out[:MAX_SHOWN]
+    if len(out) > MAX_SHOWN:  # a file that is not a config at all: do not echo all of it
+        shown.append(f"... and {len(out) - MAX_SHOWN} more")
+    return ConfigError(f"{len(out)} problems in the config:\n  " + "\n  ".join(shown))
 
 
 def validate(schema: type[M], data: dict[str, Any], src: Sources) -> M:

@@ -12,7 +12,9 @@ stack or memory.
 from __future__ import annotations
 
 import math
+import os
 import re
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -57,6 +59,7 @@ MAX_DEPTH = 100  # nesting levels; real configs use fewer than ten
 MAX_NODES = 200_000  # values after expanding aliases
 MAX_BYTES = 16 * 1024 * 1024
 
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _TAG = "tag:yaml.org,2002:"
 _NULLS = frozenset({"", "~", "null", "Null", "NULL"})
 _TRUES = frozenset({"true", "True", "TRUE"})
@@ -216,6 +219,7 @@ def parse_yaml(text: str, source: str) -> tuple[Any, dict[Loc, Mark], bool]:
     root: Any = _NOT_A_VALUE
     documents = 0
     total = 0
+    aliased = False
 
     def add(value: Any, mark: Mark, size: int, anchor: str | None) -> None:
         nonlocal root
@@ -342,6 +346,7 @@ def parse_yaml(text: str, source: str) -> tuple[Any, dict[Loc, Mark], bool]:
                 if anchor not in anchors:
                     raise ConfigError(f"{_where(source, mark)}: unknown alias *{anchor}")
                 value, size = anchors[anchor]
+                aliased = aliased or size > 1
                 total += size
                 if total > MAX_NODES:
                     break
@@ -369,28 +374,72 @@ def parse_yaml(text: str, source: str) -> tuple[Any, dict[Loc, Mark], bool]:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: invalid YAML: {exc}") from None
     if total > MAX_NODES:
+        what = "after expanding aliases (*name) " if aliased else ""
         raise ConfigError(
-            f"{_where(source, mark)}: more than {MAX_NODES} values after expanding aliases "
-            "(an alias bomb?); refusing to load"
+            f"{_where(source, mark)}: the config holds more than {MAX_NODES} values "
+            f"{what}(keys, items and scalars); versionkit refuses configs above that limit "
+            "(versionkit._yaml.MAX_NODES)"
         )
     if root is _NOT_A_VALUE:
         return None, locs, True
     return root, locs, False
 
 
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
 def read_text_file(path: Path) -> str:
-    """A config file's text (UTF-8), or a ConfigError saying why it cannot be read."""
+    """A config file's text (UTF-8), or a ConfigError saying why it cannot be read.
+
+    Only a regular file of at most ``MAX_BYTES`` is read: a named pipe, a device such as
+    ``/dev/zero`` or a growing file is refused at once instead of blocking or filling
+    memory.
+    """
     try:
-        if path.is_dir():
-            raise ConfigError(f"config file {path} is a directory; expected a YAML file")
-        size = path.stat().st_size
-        if size > MAX_BYTES:
-            raise ConfigError(f"config file {path} is {size} bytes; the limit is {MAX_BYTES}")
-        raw = path.read_bytes()
+        # O_NONBLOCK: opening a named pipe must not wait for a writer
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | _O_CLOEXEC)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory; expected a YAML file") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise ConfigError(f"config file {path} is a directory; expected a YAML file")
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(
+                f"config file {path} is {_kind(info.st_mode)}; expected a regular YAML file"
+            )
+        if info.st_size > MAX_BYTES:
+            raise ConfigError(
+                f"config file {path} is {info.st_size} bytes; the limit is {MAX_BYTES}"
+            )
+        chunks: list[bytes] = []
+        size = 0
+        while True:  # at most MAX_BYTES + 1: the file may grow while it is read
+            chunk = os.read(fd, min(1 << 20, MAX_BYTES + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_BYTES:
+                raise ConfigError(
+                    f"config file {path} is more than {MAX_BYTES} bytes; the limit is "
+                    f"{MAX_BYTES}"
+                )
+        raw = b"".join(chunks)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:

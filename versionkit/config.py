@@ -120,10 +120,14 @@ class ConfigSection(BaseModel):
     """Base of a nested config section: rejects unknown keys, validates strictly.
 
     Strict means YAML ``yes`` is not a boolean and ``"5"`` is not an int; lists are
-    still accepted for tuple fields, strings for paths and values for enums.
+    still accepted for tuple fields, strings for paths and values for enums. Float
+    fields refuse infinity and nan (a learning rate of ``1e999`` trains to nan); a field
+    that means them says so with ``Field(allow_inf_nan=True)``.
     """
 
-    model_config = ConfigDict(extra="forbid", strict=True, protected_namespaces=())
+    model_config = ConfigDict(
+        extra="forbid", strict=True, protected_namespaces=(), allow_inf_nan=False
+    )
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:

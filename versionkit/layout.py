@@ -25,8 +25,10 @@ __all__ = [
     "CONFIG_FILE",
     "LAST_CHECKPOINT",
     "LOGS",
+    "RENDEZVOUS",
     "SOURCE_CONFIG_FILE",
     "STATE_DIR",
+    "SWEEP_JOURNAL",
     "VERSION_PREFIX",
     "Layout",
     "parse_version_dir",
@@ -36,11 +38,15 @@ __all__ = [
 CHECKPOINTS = "checkpoints"
 LOGS = "logs"
 STATE_DIR = ".versionkit"
+#: Inside the state folder: the Optuna journal that holds the experiment's sweeps.
+SWEEP_JOURNAL = "sweeps.journal"
 VERSION_PREFIX = "version_"
 CONFIG_FILE = "config.yaml"
 SOURCE_CONFIG_FILE = "config.source.yaml"
 LAST_CHECKPOINT = "last.ckpt"
 CHECKPOINT_SUFFIX = ".ckpt"
+#: Inside the state folder: rank 0's hand-over files for the other ranks of a run.
+RENDEZVOUS = "rendezvous"
 #: ModelCheckpoint's file name pattern (``auto_insert_metric_name=False``), as the seed shows.
 CHECKPOINT_FILENAME = "step_{step:08d}-val_loss_{val_loss:.4f}"
 
@@ -81,6 +87,11 @@ class Layout:
         """``<root>/.versionkit``."""
         return self.root / STATE_DIR
 
+    @property
+    def rendezvous_dir(self) -> Path:
+        """``<root>/.versionkit/rendezvous`` (rank hand-over files)."""
+        return self.state / RENDEZVOUS
+
     def checkpoint_dir(self, n: int) -> Path:
         """``<root>/checkpoints/version_N``."""
         return self.checkpoints / version_dir_name(n)
@@ -109,6 +120,11 @@ class Layout:
         except ValueError:
             return str(path)
         return os.path.join(base, *rel.parts)
+
+    @property
+    def sweep_journal(self) -> Path:
+        """``<root>/.versionkit/sweeps.journal`` (the default study storage of sweeps)."""
+        return self.state / SWEEP_JOURNAL
 
     @staticmethod
     def locate(path: str | Path) -> tuple[Path, int | None] | None:

@@ -21,6 +21,13 @@ experiment key). Then it composes the mixins::
     class TestS3Backend(BackendContractSuite):
         shares_across_processes = True   # handles in other processes see the same store
 
+        def delete_record(self, b, number):  # how a user would delete one by hand
+            ...                              # (without it, the deletion tests skip)
+
+The suite covers allocation, records (``modify`` is atomic; ``update``/``append`` come
+from the base class), the counter (never lowered, not even by deleting records), the
+experiment metadata (``get_meta``/``modify_meta``) and sharing between handles.
+
 When ``shares_across_processes`` is true the suite also allocates and modifies from
 several real processes at once (started with ``fork``); a child rebuilds its handle as
 ``type(b)(b.uri, b.root, b.experiment)``, so the class must be constructible from
@@ -43,7 +50,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from versionkit.backends.base import Backend, Record
-from versionkit.errors import VersionkitError, VersionNotFoundError
+from versionkit.errors import BackendError, VersionNotFoundError
 
 __all__ = [
     "AllocateContract",
@@ -51,6 +58,7 @@ __all__ = [
     "BackendFactory",
     "ContractBase",
     "CounterContract",
+    "MetaContract",
     "ProcessContract",
     "RecordContract",
     "SharingContract",
@@ -220,11 +228,26 @@ class RecordContract(ContractBase):
 
     def test_non_json_record_is_refused(self, backend: BackendFactory) -> None:
         b = backend()
-        with pytest.raises((VersionkitError, TypeError, ValueError)):
+        with pytest.raises(BackendError, match="not JSON-able"):
             b.allocate(0, {"bad": object()})
-        n = b.allocate(0, {})
-        with pytest.raises((VersionkitError, TypeError, ValueError)):
+        assert b.next_number() == 0, "a refused record takes no number"
+        n = b.allocate(0, {"ok": 1})
+        with pytest.raises(BackendError, match="not JSON-able"):
             b.update(n, {"bad": {1, 2}})
+        with pytest.raises(BackendError, match="not JSON-able"):
+            b.modify(n, lambda record: {"bad": object()})
+        with pytest.raises(BackendError, match="not JSON-able"):
+            b.append(n, "items", object())
+        with pytest.raises(BackendError, match="must be a mapping"):
+            b.modify(n, lambda record: [("bad", 1)])  # type: ignore[arg-type,return-value]
+        assert b.get(n) == {"ok": 1, "version": n}, "a refused patch changes nothing"
+
+    def test_modify_returns_the_stored_record(self, backend: BackendFactory) -> None:
+        b = backend()
+        n = b.allocate(0, {"a": 1})
+        assert b.modify(n, lambda record: {"b": record["a"] + 1}) == {"a": 1, "b": 2, "version": n}
+        assert b.modify(n, lambda record: {}) == b.get(n)
+        assert b.update(n, {"a": 5})["a"] == 5
 
     @_SETTINGS
     @given(value=_JSON, key=st.text(min_size=1, max_size=12))
@@ -241,7 +264,29 @@ class RecordContract(ContractBase):
 
 
 class CounterContract(ContractBase):
-    """``raise_next_number`` only ever raises the next number."""
+    """``raise_next_number`` only ever raises the next number; deleting never lowers it."""
+
+    def delete_record(self, b: Backend, number: int) -> None:
+        """Remove version ``number``'s record behind the backend's back (as a user or a
+        restore would); a backend's test class overrides it to run the deletion tests."""
+        pytest.skip(f"{type(self).__name__} does not say how to delete a record by hand")
+
+    def test_numbers_are_never_reused_after_records_are_deleted(
+        self, backend: BackendFactory
+    ) -> None:
+        b = backend()
+        for _ in range(6):
+            b.allocate(0, {})
+        self.delete_record(b, 5)
+        self.delete_record(b, 4)
+        assert b.get(5) is None
+        assert b.next_number() == 6
+        assert backend().allocate(0, {}) == 6, "a deleted record's number came back"
+        for n in range(7):
+            if b.get(n) is not None:
+                self.delete_record(b, n)
+        assert b.list() == []
+        assert b.allocate(0, {}) == 7, "deleting every record restarted the count"
 
     def test_raise_next_number(self, backend: BackendFactory) -> None:
         b = backend()
@@ -259,6 +304,37 @@ class CounterContract(ContractBase):
         assert report["next_number"] == 3 == b.next_number()
         assert b.repair(8)["next_number"] == 8
         assert b.allocate(0, {}) == 8
+
+
+class MetaContract(ContractBase):
+    """``get_meta``/``modify_meta``: one JSON-able dict per experiment, changed atomically."""
+
+    def test_meta_starts_empty_and_merges(self, backend: BackendFactory) -> None:
+        b = backend()
+        assert b.get_meta() == {}
+        assert b.modify_meta(lambda meta: {"tags": {"best": 3}}) == {"tags": {"best": 3}}
+        new = b.modify_meta(lambda meta: {"tags": {**meta["tags"], "old": 1}, "x": None})
+        assert new == {"tags": {"best": 3, "old": 1}, "x": None}
+        assert b.modify_meta(lambda meta: {}) == new
+        assert backend().get_meta() == new, "another handle sees the same dict"
+        assert backend("other").get_meta() == {}, "each experiment has its own"
+
+    def test_meta_is_a_copy_and_refuses_non_json(self, backend: BackendFactory) -> None:
+        b = backend()
+        b.modify_meta(lambda meta: {"tags": {"a": 1}})
+        got = b.get_meta()
+        got["tags"]["a"] = 99
+        assert b.get_meta() == {"tags": {"a": 1}}
+        with pytest.raises(BackendError, match="not JSON-able"):
+            b.modify_meta(lambda meta: {"bad": object()})
+        assert b.get_meta() == {"tags": {"a": 1}}
+
+    def test_meta_is_apart_from_the_records(self, backend: BackendFactory) -> None:
+        b = backend()
+        b.modify_meta(lambda meta: {"k": 1})
+        assert b.list() == [] and b.next_number() == 0
+        n = b.allocate(0, {"k": 2})
+        assert b.get_meta() == {"k": 1} and b.get(n) == {"k": 2, "version": n}
 
 
 class SharingContract(ContractBase):
@@ -312,6 +388,26 @@ def _append_in_child(
         start.wait(30)
         for i in range(count):
             b.append(number, "items", [os.getpid(), i])
+        b.close()
+        out.put(("ok", count))
+    except BaseException as exc:
+        out.put(("error", repr(exc)))
+
+
+def _count_meta_in_child(
+    spec: tuple[type[Backend], str, Any, str], count: int, start: Any, out: Any
+) -> None:
+    cls, uri, root, experiment = spec
+    try:
+        b = cls(uri, root, experiment)
+        start.wait(30)
+        for _ in range(count):
+            b.modify_meta(
+                lambda meta: {
+                    "count": meta.get("count", 0) + 1,
+                    "pids": [*meta.get("pids", []), os.getpid()],
+                }
+            )
         b.close()
         out.put(("ok", count))
     except BaseException as exc:
@@ -375,8 +471,20 @@ class ProcessContract(ContractBase):
         assert len(record["items"]) == self.processes * 8
         assert len({tuple(item) for item in record["items"]}) == self.processes * 8
 
+    def test_concurrent_meta_changes_lose_nothing(self, backend: BackendFactory) -> None:
+        b = backend()
+        self._run(_count_meta_in_child, (self._spec(b), 8))
+        meta = b.get_meta()
+        assert meta["count"] == self.processes * 8, "a concurrent modify_meta was lost"
+        assert len(meta["pids"]) == self.processes * 8
+
 
 class BackendContractSuite(
-    AllocateContract, RecordContract, CounterContract, SharingContract, ProcessContract
+    AllocateContract,
+    RecordContract,
+    CounterContract,
+    MetaContract,
+    SharingContract,
+    ProcessContract,
 ):
     """Every contract test; subclass it in a ``Test...`` class next to a ``backend`` fixture."""

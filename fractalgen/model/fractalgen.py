@@ -13,8 +13,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from torch import Tensor, nn
 
+from fractalgen.config import ModelConfig
 from fractalgen.model import sampling
 from fractalgen.model.ar import ARLevel
 from fractalgen.model.mar import MARLevel
@@ -30,9 +32,8 @@ __all__ = [
     "fractalmar_huge_in256",
     "fractalmar_in64",
     "fractalmar_large_in256",
+    "model_settings",
 ]
-
-_GENERATOR_TYPES = ("ar", "mar")
 
 
 class ModelError(ConfigError):
@@ -53,108 +54,48 @@ class FractalGen(nn.Module):
 
     def __init__(
         self,
+        settings: ModelConfig | Mapping[str, Any] | None = None,
         *,
-        img_size_list: Sequence[int],
-        embed_dim_list: Sequence[int],
-        num_blocks_list: Sequence[int],
-        num_heads_list: Sequence[int],
-        generator_type_list: Sequence[str],
         in_channels: int = 3,
         num_classes: int = 1000,
-        label_drop_prob: float = 0.1,
-        attn_dropout: float = 0.1,
-        proj_dropout: float = 0.1,
-        num_conds: int | None = None,
-        guiding_pixel: bool = False,
-        r_weight: float = 5.0,
-        grad_checkpointing: bool = False,
+        **fields: Any,
     ) -> None:
         """Build the levels.
 
+        The model's settings are defined, documented and validated in one place,
+        :class:`fractalgen.config.ModelConfig` (the ``model`` section of the training
+        config): ``img_size_list``, ``embed_dim_list``, ``num_blocks_list``,
+        ``num_heads_list``, ``generator_type_list``, ``num_conds``, ``guiding_pixel``,
+        ``label_drop_prob``, ``attn_dropout``, ``proj_dropout``, ``r_weight`` and
+        ``grad_checkpointing``. Pass them as a validated ``ModelConfig`` (used as is), a
+        mapping, or keywords (each overrides the mapping); a setting left out takes
+        ``ModelConfig``'s default.
+
         Args:
-            img_size_list: Image side per level, decreasing, each divisible by the next,
-                ending in 1 (the pixel), e.g. ``(64, 4, 1)``.
-            embed_dim_list: Width per level; the last is the pixel head's.
-            num_blocks_list: Depth per level; the last is the pixel head's.
-            num_heads_list: Attention heads per level; the last is the pixel head's.
-            generator_type_list: ``"ar"`` or ``"mar"`` for each level above the pixel head
-                (one fewer entry than ``img_size_list``).
+            settings: The model settings (a ``ModelConfig`` or a mapping of its fields).
             in_channels: Image channels (1 grayscale, 3 RGB, any count works).
             num_classes: Number of classes; 0 for an unconditional model.
-            label_drop_prob: Training probability of replacing a label by the null class.
-            attn_dropout: Attention-probability dropout of MAR levels (AR levels, like the
-                reference's LlamaGen blocks, use none).
-            proj_dropout: Dropout after projections / feed-forwards of AR and MAR levels.
-            num_conds: Condition tokens of each MAR level; None means the reference's 5.
-                (AR levels always take one condition.)
-            guiding_pixel: Levels below the first predict each patch's mean colour first.
-            r_weight: Training weight of the first channel in the pixel loss.
-            grad_checkpointing: Recompute block activations in backward to save memory.
+            **fields: Model settings by name (see above).
 
         Raises:
-            ModelError: (a ``ValueError``) if the lists are inconsistent; the message names
-                the setting and what was expected.
+            ModelError: (a ``ValueError``) on an unknown or invalid setting; the message
+                names the setting and what was expected.
         """
         super().__init__()
-        sizes = [int(s) for s in img_size_list]
-        types = [str(t).lower() for t in generator_type_list]
-        n_levels = len(sizes) - 1
-        _check(n_levels >= 1, f"img_size_list needs at least 2 sizes (e.g. [8, 1]), got {sizes}")
-        _check(sizes[-1] == 1, f"img_size_list must end in 1 (a pixel), got {sizes}")
-        for name, lst in (
-            ("embed_dim_list", embed_dim_list),
-            ("num_blocks_list", num_blocks_list),
-            ("num_heads_list", num_heads_list),
-        ):
-            _check(
-                len(lst) == len(sizes),
-                f"{name} must have one entry per img_size_list entry ({len(sizes)}), "
-                f"got {len(lst)}: {list(lst)}",
-            )
-        _check(
-            len(types) == n_levels,
-            f"generator_type_list must have {n_levels} entries (one per level above the pixel "
-            f"head, i.e. len(img_size_list) - 1), got {len(types)}: {list(generator_type_list)}",
-        )
-        for i in range(n_levels):
-            _check(
-                sizes[i] > sizes[i + 1] and sizes[i] % sizes[i + 1] == 0,
-                f"img_size_list must decrease with each size divisible by the next, "
-                f"got {sizes} ({sizes[i]} then {sizes[i + 1]})",
-            )
-            _check(
-                types[i] in _GENERATOR_TYPES,
-                f"generator_type_list[{i}] must be 'ar' or 'mar', got {generator_type_list[i]!r}",
-            )
-        dims = [int(d) for d in embed_dim_list]
-        heads = [int(h) for h in num_heads_list]
-        blocks = [int(b) for b in num_blocks_list]
-        for i, (d, h) in enumerate(zip(dims, heads, strict=True)):
-            _check(
-                d > 0 and h > 0,
-                f"embed_dim_list and num_heads_list must be positive, got {dims} and {heads}",
-            )
-            _check(
-                d % h == 0, f"embed_dim_list[{i}]={d} is not divisible by num_heads_list[{i}]={h}"
-            )
-            if i < n_levels and types[i] == "ar":
-                _check(
-                    (d // h) % 4 == 0,
-                    f"AR level {i}: head width embed_dim/num_heads = {d // h} must be a multiple "
-                    "of 4 for the 2D rotary embedding",
-                )
-        _check(all(b >= 0 for b in blocks), f"num_blocks_list must be >= 0, got {blocks}")
+        cfg = model_settings(settings, **fields)
         _check(in_channels >= 1, f"in_channels must be >= 1, got {in_channels}")
         _check(num_classes >= 0, f"num_classes must be >= 0 (0 = unconditional), got {num_classes}")
-        _check(
-            0.0 <= label_drop_prob <= 1.0,
-            f"label_drop_prob must be in [0, 1], got {label_drop_prob}",
-        )
-        for name, value in (("attn_dropout", attn_dropout), ("proj_dropout", proj_dropout)):
-            _check(0.0 <= value < 1.0, f"{name} must be in [0, 1), got {value}")
-        _check(r_weight > 0, f"r_weight must be > 0, got {r_weight}")
-        _check(num_conds is None or num_conds >= 1, f"num_conds must be >= 1, got {num_conds}")
-
+        sizes = list(cfg.img_size_list)
+        types = list(cfg.generator_type_list)
+        dims = list(cfg.embed_dim_list)
+        heads = list(cfg.num_heads_list)
+        blocks = list(cfg.num_blocks_list)
+        n_levels = len(sizes) - 1
+        label_drop_prob, attn_dropout = cfg.label_drop_prob, cfg.attn_dropout
+        proj_dropout, num_conds = cfg.proj_dropout, cfg.num_conds
+        guiding_pixel, r_weight = cfg.guiding_pixel, cfg.r_weight
+        grad_checkpointing = cfg.grad_checkpointing
+        self.settings = cfg
         self.img_size_list = tuple(sizes)
         self.generator_type_list = tuple(types)
         self.in_channels = in_channels
@@ -162,20 +103,7 @@ class FractalGen(nn.Module):
         self.label_drop_prob = label_drop_prob
         self.num_conds = num_conds
         self.config: dict[str, Any] = {
-            "img_size_list": list(sizes),
-            "embed_dim_list": dims,
-            "num_blocks_list": blocks,
-            "num_heads_list": heads,
-            "generator_type_list": types,
-            "in_channels": in_channels,
-            "num_classes": num_classes,
-            "label_drop_prob": label_drop_prob,
-            "attn_dropout": attn_dropout,
-            "proj_dropout": proj_dropout,
-            "num_conds": num_conds,
-            "guiding_pixel": guiding_pixel,
-            "r_weight": r_weight,
-            "grad_checkpointing": grad_checkpointing,
+            **cfg.model_dump(), "in_channels": in_channels, "num_classes": num_classes
         }
 
         self.class_emb = nn.Embedding(num_classes, dims[0]) if num_classes > 0 else None
@@ -451,28 +379,48 @@ def fractalmar_huge_in256(**kwargs: Any) -> FractalGen:
     return _in256((1280, 640, 320, 64), (40, 10, 5, 1), (16, 8, 4, 4), kwargs)
 
 
-_MODEL_KEYS = (
-    "img_size_list",
-    "embed_dim_list",
-    "num_blocks_list",
-    "num_heads_list",
-    "generator_type_list",
-    "label_drop_prob",
-    "attn_dropout",
-    "proj_dropout",
-    "num_conds",
-    "guiding_pixel",
-    "r_weight",
-    "grad_checkpointing",
-)
+def model_settings(
+    settings: ModelConfig | Mapping[str, Any] | None = None, **fields: Any
+) -> ModelConfig:
+    """The validated model settings from a ``ModelConfig``, a mapping and/or keywords.
+
+    A ``ModelConfig`` without keyword overrides is returned as is (it was validated
+    when it was made); anything else is validated once, by ``ModelConfig``.
+
+    Raises:
+        ModelError: an unknown setting, or an invalid value (the message names it).
+    """
+    if isinstance(settings, ModelConfig) and not fields:
+        return settings
+    if isinstance(settings, ModelConfig):
+        data: dict[str, Any] = settings.model_dump()
+    else:
+        dump = getattr(settings, "model_dump", None)
+        data = dict(dump() if callable(dump) else (settings or {}))
+    data.update(fields)
+    known = list(ModelConfig.model_fields)
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ModelError(f"unknown model config keys {unknown}; expected some of {known}")
+    try:
+        return ModelConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"])
+            message = str(error["msg"]).removeprefix("Value error, ")
+            problems.append(f"{where}: {message}" if where else message)
+        raise ModelError("; ".join(problems)) from None
 
 
-def build_model(model_cfg: Mapping[str, Any], *, in_channels: int, num_classes: int) -> FractalGen:
+def build_model(
+    model_cfg: ModelConfig | Mapping[str, Any], *, in_channels: int, num_classes: int
+) -> FractalGen:
     """Build a :class:`FractalGen` from the ``model`` section of the training config.
 
     Args:
-        model_cfg: Mapping with the keys of ``TrainConfig.model`` (a pydantic model's
-            ``model_dump()`` or the model itself also works).
+        model_cfg: The section: a ``ModelConfig`` (used as validated) or a mapping of
+            its fields (validated here).
         in_channels: Image channels (from the data).
         num_classes: Number of classes (from the data; 0 = unconditional).
 
@@ -483,17 +431,7 @@ def build_model(model_cfg: Mapping[str, Any], *, in_channels: int, num_classes: 
         ModelError: (a ``ValueError`` and versionkit ``ConfigError``, exit code 2) on
             unknown keys or inconsistent values, naming the field.
     """
-    dump = getattr(model_cfg, "model_dump", None)
-    cfg: dict[str, Any] = dict(dump() if callable(dump) else model_cfg)
-    unknown = sorted(set(cfg) - set(_MODEL_KEYS))
-    if unknown:
-        raise ModelError(
-            f"unknown model config keys {unknown}; expected some of {list(_MODEL_KEYS)}"
-        )
-    missing = [k for k in _MODEL_KEYS[:5] if k not in cfg]
-    if missing:
-        raise ModelError(f"model config is missing {missing}")
     try:
-        return FractalGen(in_channels=in_channels, num_classes=num_classes, **cfg)
+        return FractalGen(model_cfg, in_channels=in_channels, num_classes=num_classes)
     except ModelError as exc:
         raise ModelError(f"invalid model config: {exc}") from None

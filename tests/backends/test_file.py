@@ -18,6 +18,7 @@ from versionkit.backends.base import Backend
 from versionkit.backends.file import FileBackend
 from versionkit.errors import BackendError, CorruptStateError, LockTimeout
 from versionkit.testing import BackendContractSuite
+from versionkit.testing_curate import CurateContract
 
 
 @pytest.fixture
@@ -31,6 +32,14 @@ def backend(tmp_path: Path) -> Callable[..., Backend]:
 class TestFileBackend(BackendContractSuite):
     shares_across_processes = True
 
+    def delete_record(self, b: Backend, number: int) -> None:
+        assert isinstance(b, FileBackend)
+        (b.records_dir / f"{number}.json").unlink()
+
+
+class TestFileCurate(CurateContract):
+    shares_across_processes = True
+
 
 @pytest.fixture
 def fb(tmp_path: Path) -> FileBackend:
@@ -40,7 +49,7 @@ def fb(tmp_path: Path) -> FileBackend:
 def test_state_layout(fb: FileBackend) -> None:
     fb.allocate(0, {"status": "running"})
     state = fb.root / ".versionkit"
-    assert json.loads((state / "next.json").read_text()) == {"next": 0}
+    assert json.loads((state / "next.json").read_text()) == {"next": 1}
     assert json.loads((state / "versions" / "0.json").read_text())["version"] == 0
     holder = (state / "lock.holder").read_text().split()
     assert holder[1] == str(os.getpid())

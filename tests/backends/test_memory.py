@@ -11,6 +11,7 @@ from versionkit.backends import open_backend
 from versionkit.backends.base import Backend
 from versionkit.backends.memory import MemoryBackend
 from versionkit.testing import BackendContractSuite
+from versionkit.testing_curate import CurateContract
 
 
 @pytest.fixture
@@ -25,6 +26,14 @@ def backend(tmp_path: Path) -> Iterator[Callable[..., Backend]]:
 
 
 class TestMemoryBackend(BackendContractSuite):
+    shares_across_processes = False
+
+    def delete_record(self, b: Backend, number: int) -> None:
+        assert isinstance(b, MemoryBackend)
+        del b._store.records[number]
+
+
+class TestMemoryCurate(CurateContract):
     shares_across_processes = False
 
 

@@ -26,9 +26,10 @@ from hypothesis import strategies as st
 from sqlalchemy.pool import NullPool
 
 from versionkit.backends import open_backend, resolve_backend_class
-from versionkit.backends import sql as sqlmod
 from versionkit.backends.base import Backend
-from versionkit.backends.sql import SCHEMA_VERSION, SQLBackend, SQLURIError
+from versionkit.backends.sql import SCHEMA_VERSION, SQLBackend, SQLURIError, schema
+from versionkit.backends.sql import engine as engines
+from versionkit.backends.sql.uri import parse_uri
 from versionkit.errors import (
     BackendError,
     CorruptStateError,
@@ -36,6 +37,7 @@ from versionkit.errors import (
     VersionNotFoundError,
 )
 from versionkit.testing import BackendContractSuite
+from versionkit.testing_curate import CurateContract
 
 
 @pytest.fixture
@@ -61,15 +63,29 @@ def backend(uri: str, tmp_path: Path) -> Iterator[Callable[..., Backend]]:
         b.close()
 
 
+class TestSQLCurate(CurateContract):
+    """Tags, gc's record updates and imports, on SQLite and on PostgreSQL."""
+
+
 class TestSQLBackendContract(BackendContractSuite):
     """The whole backend contract, on SQLite and on PostgreSQL (the ``uri`` parameter)."""
 
     processes = 8
 
+    def delete_record(self, b: Backend, number: int) -> None:
+        assert isinstance(b, SQLBackend)
+        with raw_engine(b).begin() as conn:
+            conn.execute(
+                sa.delete(schema.versions).where(
+                    schema.versions.c.experiment == b.experiment,
+                    schema.versions.c.number == number,
+                )
+            )
+
 
 def raw_engine(b: SQLBackend) -> sa.Engine:
     """A separate engine on the backend's database, for poking at the tables directly."""
-    return sa.create_engine(sqlmod._parse_uri(b.uri)[0], poolclass=NullPool)
+    return sa.create_engine(parse_uri(b.uri)[0], poolclass=NullPool)
 
 
 def free_port() -> int:
@@ -127,7 +143,7 @@ def test_numbers_are_not_reused_after_rows_are_deleted(store: SQLBackend) -> Non
     engine = raw_engine(store)
     with engine.begin() as conn:
         conn.execute(
-            sa.delete(sqlmod._versions).where(sqlmod._versions.c.experiment == store.experiment)
+            sa.delete(schema.versions).where(schema.versions.c.experiment == store.experiment)
         )
     engine.dispose()
     assert store.list() == []
@@ -140,7 +156,7 @@ def test_rows_written_behind_the_counter_are_stepped_over(store: SQLBackend) -> 
     with engine.begin() as conn:
         for n in (1, 2):
             conn.execute(
-                sa.insert(sqlmod._versions).values(
+                sa.insert(schema.versions).values(
                     experiment=store.experiment, number=n, record=json.dumps({"version": n})
                 )
             )
@@ -327,8 +343,8 @@ def test_an_unreadable_record_is_corrupt_state_not_a_reset(store: SQLBackend) ->
     engine = raw_engine(store)
     with engine.begin() as conn:
         conn.execute(
-            sa.update(sqlmod._versions)
-            .where(sqlmod._versions.c.experiment == store.experiment)
+            sa.update(schema.versions)
+            .where(schema.versions.c.experiment == store.experiment)
             .values(record="{not json")
         )
     engine.dispose()
@@ -347,14 +363,12 @@ def test_repair_replaces_unreadable_records_and_lifts_the_counter(store: SQLBack
     engine = raw_engine(store)
     with engine.begin() as conn:
         conn.execute(
-            sa.update(sqlmod._versions)
-            .where(
-                sqlmod._versions.c.experiment == store.experiment, sqlmod._versions.c.number == 1
-            )
+            sa.update(schema.versions)
+            .where(schema.versions.c.experiment == store.experiment, schema.versions.c.number == 1)
             .values(record="[1, 2")
         )
         conn.execute(
-            sa.insert(sqlmod._versions).values(
+            sa.insert(schema.versions).values(
                 experiment=store.experiment, number=6, record='{"status": "completed"}'
             )
         )
@@ -379,9 +393,7 @@ def set_schema_version(b: SQLBackend, value: str) -> None:
     engine = raw_engine(b)
     with engine.begin() as conn:
         conn.execute(
-            sa.update(sqlmod._meta)
-            .where(sqlmod._meta.c.key == "schema_version")
-            .values(value=value)
+            sa.update(schema.meta).where(schema.meta.c.key == "schema_version").values(value=value)
         )
     engine.dispose()
 
@@ -391,7 +403,7 @@ def test_tables_are_created_on_first_use_with_the_schema_version(store: SQLBacke
     engine = raw_engine(store)
     with engine.connect() as conn:
         names = set(sa.inspect(conn).get_table_names())
-        version = conn.execute(sa.select(sqlmod._meta.c.value)).scalar_one()
+        version = conn.execute(sa.select(schema.meta.c.value)).scalar_one()
     engine.dispose()
     assert {"versionkit_meta", "versionkit_experiments", "versionkit_versions"} <= names
     assert version == str(SCHEMA_VERSION)
@@ -402,7 +414,7 @@ def test_a_database_from_a_newer_versionkit_is_refused(
 ) -> None:
     store.allocate(0, {})
     set_schema_version(store, str(SCHEMA_VERSION + 1))
-    monkeypatch.setattr(sqlmod, "_ready", set())  # as a fresh process would see it
+    monkeypatch.setattr(engines, "ready", set())  # as a fresh process would see it
     fresh = SQLBackend(store.uri, store.root, store.experiment)
     with pytest.raises(BackendError, match=r"newer versionkit .*upgrade versionkit") as info:
         fresh.list()
@@ -417,7 +429,7 @@ def test_a_garbled_schema_version_is_corrupt_state(
 ) -> None:
     store.allocate(0, {})
     set_schema_version(store, "banana")
-    monkeypatch.setattr(sqlmod, "_ready", set())
+    monkeypatch.setattr(engines, "ready", set())
     with pytest.raises(CorruptStateError, match="banana"):
         SQLBackend(store.uri, store.root, store.experiment).list()
 
@@ -427,7 +439,7 @@ def test_an_unknown_older_schema_version_is_corrupt_state(
 ) -> None:
     store.allocate(0, {})
     set_schema_version(store, "0")
-    monkeypatch.setattr(sqlmod, "_ready", set())
+    monkeypatch.setattr(engines, "ready", set())
     with pytest.raises(CorruptStateError, match="schema version 0, which no versionkit"):
         SQLBackend(store.uri, store.root, store.experiment).list()
 
@@ -440,18 +452,18 @@ def test_an_older_layout_is_upgraded_once(
 
     def to_v2(conn: sa.Connection) -> None:
         calls.append(1)
-        conn.execute(sa.insert(sqlmod._meta).values(key="upgraded", value="yes"))
+        conn.execute(sa.insert(schema.meta).values(key="upgraded", value="yes"))
 
-    monkeypatch.setattr(sqlmod, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
-    monkeypatch.setattr(sqlmod, "_MIGRATIONS", {SCHEMA_VERSION: to_v2})
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    monkeypatch.setattr(schema, "MIGRATIONS", {SCHEMA_VERSION: to_v2})
     for _ in range(2):  # two fresh processes: the second finds it done
-        monkeypatch.setattr(sqlmod, "_ready", set())
+        monkeypatch.setattr(engines, "ready", set())
         upgraded = SQLBackend(store.uri, store.root, store.experiment)
         assert upgraded.get(0) == {"kept": True, "version": 0}
     assert calls == [1]
     engine = raw_engine(store)
     with engine.connect() as conn:
-        meta = dict(conn.execute(sa.select(sqlmod._meta.c.key, sqlmod._meta.c.value)).all())
+        meta = dict(conn.execute(sa.select(schema.meta.c.key, schema.meta.c.value)).all())
     engine.dispose()
     assert meta == {"schema_version": str(SCHEMA_VERSION + 1), "upgraded": "yes"}
 
@@ -553,8 +565,8 @@ def test_a_held_write_lock_times_out_clearly(store: SQLBackend, uri: str) -> Non
             conn.exec_driver_sql("BEGIN IMMEDIATE")
         else:
             conn.execute(
-                sa.select(sqlmod._versions.c.number)
-                .where(sqlmod._versions.c.experiment == store.experiment)
+                sa.select(schema.versions.c.number)
+                .where(schema.versions.c.experiment == store.experiment)
                 .with_for_update()
             )
         store.lock_timeout = 0.2
@@ -584,3 +596,61 @@ def test_any_lock_timeout_works_without_contention(store: SQLBackend, timeout: f
     store.update(0, {"status": "completed"})
     assert store.raise_next_number(5) == 5
     assert store.get(0) == {"status": "completed", "version": 0}
+
+
+def test_records_and_best_candidates_stream_across_pages(
+    store: SQLBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from versionkit.backends.sql import backend as backend_module
+
+    monkeypatch.setattr(backend_module, "_FIRST_PAGE", 2)
+    monkeypatch.setattr(backend_module, "_PAGE", 5)
+    for n in range(13):
+        item = {"path": f"c/{n}.ckpt", "step": n, "metrics": {"val_loss": (n * 5) % 13}}
+        store.allocate(0, {"checkpoints": [item]})
+    assert [r["version"] for r in store.iter_records()] == list(range(13))
+    assert [r["version"] for r in store.iter_records(newest_first=True)] == list(range(12, -1, -1))
+    values = [item["metrics"]["val_loss"] for _n, item in store.best_candidates("val_loss", "min")]
+    assert values == sorted(values) and len(values) == 13
+    top = [n for n, _item in store.best_candidates("val_loss", "max")]
+    assert top[0] == 5 and len(top) == 13  # (5 * 5) % 13 == 12 is the highest
+
+
+def test_a_version_1_database_is_upgraded_with_its_checkpoints_indexed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The layout versionkit wrote before the checkpoint index and experiment metadata.
+    path = tmp_path / "v1.db"
+    engine = sa.create_engine(f"sqlite:///{path}", poolclass=NullPool)
+    item = {"path": "checkpoints/version_0/a.ckpt", "step": 7, "metrics": {"val_loss": 0.25}}
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE TABLE versionkit_meta (key VARCHAR(64) PRIMARY KEY, value TEXT NOT NULL)"
+        )
+        conn.exec_driver_sql(
+            "CREATE TABLE versionkit_experiments "
+            "(experiment TEXT PRIMARY KEY, next_number BIGINT NOT NULL)"
+        )
+        conn.exec_driver_sql(
+            "CREATE TABLE versionkit_versions (experiment TEXT, number BIGINT, "
+            "record TEXT NOT NULL, PRIMARY KEY (experiment, number))"
+        )
+        conn.exec_driver_sql("INSERT INTO versionkit_meta VALUES ('schema_version', '1')")
+        conn.exec_driver_sql("INSERT INTO versionkit_experiments VALUES ('old', 2)")
+        conn.exec_driver_sql(
+            "INSERT INTO versionkit_versions VALUES ('old', 0, ?), ('old', 1, '{broken')",
+            (json.dumps({"status": "completed", "checkpoints": [item]}),),
+        )
+    engine.dispose()
+    monkeypatch.setattr(engines, "ready", set())
+    b = SQLBackend(f"sqlite:///{path}", tmp_path, "old")
+    try:
+        assert [(n, c["path"]) for n, c in b.best_candidates("val_loss", "min")] == [
+            (0, item["path"])
+        ]
+        assert b.get_meta() == {}
+        assert b.allocate(0, {}) == 2
+    finally:
+        b.close()
+    with sa.create_engine(f"sqlite:///{path}", poolclass=NullPool).connect() as conn:
+        assert conn.execute(sa.select(schema.meta.c.value)).scalar_one() == "2"

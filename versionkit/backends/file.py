@@ -2,23 +2,25 @@
 
 Layout::
 
-    <root>/.versionkit/next.json          {"next": N}: the number the next allocation gets
+    <root>/.versionkit/next.json          {"next": N}: one above the highest number ever
+                                          handed out; never lowered
     <root>/.versionkit/versions/N.json    the record of version N
+    <root>/.versionkit/meta.json          the experiment's metadata dict (tags, ...)
+    <root>/.versionkit/best.json          the best-checkpoint index (a cache, see below)
     <root>/.versionkit/lock               the filelock taken by every write
     <root>/.versionkit/lock.holder        "host pid time" of the current (or last) holder
 
 Every write happens under the lock and every state file is replaced atomically (temp
-file in the same folder, ``os.replace``), so a reader never sees half a file and a crash
-(even SIGKILL) never loses a number that was handed out. The lock is an OS lock
-(``flock``): it dies with its holder, so a killed process never leaves the registry
-locked.
+file in the same folder, ``os.replace``, which replaces a symlink rather than writing
+through it), so a reader never sees half a file and a crash (even SIGKILL) never loses
+a number that was handed out. The lock is an OS lock (``flock``): it dies with its
+holder, so a killed process never leaves the registry locked.
 
-Durability (power loss) costs two fsyncs per allocation: the record file and its folder.
-The record files are the truth: the next number is one above the highest record, or
-``next.json`` when that is higher (it is written, durably, when the registry is created,
-by ``raise_next_number`` and by ``repair``). Nothing is rewritten in place on the hot path:
-on ext4, replacing or truncating an existing file forces a flush of its data, which
-costs as much as an fsync.
+Allocation reads the counter, writes it one higher and then writes the record: O(1)
+in the number of versions, and a crash between the two only burns a number. Deleting
+records or folders never brings a number back. A counter found behind an existing
+record (state written by an older versionkit, or edited by hand) is lifted above every
+record once, by listing them.
 """
 
 from __future__ import annotations
@@ -29,22 +31,27 @@ import os
 import re
 import socket
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 import filelock
 
 from versionkit._atomic import fsync_dir, write_atomic
-from versionkit.backends.base import Backend, Record
+from versionkit._faults import pause_point
+from versionkit.backends._best_index import BestIndex
+from versionkit.backends.base import Backend, Change, Record, encode_json
 from versionkit.errors import BackendError, CorruptStateError, LockTimeout, VersionNotFoundError
+from versionkit.layout import STATE_DIR
 
 __all__ = ["STATE_DIR", "FileBackend"]
 
-#: Name of the state folder inside the experiment root.
-STATE_DIR = ".versionkit"
+_List = list  # ``FileBackend.list`` shadows the builtin inside the class body
+
 _COUNTER = "next.json"
 _RECORDS = "versions"
+_META = "meta.json"
+_BEST = "best.json"
 _LOCK = "lock"
 _HOLDER = "lock.holder"
 _HOLDER_WIDTH = 160
@@ -53,15 +60,22 @@ _HOLDER_WIDTH = 160
 _POLL_INTERVAL = 0.002
 
 
-def _encode(record: Mapping[str, Any], what: str) -> bytes:
-    try:
-        return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    except (TypeError, ValueError) as exc:
-        raise BackendError(f"{what} is not JSON-able: {exc}") from exc
+def _record_number(name: str) -> int | None:
+    """N of a record file name ``N.json`` written as this backend writes it, else None."""
+    stem = name[:-5]
+    if (
+        name.endswith(".json")
+        and stem.isdigit()
+        and stem.isascii()
+        and len(stem) <= 19
+        and (stem[0] != "0" or stem == "0")
+    ):
+        return int(stem)
+    return None
 
 
 class FileBackend(Backend):
-    """Registry state in JSON files under the experiment root, allocation under a file lock.
+    """Registry state in JSON files under the experiment root, writes under a file lock.
 
     Args:
         uri: ``"file"`` (or ``"file://"``); the state always lives in the experiment root.
@@ -86,8 +100,10 @@ class FileBackend(Backend):
         self.state_dir = Path(root) / STATE_DIR
         self.records_dir = self.state_dir / _RECORDS
         self.counter_path = self.state_dir / _COUNTER
+        self.meta_path = self.state_dir / _META
         self.lock_path = self.state_dir / _LOCK
         self.holder_path = self.state_dir / _HOLDER
+        self.best_index = BestIndex(self.state_dir / _BEST, self._read_json)
         self._filelock: filelock.FileLock | None = None
         self._host = socket.gethostname()
 
@@ -96,12 +112,9 @@ class FileBackend(Backend):
     def describe(self) -> str:
         return f"file registry {self.state_dir}"
 
-    def _record_path(self, number: int) -> Path:
-        if isinstance(number, bool) or not isinstance(number, int) or number < 0:
-            raise VersionNotFoundError(
-                f"version {number!r} is not a valid version number (expected an integer >= 0)"
-            )
-        return self.records_dir / f"{number}.json"
+    def _record_path(self, number: int) -> str:
+        # Plain strings: this runs once per version for every listing.
+        return os.path.join(self.records_dir, f"{self.check_number(number)}.json")
 
     def _corrupt(self, path: Path | str, why: str) -> CorruptStateError:
         return CorruptStateError(
@@ -137,13 +150,15 @@ class FileBackend(Backend):
 
     def _holder(self) -> str:
         try:
-            text = self.holder_path.read_text(encoding="utf-8").split()
+            fd = os.open(self.holder_path, os.O_RDONLY | os.O_NOFOLLOW)
+            with os.fdopen(fd, "rb") as f:
+                text = f.read(_HOLDER_WIDTH).decode("utf-8", "replace").split()
         except OSError:
             return "holder unknown"
         if len(text) >= 2:
             since = ""
             if len(text) >= 3:
-                with contextlib.suppress(ValueError):
+                with contextlib.suppress(ValueError, OverflowError, OSError):
                     since = time.strftime(" since %H:%M:%S", time.localtime(float(text[2])))
             return f"held by pid {text[1]} on host {text[0]}{since}"
         return "holder unknown"
@@ -175,13 +190,25 @@ class FileBackend(Backend):
     def _mark_holder(self) -> None:
         # Diagnostic only (for the timeout message), so not fsynced; written in place at a
         # fixed width because truncating or replacing the file would force a flush.
+        # O_NOFOLLOW: a symlink planted here is removed, never written through.
         line = f"{self._host} {os.getpid()} {time.time():.3f}"[: _HOLDER_WIDTH - 1]
-        with contextlib.suppress(OSError):
-            fd = os.open(self.holder_path, os.O_WRONLY | os.O_CREAT, 0o644)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW
+        for _attempt in range(2):
+            try:
+                fd = os.open(self.holder_path, flags, 0o644)
+            except OSError:
+                if not os.path.islink(self.holder_path):
+                    return
+                with contextlib.suppress(OSError):
+                    os.unlink(self.holder_path)
+                continue
             try:
                 os.pwrite(fd, (line.ljust(_HOLDER_WIDTH - 1) + "\n").encode(), 0)
+            except OSError:
+                pass
             finally:
                 os.close(fd)
+            return
 
     def _counter(self) -> int | None:
         counter = self._read_json(self.counter_path)
@@ -192,13 +219,29 @@ class FileBackend(Backend):
             raise self._corrupt(self.counter_path, f"'next' is {value!r}, not an int >= 0")
         return value
 
+    def _any_record(self) -> bool:
+        try:
+            with os.scandir(self.records_dir) as entries:
+                return any(_record_number(e.name) is not None for e in entries)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+
     def _next_unlocked(self) -> tuple[int, bool]:
-        """(the next number, whether ``next.json`` exists)."""
-        numbers = self._record_numbers()
+        """(the next number, whether ``next.json`` exists); O(1) unless the counter is behind.
+
+        The counter is the truth. A record at (or above) it means the counter is stale
+        (an older versionkit did not advance it on every allocation): then, and only
+        then, the records are listed and the number goes above all of them.
+        """
         counter = self._counter()
-        if counter is None and numbers:
-            raise self._corrupt(self.counter_path, "missing while version records exist")
-        return max(counter or 0, numbers[-1] + 1 if numbers else 0), counter is not None
+        if counter is None:
+            if self._any_record():
+                raise self._corrupt(self.counter_path, "missing while version records exist")
+            return 0, False
+        if os.path.lexists(os.path.join(self.records_dir, f"{counter}.json")):
+            numbers = self._record_numbers()
+            return max(counter, numbers[-1] + 1), True
+        return counter, True
 
     def _record_numbers(self) -> list[int]:
         try:
@@ -207,20 +250,16 @@ class FileBackend(Backend):
             return []
         except OSError as exc:
             raise BackendError(f"cannot list {self.records_dir}: {exc.strerror or exc}") from exc
-        numbers = [
-            int(stem)
-            for stem in (name[:-5] for name in entries if name.endswith(".json"))
-            if stem.isdigit() and stem.isascii()
-        ]
+        numbers = [n for n in map(_record_number, entries) if n is not None]
         numbers.sort()
         return numbers
 
     def _write_counter(self, number: int) -> None:
-        write_atomic(self.counter_path, _encode({"next": number}, "counter"))
-        fsync_dir(self.state_dir)
+        write_atomic(self.counter_path, encode_json({"next": number}, "counter").encode())
 
     def _write_record(self, number: int, record: Mapping[str, Any]) -> None:
-        write_atomic(self._record_path(number), _encode(record, f"record of version {number}"))
+        data = encode_json(record, f"record of version {number}").encode("utf-8")
+        write_atomic(Path(self._record_path(number)), data)
 
     def _wrap_os(self, exc: OSError) -> BackendError:
         where = exc.filename or self.state_dir
@@ -230,65 +269,75 @@ class FileBackend(Backend):
 
     def allocate(self, floor: int, record: Mapping[str, Any]) -> int:
         data = dict(record)
-        _encode(data, "record")
+        encode_json(data, "record")
         with self._locked():
             current, has_counter = self._next_unlocked()
             number = max(current, floor)
             data["version"] = number
             try:
-                if not has_counter:  # a new registry: from now on a missing counter is damage
-                    self._write_counter(0)
+                # The counter first: a crash before the record only burns the number.
+                self._write_counter(number + 1)
+                fsync_dir(self.state_dir)
+                pause_point("allocate:after-counter")
+                if not has_counter:
+                    self.best_index.create_empty()
                 self._write_record(number, data)
                 fsync_dir(self.records_dir)
+                if data.get("checkpoints"):
+                    self.best_index.change(number, [], data["checkpoints"])
             except OSError as exc:
                 raise self._wrap_os(exc) from exc
         return number
 
-    def _read_record(self, path: Path | str, number: int) -> Record | None:
+    def _read_record(self, path: str, number: int) -> Record | None:
         record = self._read_json(path)
         if record is not None and record.get("version") != number:
-            raise self._corrupt(
-                Path(path), f"it holds version {record.get('version')!r}, not {number}"
-            )
+            raise self._corrupt(path, f"it holds version {record.get('version')!r}, not {number}")
         return record
 
     def get(self, number: int) -> Record | None:
         return self._read_record(self._record_path(number), number)
 
     def list(self) -> list[Record]:
-        records = []
+        return list(self.iter_records())
+
+    def iter_records(self, *, newest_first: bool = False) -> Iterator[Record]:
+        numbers = self._record_numbers()
+        if newest_first:
+            numbers.reverse()
         folder = str(self.records_dir)
-        for number in self._record_numbers():
-            # Plain string paths: this runs once per version for every listing and best().
+        for number in numbers:
             record = self._read_record(os.path.join(folder, f"{number}.json"), number)
             if record is not None:
-                records.append(record)
-        return records
+                yield record
 
-    def update(self, number: int, patch: Mapping[str, Any]) -> None:
-        patch = dict(patch)
-        self.modify(number, lambda _record: patch)
+    def numbers(self) -> set[int]:
+        return set(self._record_numbers())
 
-    def modify(self, number: int, change: Callable[[Record], Mapping[str, Any]]) -> None:
+    def modify(self, number: int, change: Change) -> Record:
         path = self._record_path(number)
         with self._locked():
             record = self._read_record(path, number)
             if record is None:
                 raise VersionNotFoundError(f"version {number} does not exist in {self.describe()}")
-            patch = change(dict(record))
-            if not patch:
-                return
-            record.update(patch)
-            record["version"] = number
-            data = _encode(record, f"record of version {number}")
+            new = self._merge(number, record, change)
+            if new is None:
+                return record
+            data = encode_json(new, f"record of version {number}").encode("utf-8")
+            old_items, new_items = record.get("checkpoints"), new.get("checkpoints")
             try:
-                write_atomic(path, data)
+                if old_items != new_items:
+                    # Additions reach the index before the record, removals after it: a
+                    # crash in between leaves extra entries, which queries check anyway.
+                    self.best_index.change(number, old_items, new_items, removals=False)
+                write_atomic(Path(path), data)
                 fsync_dir(self.records_dir)
+                pause_point("modify:after-record")
+                if old_items != new_items:
+                    self.best_index.change(number, old_items, new_items, additions=False)
             except OSError as exc:
                 raise self._wrap_os(exc) from exc
-
-    def append(self, number: int, key: str, item: Any) -> None:
-        self.modify(number, lambda record: {key: [*(record.get(key) or []), item]})
+            return new
 
     def next_number(self) -> int:
         return self._next_unlocked()[0]
@@ -300,9 +349,34 @@ class FileBackend(Backend):
                 return current
             try:
                 self._write_counter(at_least)
+                fsync_dir(self.state_dir)
             except OSError as exc:
                 raise self._wrap_os(exc) from exc
             return at_least
+
+    def get_meta(self) -> Record:
+        return self._read_json(self.meta_path) or {}
+
+    def modify_meta(self, change: Change) -> Record:
+        with self._locked():
+            meta = self._read_json(self.meta_path) or {}
+            new = self._merge_meta(meta, change)
+            if new is None:
+                return meta
+            try:
+                write_atomic(self.meta_path, encode_json(new, "experiment metadata").encode())
+                fsync_dir(self.state_dir)
+            except OSError as exc:
+                raise self._wrap_os(exc) from exc
+            return new
+
+    def best_candidates(self, metric: str, mode: str) -> Iterator[tuple[int, Record]]:
+        """Best first from the index, each checked against its record; else a scan."""
+        yield from self.best_index.candidates(metric, mode, self, self._rebuild_index)
+
+    def _rebuild_index(self) -> None:
+        with contextlib.suppress(OSError, BackendError), self._locked():
+            self.best_index.rebuild(self.iter_records())
 
     # -- repair ----------------------------------------------------------------------
 
@@ -315,14 +389,30 @@ class FileBackend(Backend):
         os.replace(path, target)
         return target
 
+    def _canonical_names(self, actions: _List[str]) -> None:
+        """``007.json`` -> ``7.json`` (set aside when ``7.json`` exists too)."""
+        for name in sorted(os.listdir(self.records_dir)):
+            match = re.match(r"^(\d+)\.json$", name)
+            if not match or _record_number(name) is not None:
+                continue
+            path = self.records_dir / name
+            canonical = self.records_dir / f"{int(match.group(1))}.json"
+            if len(match.group(1)) > 19 or canonical.exists():
+                kept = self._set_aside(path)
+                actions.append(f"set aside {name} (kept as {kept.name})")
+            else:
+                os.replace(path, canonical)
+                actions.append(f"renamed {name} to {canonical.name}")
+
     def repair(self, floor: int) -> dict[str, Any]:
         """Rebuild the counter and unreadable records; never lowers the next number.
 
         Unreadable files are kept under ``<name>.corrupt`` and replaced: a record by a
         stub with status ``unknown``, the counter by one above everything known (the
         records, the set-aside files' numbers, the folders, the old counter if readable).
+        The best-checkpoint index is rebuilt from the records.
         """
-        actions: list[str] = []
+        actions: _List[str] = []
         with self._locked():
             try:
                 for folder in (self.state_dir, self.records_dir):
@@ -330,9 +420,10 @@ class FileBackend(Backend):
                         if name.startswith(".") and name.endswith(".tmp"):
                             os.unlink(folder / name)
                             actions.append(f"removed unfinished write {folder / name}")
+                self._canonical_names(actions)
                 highest = -1
                 for number in self._record_numbers():
-                    path = self._record_path(number)
+                    path = self.records_dir / f"{number}.json"
                     highest = max(highest, number)
                     try:
                         record = self._read_json(path)
@@ -353,7 +444,7 @@ class FileBackend(Backend):
                     )
                     actions.append(f"replaced unreadable record {path} (kept as {kept.name})")
                 for name in os.listdir(self.records_dir):
-                    match = re.match(r"^(\d+)\.json\.corrupt\d*$", name)
+                    match = re.match(r"^(\d{1,19})\.json\.corrupt\d*$", name)
                     if match:
                         highest = max(highest, int(match.group(1)))
                 previous: int | None
@@ -371,6 +462,12 @@ class FileBackend(Backend):
                     self._write_counter(target)
                 if previous != target:
                     actions.append(f"next number set to {target} (was {previous})")
+                try:
+                    self._read_json(self.meta_path)
+                except CorruptStateError:
+                    kept = self._set_aside(self.meta_path)
+                    actions.append(f"set aside unreadable metadata (kept as {kept.name})")
+                self.best_index.rebuild(self.iter_records())
                 fsync_dir(self.records_dir)
                 fsync_dir(self.state_dir)
             except OSError as exc:

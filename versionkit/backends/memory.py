@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from versionkit.backends.base import Backend, Record
-from versionkit.errors import BackendError, VersionNotFoundError
+from versionkit.backends.base import Backend, Change, Record, encode_json
 
 __all__ = ["MemoryBackend"]
 
@@ -27,21 +26,8 @@ class _Store:
     # copy.deepcopy) and it enforces the contract's JSON-able records, so a test that
     # passes here does not fail later on a file or SQL backend.
     records: dict[int, str] = field(default_factory=dict)
+    meta: str = "{}"
     lock: threading.RLock = field(default_factory=threading.RLock)
-
-
-def _check_number(number: int) -> None:
-    if isinstance(number, bool) or not isinstance(number, int) or number < 0:
-        raise VersionNotFoundError(
-            f"version {number!r} is not a valid version number (expected an integer >= 0)"
-        )
-
-
-def _dump(value: Mapping[str, Any], what: str) -> str:
-    try:
-        return json.dumps(dict(value), separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
-        raise BackendError(f"{what} is not JSON-able: {exc}") from exc
 
 
 def _load(text: str) -> Record:
@@ -75,16 +61,16 @@ class MemoryBackend(Backend):
 
     def allocate(self, floor: int, record: Mapping[str, Any]) -> int:
         data = dict(record)
-        _dump(data, "record")
+        encode_json(data, "record")
         with self._store.lock:
             number = max(self._store.next, floor)
             data["version"] = number
-            self._store.records[number] = _dump(data, "record")
+            self._store.records[number] = encode_json(data, "record")
             self._store.next = number + 1
         return number
 
     def get(self, number: int) -> Record | None:
-        _check_number(number)
+        self.check_number(number)
         with self._store.lock:
             text = self._store.records.get(number)
         return _load(text) if text is not None else None
@@ -94,26 +80,26 @@ class MemoryBackend(Backend):
             texts = [self._store.records[n] for n in sorted(self._store.records)]
         return [_load(text) for text in texts]
 
-    def update(self, number: int, patch: Mapping[str, Any]) -> None:
-        patch = dict(patch)
-        self.modify(number, lambda _record: patch)
+    def numbers(self) -> set[int]:
+        with self._store.lock:
+            return set(self._store.records)
 
-    def modify(self, number: int, change: Callable[[Record], Mapping[str, Any]]) -> None:
-        _check_number(number)
+    def modify(self, number: int, change: Change) -> Record:
+        self.check_number(number)
         with self._store.lock:
             text = self._store.records.get(number)
             if text is None:
-                raise VersionNotFoundError(f"version {number} does not exist in {self.describe()}")
-            record = _load(text)
-            patch = change(_load(text))
-            if not patch:
-                return
-            record.update(_load(_dump(patch, f"update of version {number}")))
-            record["version"] = number
-            self._store.records[number] = _dump(record, f"record of version {number}")
+                raise self._not_found(number)
+            record = self._merge(number, _load(text), change)
+            if record is None:
+                return _load(text)
+            self._store.records[number] = encode_json(record, f"record of version {number}")
+            return record
 
-    def append(self, number: int, key: str, item: Any) -> None:
-        self.modify(number, lambda record: {key: [*(record.get(key) or []), item]})
+    def _not_found(self, number: int) -> Exception:
+        from versionkit.errors import VersionNotFoundError
+
+        return VersionNotFoundError(f"version {number} does not exist in {self.describe()}")
 
     def next_number(self) -> int:
         with self._store.lock:
@@ -123,6 +109,18 @@ class MemoryBackend(Backend):
         with self._store.lock:
             self._store.next = max(self._store.next, at_least)
             return self._store.next
+
+    def get_meta(self) -> Record:
+        with self._store.lock:
+            return _load(self._store.meta)
+
+    def modify_meta(self, change: Change) -> Record:
+        with self._store.lock:
+            meta = self._merge_meta(_load(self._store.meta), change)
+            if meta is None:
+                return _load(self._store.meta)
+            self._store.meta = encode_json(meta, "experiment metadata")
+            return meta
 
     def describe(self) -> str:
         return f"memory registry {self.name or 'default'!r}"

@@ -1,0 +1,180 @@
+"""The SQL backend's tables, their layout version, and the upgrades between versions.
+
+Tables (created, or upgraded, on first use; DDL is transactional on both databases)::
+
+    versionkit_meta             key -> value; "schema_version" is the layout's version
+    versionkit_experiments      experiment -> next_number (the counter; never lowered)
+    versionkit_versions         (experiment, number) -> record (JSON text), unique key
+    versionkit_experiment_meta  experiment -> meta (JSON text): tags and other indexes
+    versionkit_checkpoints      (experiment, number, path, metric) -> value, step: the
+                                recorded checkpoint metrics, indexed for ``best``
+
+``versionkit_checkpoints`` is derived from the records' ``checkpoints`` lists, written in
+the same transaction as the record it comes from.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from versionkit.backends.base import checkpoint_metric, checkpoint_step
+from versionkit.errors import BackendError, CorruptStateError
+
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "TABLE_PREFIX",
+    "checkpoint_rows",
+    "checkpoints",
+    "create_or_upgrade",
+    "experiment_meta",
+    "experiments",
+    "meta",
+    "read_schema_version",
+    "versions",
+]
+
+#: Version of the table layout this code writes; a database at a higher one is refused.
+SCHEMA_VERSION = 2
+#: Every table this backend owns starts with this.
+TABLE_PREFIX = "versionkit_"
+
+metadata = sa.MetaData()
+meta = sa.Table(
+    f"{TABLE_PREFIX}meta",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+experiments = sa.Table(
+    f"{TABLE_PREFIX}experiments",
+    metadata,
+    sa.Column("experiment", sa.Text, primary_key=True),
+    sa.Column("next_number", sa.BigInteger, nullable=False),
+)
+versions = sa.Table(
+    f"{TABLE_PREFIX}versions",
+    metadata,
+    sa.Column("experiment", sa.Text, primary_key=True),
+    sa.Column("number", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("record", sa.Text, nullable=False),
+)
+experiment_meta = sa.Table(
+    f"{TABLE_PREFIX}experiment_meta",
+    metadata,
+    sa.Column("experiment", sa.Text, primary_key=True),
+    sa.Column("meta", sa.Text, nullable=False),
+)
+checkpoints = sa.Table(
+    f"{TABLE_PREFIX}checkpoints",
+    metadata,
+    sa.Column("experiment", sa.Text, primary_key=True),
+    sa.Column("number", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("path", sa.Text, primary_key=True),
+    sa.Column("metric", sa.Text, primary_key=True),
+    sa.Column("value", sa.Double, nullable=False),
+    sa.Column("step", sa.BigInteger, nullable=False),
+)
+#: ``best``'s index: the head of one metric's order is one index range scan.
+BEST_INDEX = sa.Index(
+    f"ix_{TABLE_PREFIX}checkpoints_best",
+    checkpoints.c.experiment,
+    checkpoints.c.metric,
+    checkpoints.c.value,
+)
+
+
+def checkpoint_rows(experiment: str, number: int, items: Any) -> list[dict[str, Any]]:
+    """The ``versionkit_checkpoints`` rows of one record's ``checkpoints`` list."""
+    from versionkit.registry.checkpoint_names import parse_checkpoint_name
+
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for item in items if isinstance(items, list) else ():
+        if not isinstance(item, dict) or not isinstance(item.get("path"), str):
+            continue
+        path = item["path"]
+        names = set(item["metrics"]) if isinstance(item.get("metrics"), dict) else set()
+        names |= set(parse_checkpoint_name(path.rsplit("/", 1)[-1])[1])
+        for metric in names:
+            value = checkpoint_metric(item, str(metric))
+            if value is not None:
+                rows[(path, str(metric))] = {
+                    "experiment": experiment,
+                    "number": number,
+                    "path": path,
+                    "metric": str(metric),
+                    "value": value,
+                    "step": checkpoint_step(item),
+                }
+    return list(rows.values())
+
+
+def _to_v2(conn: Connection) -> None:
+    """Version 1 -> 2: experiment metadata, and the checkpoint index filled from records."""
+    metadata.create_all(conn, tables=[experiment_meta, checkpoints], checkfirst=True)
+    rows = conn.execute(sa.select(versions.c.experiment, versions.c.number, versions.c.record))
+    batch: list[dict[str, Any]] = []
+    for experiment, number, text in rows:
+        try:
+            record = json.loads(text)
+        except ValueError:
+            continue  # repair turns it into a stub; it has no checkpoints to index
+        if isinstance(record, dict):
+            batch += checkpoint_rows(experiment, int(number), record.get("checkpoints"))
+    if batch:
+        conn.execute(sa.insert(checkpoints), batch)
+
+
+#: Upgrades of the table layout: ``MIGRATIONS[k](conn)`` turns version k into k + 1.
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _to_v2}
+
+
+def read_schema_version(conn: Connection, where: str) -> int | None:
+    """The layout version the database holds (``None``: no tables yet)."""
+    if not sa.inspect(conn).has_table(meta.name):
+        return None
+    value = conn.execute(
+        sa.select(meta.c.value).where(meta.c.key == "schema_version")
+    ).scalar_one_or_none()
+    if value is None:
+        return None
+    try:
+        version = int(value)
+    except ValueError:
+        raise CorruptStateError(
+            f"{where}: table {meta.name} holds schema_version {value!r}, not an integer; "
+            f"nothing was changed"
+        ) from None
+    if version > SCHEMA_VERSION:
+        from versionkit import __version__
+
+        raise BackendError(
+            f"{where} was set up by a newer versionkit (table schema version {version}; "
+            f"this versionkit {__version__} knows up to {SCHEMA_VERSION}); upgrade versionkit "
+            f"to use this registry"
+        )
+    return version
+
+
+def create_or_upgrade(conn: Connection, where: str) -> None:
+    """Inside a write transaction (serialised by the caller): create or upgrade the layout."""
+    version = read_schema_version(conn, where)
+    if version is None:
+        metadata.create_all(conn, checkfirst=True)
+        conn.execute(sa.insert(meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
+        return
+    while version < SCHEMA_VERSION:
+        migrate = MIGRATIONS.get(version)
+        if migrate is None:
+            raise CorruptStateError(
+                f"{where}: table {meta.name} says schema version {version}, which no "
+                f"versionkit ever wrote; nothing was changed"
+            )
+        migrate(conn)
+        version += 1
+    conn.execute(sa.update(meta).where(meta.c.key == "schema_version").values(value=str(version)))

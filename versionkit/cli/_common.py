@@ -1,0 +1,194 @@
+"""What every ``versionkit`` subcommand shares: opening the registry, references, output."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from versionkit.errors import EXIT_USAGE, ConfigError, VersionkitError
+
+if TYPE_CHECKING:
+    from versionkit.registry import Registry, VersionInfo
+
+#: Commands that never create the experiment root (a missing root is a usage mistake).
+READ_ONLY = {"list", "show", "best", "diff", "repair", "tag", "note", "status", "gc", "export"}
+
+
+class UsageError(VersionkitError):
+    """A command line that is wrong as written (exit status 2)."""
+
+    exit_code = EXIT_USAGE
+
+
+def version_arg(text: str) -> int:
+    """argparse type: a version number (an integer >= 0)."""
+    try:
+        value = int(text, 10)
+    except ValueError:
+        value = -1
+    if value < 0 or not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(
+            f"expected a version number (an integer >= 0), got {text!r}"
+        )
+    return value
+
+
+def split_root(args: argparse.Namespace) -> None:
+    """Split ``ROOT@REF`` into ``args.root`` and ``args.root_ref`` (``None`` without one).
+
+    A folder that exists under the whole name (``runs@2``) stays a folder.
+    """
+    from versionkit.curate.refs import split_reference
+
+    text: str = args.root
+    root, ref = split_reference(text)
+    if ref is not None and Path(text).is_dir() and not Path(root).is_dir():
+        root, ref = text, None
+    args.root, args.root_ref = root, ref
+
+
+def one_ref(args: argparse.Namespace, given: str | None, what: str = "N") -> str:
+    """The version reference of a command: ``ROOT@REF`` or a separate ``N`` (not both)."""
+    if args.root_ref is not None and given is not None:
+        raise UsageError(
+            f"give the version once: either {args.root}@{args.root_ref} or {what} {given}"
+        )
+    ref = given if given is not None else args.root_ref
+    if ref is None:
+        raise UsageError(f"which version? give {what} (a number, latest, best or a tag) "
+                         f"or ROOT@{what}")
+    return ref
+
+
+def open_registry(args: argparse.Namespace) -> Registry:
+    """The registry of ``args.root`` through ``--backend`` / ``$VERSIONKIT_BACKEND``."""
+    from versionkit.backends import ENV_VAR, scheme_of
+    from versionkit.registry import Registry
+
+    if not str(args.root).strip():
+        raise UsageError("the experiment root is empty: expected a folder, e.g. outputs/exp")
+    root = Path(args.root)
+    uri = args.backend or os.environ.get(ENV_VAR) or "file"
+    if args.command in READ_ONLY and scheme_of(uri) == "file" and not root.is_dir():
+        what = "is not a folder" if root.exists() else "does not exist"
+        raise UsageError(f"experiment root {root} {what}")
+    return Registry(args.root, uri, experiment=args.experiment)
+
+
+def resolve(reg: Registry, ref: str) -> int:
+    """A version reference (N, latest, best, a tag) -> its number in ``reg``."""
+    from versionkit.curate.refs import resolve_version
+
+    return resolve_version(reg, ref)
+
+
+def iter_versions(
+    reg: Registry, *, limit: int | None = None, newest_first: bool = False
+) -> Iterator[VersionInfo]:
+    """``Registry.iter_versions``: streamed, so ``--limit`` reads only what it shows."""
+    yield from reg.iter_versions(limit=limit, newest_first=newest_first)
+
+
+def tags_by_version(reg: Registry) -> dict[int, list[str]]:
+    """Tags per version, from the experiment's metadata."""
+    from versionkit.curate.refs import tags_by_version as by_version
+
+    return by_version(reg)
+
+
+def comma_list(text: str, what: str) -> list[str]:
+    """``"a,b, c"`` -> ``["a", "b", "c"]``; an empty item is a usage mistake."""
+    items = [item.strip() for item in text.split(",")]
+    if not all(items):
+        raise ConfigError(f"{what}: expected a comma-separated list, got {text!r}")
+    return items
+
+
+# -- output -----------------------------------------------------------------------------
+
+
+def finite(value: Any) -> Any:
+    """NaN and infinities -> None: strict JSON parsers (jq, JavaScript) reject NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
+def dump(value: Any, out: TextIO) -> None:
+    """Pretty JSON, strict (no NaN), one document."""
+    text = json.dumps(finite(value), indent=2, ensure_ascii=False, default=str, allow_nan=False)
+    out.write(text + "\n")
+
+
+def dump_stream(items: Iterable[Any], out: TextIO) -> None:
+    """A JSON array written one element (one line) at a time, so memory stays bounded."""
+    out.write("[")
+    first = True
+    for item in items:
+        text = json.dumps(finite(item), ensure_ascii=False, default=str, allow_nan=False)
+        out.write(("\n" if first else ",\n") + text)
+        first = False
+    out.write("]\n" if first else "\n]\n")
+
+
+def table(rows: list[list[str]], out: TextIO) -> None:
+    """Left-aligned columns, two spaces apart."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=True)]
+        out.write("  ".join(cells).rstrip() + "\n")
+
+
+def when(stamp: str | None) -> str:
+    """An ISO time stamp in local time, seconds precision."""
+    if not stamp:
+        return "-"
+    import datetime as dt
+
+    try:
+        return dt.datetime.fromisoformat(stamp).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        return stamp
+
+
+def number(value: Any) -> str:
+    """A metric or config value, short."""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, default=str)
+
+
+def metrics_text(metrics: dict[str, Any], limit: int = 3) -> str:
+    """``a=1 b=2 (+3)``."""
+    items = [f"{k}={number(v)}" for k, v in sorted(metrics.items())[:limit]]
+    if len(metrics) > limit:
+        items.append(f"(+{len(metrics) - limit})")
+    return " ".join(items) or "-"
+
+
+def git_text(info: VersionInfo) -> str:
+    """Short commit, ``*`` when the tree was dirty."""
+    if not info.git_commit:
+        return "-"
+    return info.git_commit[:8] + ("*" if info.git_dirty else "")
+
+
+def human_bytes(n: int) -> str:
+    """``1536`` -> ``1.5 KiB``."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{int(size)} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"

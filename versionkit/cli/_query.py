@@ -1,0 +1,352 @@
+"""``versionkit list``, ``show``, ``best`` and ``diff``: reading an experiment."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, TextIO
+
+from versionkit.cli._common import (
+    UsageError,
+    comma_list,
+    dump,
+    dump_stream,
+    git_text,
+    iter_versions,
+    metrics_text,
+    number,
+    one_ref,
+    resolve,
+    table,
+    tags_by_version,
+    when,
+)
+from versionkit.curate.listing import best_of, config_columns, last_of, sort_key, unknown_columns
+from versionkit.errors import ConfigError, VersionNotFoundError
+from versionkit.sweep.records import in_sweep
+
+if TYPE_CHECKING:
+    from versionkit.registry import CheckpointInfo, Registry, VersionInfo
+
+Adder = Callable[[str, str], argparse.ArgumentParser]
+_SORTS = ("version", "created", "status", "best", "last")
+
+
+def register(add: Adder) -> None:
+    """Add the query subcommands to the parser."""
+    p = add("list", "list the versions of an experiment (dead runs are marked 'dead')")
+    p.add_argument("--limit", type=int, metavar="N", default=None,
+                   help="only the N newest versions, newest first")
+    p.add_argument("--columns", metavar="KEYS", default=None,
+                   help="config values to show, e.g. optim.lr,trainer.max_steps")
+    p.add_argument("--status", metavar="S[,S]", default=None,
+                   help="only versions with these statuses (running, completed, dead, ...)")
+    p.add_argument("--tag", metavar="NAME", default=None, help="only the version tagged NAME")
+    p.add_argument("--sweep", metavar="STUDY", default=None,
+                   help="only the versions that the trials of sweep STUDY made")
+    p.add_argument("--sort", metavar="KEY", default=None,
+                   help="order by version, created, status, best, last or a --columns key; "
+                   "--sort=-KEY reverses")
+    p = add("show", "show everything recorded about one version")
+    p.add_argument("ref", metavar="N", nargs="?", default=None,
+                   help="a version number, latest, best or a tag (or write ROOT@N)")
+    p = add("best", "the best checkpoint by a metric, over every version")
+    p.add_argument("--metric", default="val_loss", help="metric name (default: val_loss)")
+    p.add_argument("--mode", choices=("min", "max"), default="min", help="min (default) or max")
+    p.add_argument("--version", dest="only", default=None, metavar="N",
+                   help="only look at version N (a number, latest or a tag)")
+    p = add("diff", "what changed between versions' configs (two, or a table for more)")
+    p.add_argument("refs", metavar="A B [C ...]", nargs="*",
+                   help="versions: numbers, latest, best or tags")
+
+
+# -- list -------------------------------------------------------------------------------
+
+
+def _row(v: VersionInfo, tags: dict[int, list[str]], columns: list[str]) -> dict[str, Any]:
+    best = best_of(v.record)
+    last = last_of(v.record)
+    return {
+        "info": v,
+        "tags": tags.get(v.version, []),
+        "best": None if best is None else {"val_loss": best[0], "step": best[1]},
+        "last": None if last is None else {"val_loss": last[0], "step": last[1]},
+        "columns": config_columns(v.record, columns),
+    }
+
+
+def _sort_value(row: dict[str, Any], key: str) -> Any:
+    info: VersionInfo = row["info"]
+    if key == "version":
+        return info.version
+    if key == "created":
+        return info.created_at
+    if key == "status":
+        return info.display_status
+    if key in ("best", "last"):
+        return None if row[key] is None else row[key]["val_loss"]
+    return row["columns"].get(key)
+
+
+def _list_rows(reg: Registry, args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+    """Checks every flag first (nothing is printed before a refusal), then streams rows."""
+    columns = comma_list(args.columns, "--columns") if args.columns is not None else []
+    statuses = set(comma_list(args.status, "--status")) if args.status is not None else None
+    if args.limit is not None and args.limit < 0:
+        raise ConfigError(f"--limit must be >= 0, got {args.limit}")
+    tags = tags_by_version(reg)
+    only: int | None = None
+    if args.tag is not None:
+        from versionkit.curate.refs import lookup_tag
+
+        only = lookup_tag(reg, args.tag)
+        if only is None:
+            names = ", ".join(sorted({t for ts in tags.values() for t in ts})) or "none"
+            raise VersionNotFoundError(f"no tag {args.tag!r} in {reg.root} (tags: {names})")
+    sort = args.sort
+    if sort is not None:
+        key = sort.lstrip("-")
+        if key not in _SORTS and key not in columns:
+            raise ConfigError(
+                f"--sort {sort!r}: expected one of {', '.join(_SORTS)} or a --columns key"
+            )
+    newest_first = args.limit is not None
+    filtered = statuses is not None or only is not None or args.sweep is not None
+    versions = (iter([reg.get(only)]) if only is not None else
+                iter_versions(reg, limit=None if filtered else args.limit,
+                              newest_first=newest_first))
+    return _rows(versions, args, tags, columns, statuses, only)
+
+
+def _rows(versions: Iterator[VersionInfo], args: argparse.Namespace,
+          tags: dict[int, list[str]], columns: list[str], statuses: set[str] | None,
+          only: int | None) -> Iterator[dict[str, Any]]:
+    count = 0
+    for v in versions:
+        if only is not None and v.version != only:
+            continue
+        if statuses is not None and v.display_status not in statuses and v.status not in statuses:
+            continue
+        if args.sweep is not None and not in_sweep(v, args.sweep):
+            continue
+        if args.limit is not None and count >= args.limit:
+            break
+        count += 1
+        yield _row(v, tags, columns)
+
+
+def _json_row(row: dict[str, Any]) -> dict[str, Any]:
+    info: VersionInfo = row["info"]
+    data = info.to_json()
+    data.update(tags=row["tags"], note=info.record.get("note"), best=row["best"],
+                last=row["last"], columns=row["columns"])
+    return data
+
+
+def _at(metric: dict[str, Any] | None) -> str:
+    if metric is None:
+        return "-"
+    step = metric["step"]
+    return number(metric["val_loss"]) + (f"@{step}" if step is not None else "")
+
+
+def cmd_list(reg: Registry, args: argparse.Namespace, out: TextIO) -> int:
+    """``versionkit list``."""
+    if args.root_ref is not None:
+        raise UsageError("list takes an experiment root, not ROOT@version")
+    columns = comma_list(args.columns, "--columns") if args.columns is not None else []
+    rows_iter = _list_rows(reg, args)
+    if args.sort is not None:
+        key = args.sort.lstrip("-")
+        rows_all = sorted(rows_iter, key=lambda r: sort_key(_sort_value(r, key)))
+        if args.sort.startswith("-"):
+            rows_all = [r for r in rows_all if _sort_value(r, key) is not None][::-1] + [
+                r for r in rows_all if _sort_value(r, key) is None
+            ]
+        rows_iter = iter(rows_all)
+    if columns:
+        rows_list = list(rows_iter)
+        unknown_columns((r["info"].record for r in rows_list), columns)
+        rows_iter = iter(rows_list)
+    if args.json:
+        dump_stream((_json_row(r) for r in rows_iter), out)
+        return 0
+    header = ["VERSION", "STATUS", "CREATED", "HOST", "GIT", "TAGS", "BEST VAL_LOSS@STEP",
+              "LAST VAL_LOSS@STEP", *[c.upper() for c in columns], "NOTE"]
+    rows = [header]
+    for r in rows_iter:
+        v: VersionInfo = r["info"]
+        note = v.record.get("note")
+        note_text = " ".join(note.split()) if isinstance(note, str) and note else "-"
+        rows.append([
+            str(v.version), v.display_status, when(v.created_at), v.host or "-", git_text(v),
+            ",".join(r["tags"]) or "-", _at(r["best"]), _at(r["last"]),
+            *["-" if r["columns"][c] is None else number(r["columns"][c]) for c in columns],
+            note_text if len(note_text) <= 40 else note_text[:37] + "...",
+        ])
+    if len(rows) == 1:
+        if args.sweep is not None:
+            out.write(f"no versions of sweep {args.sweep} in {reg.root}\n")
+        else:
+            out.write(f"no versions in {reg.root}\n" if not (args.status or args.tag)
+                      else "no version matches\n")
+        return 0
+    table(rows, out)
+    return 0
+
+
+# -- show / best / diff -----------------------------------------------------------------
+
+
+def _checkpoint_rows(checkpoints: list[CheckpointInfo]) -> list[list[str]]:
+    rows = [["STEP", "METRICS", "PATH"]]
+    for c in checkpoints:
+        rows.append([str(c.step) if c.step is not None else "-", metrics_text(c.metrics),
+                     str(c.path)])
+    return rows
+
+
+def cmd_show(reg: Registry, args: argparse.Namespace, out: TextIO) -> int:
+    """``versionkit show``."""
+    n = resolve(reg, one_ref(args, args.ref))
+    info = reg.get(n)
+    checkpoints = reg.checkpoints(n)
+    tags = tags_by_version(reg).get(n, [])
+    note = info.record.get("note")
+    if args.json:
+        data = info.to_json()
+        data["tags"] = tags
+        data["note"] = note
+        data["checkpoint_files"] = [c.to_json() for c in checkpoints]
+        dump(data, out)
+        return 0
+    best = best_of(info.record)
+    fields = [
+        ("version", str(info.version)),
+        ("status", info.display_status),
+        ("tags", ", ".join(tags) or "-"),
+        ("note", note if isinstance(note, str) and note else "-"),
+        ("created", when(info.created_at)),
+        ("ended", when(info.ended_at)),
+        ("host", info.host or "-"),
+        ("user", info.user or "-"),
+        ("pid", str(info.pid) if info.pid is not None else "-"),
+        ("command", " ".join(info.command) or "-"),
+        ("git", (info.git_commit or "-") + (" (dirty)" if info.git_dirty else "")),
+        ("seed", str(info.seed) if info.seed is not None else "-"),
+        ("config hash", info.config_hash or "-"),
+        ("versions", f"python {info.python or '-'}, torch {info.torch or '-'}, "
+                     f"lightning {info.lightning or '-'}, versionkit {info.versionkit or '-'}"),
+        ("checkpoint dir", str(info.checkpoint_dir)),
+        ("log dir", str(info.log_dir)),
+        ("metrics", metrics_text(info.metrics, limit=20)),
+        ("best val_loss", _at(None if best is None else {"val_loss": best[0], "step": best[1]})),
+    ]
+    origin = info.record.get("imported_from")
+    if isinstance(origin, dict):
+        fields.append(("imported from", f"{origin.get('host')}:{origin.get('root')} version "
+                                        f"{origin.get('version')}"))
+    if info.error:
+        fields.append(("error", info.error))
+    width = max(len(k) for k, _ in fields)
+    for key, value in fields:
+        out.write(f"{key.ljust(width)}  {value}\n")
+    config = info.record.get("config")
+    if isinstance(config, dict) and config:
+        from versionkit._diff import flatten  # light: no pydantic, no yaml
+
+        out.write("\nconfig:\n")
+        for key, value in flatten(config).items():
+            out.write(f"  {key}: {json.dumps(value, default=str)}\n")
+    if checkpoints:
+        out.write("\n")
+        table(_checkpoint_rows(checkpoints), out)
+    return 0
+
+
+def cmd_best(reg: Registry, args: argparse.Namespace, out: TextIO) -> int:
+    """``versionkit best``."""
+    if args.root_ref is not None and args.only is not None:
+        raise UsageError("give the version once: ROOT@N or --version N")
+    ref = args.only if args.only is not None else args.root_ref
+    only = resolve(reg, ref) if ref is not None else None
+    best = reg.best(args.metric, args.mode, version=only)
+    if best is None:
+        scope = f"version {only}" if only is not None else str(reg.root)
+        raise VersionNotFoundError(f"no existing checkpoint in {scope} has a {args.metric!r} value")
+    value = best.metrics[args.metric]
+    if args.json:
+        dump({"path": str(best.path), "version": best.version, "step": best.step,
+              args.metric: value, "metric": args.metric, "mode": args.mode,
+              "metrics": best.metrics}, out)
+    else:
+        out.write(f"best {args.metric} ({args.mode}): {number(value)}\n")
+        out.write(f"version: {best.version}\nstep: {best.step if best.step is not None else '-'}\n")
+        out.write(f"path: {best.path}\n")
+    return 0
+
+
+def _show_value(value: Any) -> str:
+    from versionkit.config import MISSING
+
+    return "(missing)" if value is MISSING else json.dumps(value, default=str)
+
+
+def cmd_diff(reg: Registry, args: argparse.Namespace, out: TextIO) -> int:
+    """``versionkit diff``: two versions as ``key: old -> new``, more as one table."""
+    refs = ([args.root_ref] if args.root_ref is not None else []) + list(args.refs)
+    if len(refs) < 2:
+        raise UsageError(f"diff needs at least two versions, got {len(refs)}")
+    numbers = [resolve(reg, r) for r in refs]
+    if len(numbers) == 2:
+        return _diff_two(reg, numbers[0], numbers[1], args, out)
+    from versionkit._diff import MISSING, _same, flatten
+
+    flats = [flatten(reg.config(n)) for n in numbers]
+    keys: list[str] = []
+    for flat in flats:
+        keys += [k for k in flat if k not in keys]
+    differing = [k for k in keys if not all(
+        _same(flats[0].get(k, MISSING), f.get(k, MISSING)) for f in flats[1:])]
+    bests = [best_of(reg.get(n).record) for n in numbers]
+    if args.json:
+        dump({
+            "versions": numbers,
+            "keys": {k: [f.get(k) for f in flats] for k in differing},
+            "missing": {k: [k not in f for f in flats] for k in differing},
+            "best": [None if b is None else {"val_loss": b[0], "step": b[1]} for b in bests],
+        }, out)
+        return 0
+    rows = [["KEY", *[f"version {n}" for n in numbers]]]
+    for k in differing:
+        rows.append([k, *[_show_value(f.get(k, MISSING)) for f in flats]])
+    rows.append(["best val_loss", *[_at(None if b is None else {"val_loss": b[0], "step": b[1]})
+                                    for b in bests]])
+    if not differing:
+        out.write(f"versions {', '.join(map(str, numbers))} have the same config\n")
+    table(rows, out)
+    return 0
+
+
+def _diff_two(reg: Registry, a: int, b: int, args: argparse.Namespace, out: TextIO) -> int:
+    changes = reg.diff(a, b)
+    from versionkit.config import MISSING
+
+    if args.json:
+        data: dict[str, dict[str, Any]] = {}
+        for key, (old, new) in changes.items():
+            entry: dict[str, Any] = {}
+            if old is not MISSING:
+                entry["old"] = old
+            if new is not MISSING:
+                entry["new"] = new
+            data[key] = entry
+        dump(data, out)
+        return 0
+    if not changes:
+        out.write(f"versions {a} and {b} have the same config\n")
+        return 0
+    for key, (old, new) in changes.items():
+        out.write(f"{key}: {_show_value(old)} -> {_show_value(new)}\n")
+    return 0
