@@ -271,6 +271,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.preset not in ("tiny16", "digits", *FACTORIES):
+        ap.error(f"unknown preset {args.preset!r}; use tiny16, digits or one of {list(FACTORIES)}")
+    ref_dir = args.reference
+    if ref_dir is not None and not (ref_dir / "models" / "fractalgen.py").is_file():
+        ap.error(
+            f"--reference {ref_dir}: no models/fractalgen.py there; expected a checkout "
+            "of LTH14/fractalgen"
+        )
     kw, num_iter, channels, classes = _preset(args.preset, args.gen)
     if args.num_iter is not None:
         try:

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, cast
+from typing import Any
 
 import torch
 from pydantic import ValidationError
 from torch import Tensor, nn
 
 from fractalgen.config import ModelConfig
+from fractalgen.model import sampling
 from fractalgen.model.ar import ARLevel
-from fractalgen.model.common import NextLevel
 from fractalgen.model.mar import MARLevel
 from fractalgen.model.pixel import PixelHead
 from versionkit.errors import ConfigError
@@ -34,8 +34,6 @@ __all__ = [
     "fractalmar_large_in256",
     "model_settings",
 ]
-
-_CFG_SCHEDULES = ("linear", "constant")
 
 
 class ModelError(ConfigError):
@@ -188,18 +186,12 @@ class FractalGen(nn.Module):
             emb = torch.where((u < self.label_drop_prob).unsqueeze(1), null.to(emb.dtype), emb)
         return emb
 
-    def _out_conds(self, i: int) -> int:
-        """How many conditions level ``i`` hands down: what the level below reads (the pixel
-        head and AR levels one, a MAR level up to five: its ``num_conds``)."""
-        below = self.levels[i + 1] if i + 1 < len(self.levels) else None
-        return min(5, below.num_conds) if isinstance(below, MARLevel) else 1
-
     def _loss(self, imgs: Tensor, cond0: Tensor, generator: torch.Generator | None) -> Tensor:
         cond = cond0.unsqueeze(1).expand(-1, self._top_conds, -1)
         x = imgs
         aux: list[Tensor] = []
-        for i, level in enumerate(self.levels):
-            x, cond, extra = level(x, cond, generator, out_conds=self._out_conds(i))
+        for level, k in zip(self.levels, sampling.conds_handed_down(self.levels), strict=True):
+            x, cond, extra = level(x, cond, generator, out_conds=k)
             if extra is not None:
                 aux.append(extra)
         loss: Tensor = self.pixel_head(x.reshape(x.shape[0], self.in_channels), cond, generator)
@@ -295,87 +287,36 @@ class FractalGen(nn.Module):
         Returns:
             uint8 images (batch_size, C, H, W) with values 0..255.
         """
-        n_levels = len(self.levels)
-        if batch_size < 1:
-            raise ModelError(f"batch_size must be >= 1, got {batch_size}")
-        iters = [int(i) for i in num_iter_list]
-        if len(iters) != n_levels or any(i < 1 for i in iters):
-            raise ModelError(
-                f"num_iter_list needs {n_levels} positive entries (one per level above the "
-                f"pixel head), got {list(num_iter_list)}"
-            )
-        if cfg_schedule not in _CFG_SCHEDULES:
-            raise ModelError(f"cfg_schedule must be 'linear' or 'constant', got {cfg_schedule!r}")
-        if not temperature > 0:
-            raise ModelError(
-                f"temperature must be > 0 (logits are divided by it), got {temperature}"
-            )
-        if not 0.0 <= filter_threshold <= 1.0:
-            raise ModelError(f"filter_threshold must be in [0, 1], got {filter_threshold}")
+        iters = sampling.check_sample_args(
+            len(self.levels), batch_size, num_iter_list, cfg_schedule, temperature, filter_threshold
+        )
         self._check_generator(generator)
-        dev = self.fake_latent.device
         if labels is not None:
-            if self.class_emb is None:
-                raise ModelError(
-                    "this model is unconditional (num_classes=0): sample with labels=None"
-                )
-            labels = torch.as_tensor(labels).to(device=dev, dtype=torch.long)
-            if labels.shape != (batch_size,):
-                raise ModelError(
-                    f"labels must have shape ({batch_size},), got {tuple(labels.shape)}"
-                )
-            lo, hi = int(labels.min()), int(labels.max())
-            if lo < 0 or hi >= self.num_classes:
-                raise ModelError(
-                    f"labels must be in 0..{self.num_classes - 1}, got values {lo}..{hi}"
-                )
+            labels = sampling.check_labels(
+                labels, batch_size, self.num_classes, self.fake_latent.device
+            )
         guided = labels is not None and cfg != 1.0
         cond0 = self._class_cond(labels, batch_size, drop=False, generator=None)
         if guided:
             cond0 = torch.cat([cond0, self.fake_latent.expand(batch_size, -1)], dim=0)
-        cond = cond0.unsqueeze(1).expand(-1, self._top_conds, -1)
-
-        def make_next(i: int) -> NextLevel:
-            if i == n_levels:
-
-                def pixel(c: Tensor, cfg_i: float) -> Tensor:
-                    px = self.pixel_head.sample(
-                        c,
-                        cfg=cfg_i,
-                        guided=guided,
-                        temperature=temperature,
-                        filter_threshold=filter_threshold,
-                        generator=generator,
-                    )
-                    return px.reshape(-1, self.in_channels, 1, 1)
-
-                return pixel
-            below = make_next(i + 1)
-            level = cast("ARLevel | MARLevel", self.levels[i])
-
-            def run(c: Tensor, cfg_i: float) -> Tensor:
-                out: Tensor = level.sample(
-                    c,
-                    num_iter=iters[i],
-                    cfg=cfg_i,
-                    cfg_schedule=cfg_schedule if i == 0 else "constant",
-                    guided=guided,
-                    temperature=temperature,
-                    generator=generator,
-                    next_level=below,
-                    filter_threshold=filter_threshold,
-                    out_conds=self._out_conds(i),
-                )
-                return out
-
-            return run
-
+        plan = sampling.SamplingPlan(
+            iters=iters,
+            out_conds=sampling.conds_handed_down(self.levels),
+            cfg_schedule=cfg_schedule,
+            guided=guided,
+            temperature=temperature,
+            filter_threshold=filter_threshold,
+            generator=generator,
+        )
         was_training = self.training
         self.eval()
         try:
             # Inference mode: less bookkeeping per op, and sampling is thousands of tiny ops.
             with torch.inference_mode():
-                imgs = make_next(0)(cond, float(cfg))
+                cond = cond0.unsqueeze(1).expand(-1, self._top_conds, -1)
+                imgs = sampling.run_levels(list(self.levels), self.pixel_head, plan)(
+                    cond, float(cfg)
+                )
                 out = (imgs.float() * 255).round().clamp(0, 255).to(torch.uint8)
         finally:
             self.train(was_training)
