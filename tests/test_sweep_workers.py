@@ -32,6 +32,7 @@ class ToyConfig(ConfigModel):
     width: int = 8
     sizes: list[int] = Field(default_factory=lambda: [1, 2])
     sleep: float = 0.0
+    wait_workers: int = 0
     registry: str | None = None
     even_width: bool = False
 
@@ -57,6 +58,14 @@ def objective(ctx: Any) -> float:
     ctx.link(info.version, info.checkpoint_dir)
     marker = Path(config.root) / f"started_{ctx.number}"
     marker.write_text(str(os.getpid()))
+    if config.wait_workers:
+        # A barrier: no trial ends before that many workers each hold one, so a test of
+        # workers started together sees them all take part however slowly each starts.
+        (Path(config.root) / f"worker_{os.getpid()}").touch()
+        deadline = time.monotonic() + 90
+        while len(list(Path(config.root).glob("worker_*"))) < config.wait_workers:
+            assert time.monotonic() < deadline, "the other workers never took a trial"
+            time.sleep(0.05)
     time.sleep(config.sleep)
     if config.x < 0:
         registry.set_status(info.version, "failed", error="negative x")
@@ -146,7 +155,9 @@ def test_two_workers_started_together_on_one_journal_run_exactly_the_trials(
     tmp_path: Path,
 ) -> None:
     journal = tmp_path / "study.journal"
-    workers = [_start(tmp_path, "s1", str(journal), 7) for _ in range(2)]
+    workers = [
+        _start(tmp_path, "s1", str(journal), 7, 1, "tpe", "--wait_workers=2") for _ in range(2)
+    ]
     outs = [w.communicate(timeout=120)[0] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], outs
     trials = _trials(str(journal), "s1")
@@ -159,7 +170,7 @@ def test_two_workers_started_together_on_one_journal_run_exactly_the_trials(
     assert sorted(v.record["sweep"]["trial"] for v in records) == list(range(7))
     for t in trials:
         assert 0 <= t.params["x"] <= 1 and 4 <= t.params["width"] <= 16
-    # both workers took trials
+    # both workers took trials (the objective's barrier makes sure they overlap)
     assert all("✓ Experiment version" in out for out in outs), outs
 
 
@@ -168,7 +179,8 @@ def test_two_workers_started_together_on_one_journal_run_exactly_the_trials(
 def test_two_workers_on_one_postgres_study_and_registry(tmp_path: Path, pg_uri: str) -> None:
     storage = _pg_optuna_url(pg_uri)
     workers = [
-        _start(tmp_path, "pg", storage, 6, 1, "tpe", f"--registry={pg_uri}") for _ in range(2)
+        _start(tmp_path, "pg", storage, 6, 1, "tpe", f"--registry={pg_uri}", "--wait_workers=2")
+        for _ in range(2)
     ]
     outs = [w.communicate(timeout=120)[0] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], outs
@@ -179,6 +191,7 @@ def test_two_workers_on_one_postgres_study_and_registry(tmp_path: Path, pg_uri: 
     records = _versions(tmp_path, pg_uri)
     assert sorted(v.record["sweep"]["trial"] for v in records) == list(range(6))
     assert {v.version for v in records} == set(versions)
+    assert all("✓ Experiment version" in out for out in outs), outs
 
 
 @pytest.mark.slow
