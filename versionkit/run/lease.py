@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from versionkit.errors import RegistryError
+from versionkit.registry.provenance import pid_alive
 
 __all__ = [
     "DEFAULT_HEARTBEAT_S",
@@ -64,21 +65,11 @@ def process_start(pid: int) -> str | None:
     return fields[19] if len(fields) > 19 else None
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, owned by someone else
-        return True
-    return True
-
-
 def holder_alive(lease: Mapping[str, Any], *, now: float, timeout: float) -> bool:
     """Whether the process that holds ``lease`` may still be running."""
     host, pid = lease.get("host"), lease.get("pid")
     if host == socket.gethostname():
-        if not isinstance(pid, int) or pid <= 0 or not _pid_alive(pid):
+        if not isinstance(pid, int) or pid <= 0 or not pid_alive(pid):
             return False
         started = lease.get("pid_start")
         return not (isinstance(started, str) and process_start(pid) not in (None, started))
