@@ -62,6 +62,7 @@ __all__ = [
     "ProcessContract",
     "RecordContract",
     "SharingContract",
+    "run_in_processes",
 ]
 
 #: The ``backend`` fixture's type: ``make(name="exp") -> Backend``.
@@ -414,6 +415,33 @@ def _count_meta_in_child(
         out.put(("error", repr(exc)))
 
 
+def run_in_processes(target: Callable[..., None], arg_lists: list[tuple[Any, ...]]) -> list[Any]:
+    """Fork one process per ``arg_lists`` entry, release them together, and return what
+    each put on the queue.
+
+    ``target(*args, start, out)`` waits on ``start`` and puts ``("ok", value)`` or
+    ``("error", text)`` on ``out``; any error fails the calling test.
+    """
+    ctx = multiprocessing.get_context("fork")
+    start, out = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=target, args=(*args, start, out)) for args in arg_lists]
+    with warnings.catch_warnings():
+        # Python >= 3.12 warns when forking a process that has threads (other test
+        # modules may have started torch's); the children only run the code above.
+        warnings.filterwarnings(
+            "ignore", message=r".*multi-threaded.*fork", category=DeprecationWarning
+        )
+        for p in procs:
+            p.start()
+    start.set()
+    results = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(60)
+    errors = [r[1] for r in results if r[0] != "ok"]
+    assert not errors, errors
+    return [r[1] for r in results]
+
+
 class ProcessContract(ContractBase):
     """Atomicity across real processes (skipped when the store is process-local)."""
 
@@ -423,26 +451,7 @@ class ProcessContract(ContractBase):
     def _run(self, target: Callable[..., None], args: tuple[Any, ...]) -> list[Any]:
         if not self.shares_across_processes:
             pytest.skip("this backend's store is local to one process")
-        ctx = multiprocessing.get_context("fork")
-        start, out = ctx.Event(), ctx.Queue()
-        procs = [
-            ctx.Process(target=target, args=(*args, start, out)) for _ in range(self.processes)
-        ]
-        with warnings.catch_warnings():
-            # Python >= 3.12 warns when forking a process that has threads (other test
-            # modules may have started torch's); the children only run the code above.
-            warnings.filterwarnings(
-                "ignore", message=r".*multi-threaded.*fork", category=DeprecationWarning
-            )
-            for p in procs:
-                p.start()
-        start.set()
-        results = [out.get(timeout=120) for _ in procs]
-        for p in procs:
-            p.join(60)
-        errors = [r[1] for r in results if r[0] != "ok"]
-        assert not errors, errors
-        return [r[1] for r in results]
+        return run_in_processes(target, [args] * self.processes)
 
     @staticmethod
     def _spec(b: Backend) -> tuple[type[Backend], str, Any, str]:

@@ -16,9 +16,7 @@ target backend and records where the version came from. Compose it next to the
 
 from __future__ import annotations
 
-import multiprocessing
 import sys
-import warnings
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -29,7 +27,7 @@ from versionkit.curate import gc, refs
 from versionkit.curate.archive import export_version, import_version
 from versionkit.errors import VersionNotFoundError
 from versionkit.registry import Registry
-from versionkit.testing import BackendFactory, ContractBase
+from versionkit.testing import BackendFactory, ContractBase, run_in_processes
 
 __all__ = ["CurateContract"]
 
@@ -124,23 +122,10 @@ class CurateContract(ContractBase):
         reg = _registry(b)
         for _ in range(self.tag_processes):
             reg.allocate()
-        ctx = multiprocessing.get_context("fork")
-        start, out = ctx.Event(), ctx.Queue()
         spec = (type(b), b.uri, b.root, b.experiment)
-        procs = [ctx.Process(target=_move_in_child,
-                             args=(spec, n, self.tag_rounds, start, out))
-                 for n in range(self.tag_processes)]
-        with warnings.catch_warnings():
-            warnings.filterwarnings(
-                "ignore", message=r".*multi-threaded.*fork", category=DeprecationWarning
-            )
-            for p in procs:
-                p.start()
-        start.set()
-        results = [out.get(timeout=120) for _ in procs]
-        for p in procs:
-            p.join(60)
-        assert all(r[0] == "ok" for r in results), results
+        run_in_processes(
+            _move_in_child, [(spec, n, self.tag_rounds) for n in range(self.tag_processes)]
+        )
         tags = refs.tags(reg)
         assert tags.pop("prod") in range(self.tag_processes)
         assert tags == {f"own-{n}-{i}": n for n in range(self.tag_processes)
