@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+from pathlib import Path
 from typing import Any
 
 
@@ -48,3 +49,61 @@ def emit(
         **extra,
     }
     print(json.dumps(row), flush=True)
+
+
+#: PostgreSQL schemas that ``registry_uri`` made, for ``drop_pg_schemas``.
+_PG_SCHEMAS: list[tuple[str, str]] = []
+
+
+def registry_uri(name: str, tmp: Path) -> str | None:
+    """The registry URI a benchmark uses for backend ``name`` (None: PostgreSQL is not set
+    up through ``$VERSIONKIT_TEST_POSTGRES``). PostgreSQL runs in a schema of its own."""
+    if name == "file":
+        return "file"
+    if name == "memory":
+        return "memory://bench"
+    if name == "sqlite":
+        return f"sqlite:///{tmp / 'registry.db'}"
+    if name in ("postgresql", "postgres"):
+        base = os.environ.get("VERSIONKIT_TEST_POSTGRES")
+        return _pg_schema_uri(base) if base else None
+    return name  # any other URI, e.g. a third-party scheme
+
+
+def _pg_schema_uri(base: str) -> str | None:
+    """``base`` in a schema of its own (dropped by ``drop_pg_schemas``), so runs leave
+    nothing behind."""
+    import uuid
+
+    try:
+        import sqlalchemy as sa
+    except ImportError:
+        return None
+    schema = f"vk_bench_{uuid.uuid4().hex[:12]}"
+    url = base.replace("postgresql://", "postgresql+psycopg://", 1).replace(
+        "postgres://", "postgresql+psycopg://", 1
+    )
+    try:
+        engine = sa.create_engine(url)
+        with engine.begin() as conn:
+            conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+        engine.dispose()
+    except Exception:  # unreachable: the benchmark reports it through Registry's error
+        return base
+    _PG_SCHEMAS.append((url, schema))
+    sep = "&" if "?" in base else "?"
+    return f"{base}{sep}options=-csearch_path%3D{schema}"
+
+
+def drop_pg_schemas() -> None:
+    """Drop every schema ``registry_uri`` made."""
+    if not _PG_SCHEMAS:
+        return
+    import sqlalchemy as sa
+
+    while _PG_SCHEMAS:
+        url, schema = _PG_SCHEMAS.pop()
+        engine = sa.create_engine(url)
+        with engine.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        engine.dispose()

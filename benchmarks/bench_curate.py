@@ -30,11 +30,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
+from _common import drop_pg_schemas, machine, registry_uri
 from _common import emit as _emit
-from _common import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -44,44 +43,10 @@ from versionkit.registry import Registry  # noqa: E402
 
 BENCH = "curate"
 MACHINE = machine()
-_SCHEMAS: list[tuple[str, str]] = []
 
 
 def emit(figure: str, value: float, unit: str, target: str | None = None, **extra: object) -> None:
     _emit(BENCH, figure, value, unit, target, MACHINE, **extra)
-
-
-def uri_for(name: str, tmp: Path) -> str | None:
-    if name == "file":
-        return "file"
-    if name == "sqlite":
-        return f"sqlite:///{tmp / 'registry.db'}"
-    if name not in ("postgresql", "postgres"):
-        return name  # any other URI
-    base = os.environ.get("VERSIONKIT_TEST_POSTGRES")
-    if not base:
-        return None
-    import sqlalchemy as sa
-
-    schema = f"vk_bench_{uuid.uuid4().hex[:12]}"
-    url = base.replace("postgresql://", "postgresql+psycopg://", 1)
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    engine.dispose()
-    _SCHEMAS.append((url, schema))
-    sep = "&" if "?" in base else "?"
-    return f"{base}{sep}options=-csearch_path%3D{schema}"
-
-
-def drop_schemas() -> None:
-    import sqlalchemy as sa
-
-    for url, schema in _SCHEMAS:
-        engine = sa.create_engine(url)
-        with engine.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        engine.dispose()
 
 
 def fill(reg: Registry, versions: int, per_version: int) -> None:
@@ -139,7 +104,7 @@ def emit_process(figure: str, argv: list[str], runs: int, target: str | None,
 
 
 def bench(name: str, args: argparse.Namespace, tmp: Path) -> None:
-    uri = uri_for(name, tmp)
+    uri = registry_uri(name, tmp)
     if uri is None:
         print(json.dumps({"bench": BENCH, "figure": name,
                           "skipped": "set VERSIONKIT_TEST_POSTGRES"}), flush=True)
@@ -195,7 +160,7 @@ def main() -> None:
             for name in args.backends.split(","):
                 bench(name.strip(), args, Path(tmp))
         finally:
-            drop_schemas()
+            drop_pg_schemas()
 
 
 if __name__ == "__main__":

@@ -47,8 +47,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _common import drop_pg_schemas, machine, registry_uri  # noqa: E402
 from _common import emit as common_emit  # noqa: E402
-from _common import machine  # noqa: E402
 
 from versionkit.errors import VersionkitError  # noqa: E402
 from versionkit.registry import Registry, provenance  # noqa: E402
@@ -141,56 +141,6 @@ def concurrent(
     return len(numbers) / (end - start), numbers
 
 
-def uri_for(name: str, tmp: Path) -> str | None:
-    if name == "file":
-        return "file"
-    if name == "memory":
-        return "memory://bench"
-    if name == "sqlite":
-        return f"sqlite:///{tmp / 'registry.db'}"
-    if name in ("postgresql", "postgres"):
-        base = os.environ.get("VERSIONKIT_TEST_POSTGRES")
-        return _pg_schema_uri(base) if base else None
-    return name  # any other URI, e.g. a third-party scheme
-
-
-_PG_SCHEMAS: list[tuple[str, str]] = []
-
-
-def _pg_schema_uri(base: str) -> str | None:
-    """``base`` in a schema of its own (dropped at exit), so runs leave nothing behind."""
-    import uuid
-
-    try:
-        import sqlalchemy as sa
-    except ImportError:
-        return None
-    schema = f"vk_bench_{uuid.uuid4().hex[:12]}"
-    url = base.replace("postgresql://", "postgresql+psycopg://", 1).replace(
-        "postgres://", "postgresql+psycopg://", 1
-    )
-    try:
-        engine = sa.create_engine(url)
-        with engine.begin() as conn:
-            conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-        engine.dispose()
-    except Exception:  # unreachable: bench_backend reports it through Registry's error
-        return base
-    _PG_SCHEMAS.append((url, schema))
-    sep = "&" if "?" in base else "?"
-    return f"{base}{sep}options=-csearch_path%3D{schema}"
-
-
-def _drop_pg_schemas() -> None:
-    import sqlalchemy as sa
-
-    for url, schema in _PG_SCHEMAS:
-        engine = sa.create_engine(url)
-        with engine.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        engine.dispose()
-
-
 def fill(reg: Registry, versions: int, per_version: int) -> None:
     """``versions`` versions, each with ``per_version`` checkpoint files, half recorded."""
     for v in range(versions):
@@ -217,7 +167,7 @@ def fill(reg: Registry, versions: int, per_version: int) -> None:
 
 
 def bench_backend(name: str, args: argparse.Namespace, tmp: Path) -> None:
-    uri = uri_for(name, tmp)
+    uri = registry_uri(name, tmp)
     if uri is None:
         skipped(f"{name}_*", "set VERSIONKIT_TEST_POSTGRES to a postgresql:// URI to run it")
         return
@@ -371,22 +321,20 @@ def main() -> None:
                     sizes,
                     backends,
                     tmp,
-                    uri_for,
+                    registry_uri,
                     lambda figure, value, unit, target, **extra: common_emit(
                         "registry", figure, value, unit, target, MACHINE, **extra
                     ),
                 )
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
-                if _PG_SCHEMAS:
-                    _drop_pg_schemas()
+                drop_pg_schemas()
             return
         bench_bare(args, tmp)
         for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
             bench_backend(backend, args, tmp)
         shutil.rmtree(tmp, ignore_errors=True)
-    if _PG_SCHEMAS:
-        _drop_pg_schemas()
+    drop_pg_schemas()
 
 
 if __name__ == "__main__":
