@@ -3,59 +3,23 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from test_train_helpers import REPO, step_checkpoints, write_tiny
+from test_train_helpers import REPO, run_ddp_main, step_checkpoints, write_tiny
 
 from versionkit.registry import Registry
 from versionkit.run import RUN_ENV
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
 def test_lightning_launched_ddp_run_allocates_one_version(tmp_path: Path) -> None:
     cfg = write_tiny(tmp_path)
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in (RUN_ENV, "VERSIONKIT_BACKEND", "RANK", "LOCAL_RANK", "WORLD_SIZE")
-    }
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    env["MASTER_ADDR"] = "127.0.0.1"
-    env["MASTER_PORT"] = str(_free_port())
-    env["OMP_NUM_THREADS"] = "1"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "main.py"),
-            "--config",
-            str(cfg),
-            "--devices",
-            "2",
-            "--strategy",
-            "ddp",
-            "--accelerator",
-            "cpu",
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=400,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    proc = run_ddp_main(tmp_path, "--config", str(cfg), timeout=400)
     # The console lines appear once (rank 0 only).
     assert proc.stdout.count("✓ Experiment version: 0") == 1
     assert "✓ Experiment version: 1" not in proc.stdout

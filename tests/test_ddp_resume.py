@@ -4,54 +4,13 @@ the ranks split the validation set."""
 from __future__ import annotations
 
 import math
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from test_train_helpers import REPO, state_of, write_tiny
+from test_train_helpers import run_ddp_main, state_of, write_tiny
 
 from versionkit.registry import Registry
-from versionkit.run import RUN_ENV
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _ddp(cwd: Path, *args: str) -> None:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in (RUN_ENV, "VERSIONKIT_BACKEND", "RANK", "LOCAL_RANK", "WORLD_SIZE")
-    }
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), OMP_NUM_THREADS="1")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "main.py"),
-            *args,
-            "--devices",
-            "2",
-            "--strategy",
-            "ddp",
-            "--accelerator",
-            "cpu",
-        ],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
 
 
 @pytest.mark.slow
@@ -61,7 +20,7 @@ def test_ddp_resume_is_bitwise_the_uninterrupted_run_and_ranks_split_validation(
 ) -> None:
     cfg = str(write_tiny(tmp_path))
     # Uninterrupted: 4 steps, validation (every image: limit 1.0) and checkpoints at 2 and 4.
-    _ddp(tmp_path, "--config", cfg, "--limit_val_batches", "1.0")
+    run_ddp_main(tmp_path, "--config", cfg, "--limit_val_batches", "1.0")
     root = tmp_path / "outputs" / "tiny"
     reg = Registry(root)
     ck = reg.checkpoint_dir(0)
@@ -82,7 +41,7 @@ def test_ddp_resume_is_bitwise_the_uninterrupted_run_and_ranks_split_validation(
     # As after a crash right after step 2: continue from that checkpoint.
     (ck / "last.ckpt").unlink()
     next(ck.glob("step_00000004-*.ckpt")).unlink()
-    _ddp(tmp_path, "--resume", str(step2))
+    run_ddp_main(tmp_path, "--resume", str(step2))
     assert [v.version for v in reg.list()] == [0]
     resumed = state_of(ck / "last.ckpt")
     assert resumed.keys() == final.keys()

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
+import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -73,3 +77,28 @@ def state_of(ckpt: Path) -> dict[str, Any]:
     blob = torch.load(ckpt, map_location="cpu", weights_only=True)
     state: dict[str, Any] = blob["state_dict"]
     return state
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for a DDP run's MASTER_PORT)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_ddp_main(cwd: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    """``python main.py ARGS --devices 2 --strategy ddp --accelerator cpu`` (gloo, one
+    thread per rank) from a clean environment; fails the test unless it exits 0."""
+    from versionkit.run import RUN_ENV
+
+    drop = (RUN_ENV, "VERSIONKIT_BACKEND", "RANK", "LOCAL_RANK", "WORLD_SIZE")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "main.py"), *args,
+         "--devices", "2", "--strategy", "ddp", "--accelerator", "cpu"],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return proc
