@@ -14,14 +14,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_train_helpers import FILTERS, REPO, write_tiny
+from test_train_helpers import FILTERS, REPO, train_tiny
 
 from fractalgen import eval as fg_eval
-from fractalgen import train
 from fractalgen.data import build_datasets
 from fractalgen.sample import load_checkpoint
 from versionkit.registry import Registry
-from versionkit.run import RUN_ENV
 
 pytestmark = [pytest.mark.filterwarnings(f) for f in FILTERS]
 
@@ -29,18 +27,7 @@ pytestmark = [pytest.mark.filterwarnings(f) for f in FILTERS]
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A 2-step tiny digits run: ``<dir>/outputs/tiny`` with version 0."""
-    folder = tmp_path_factory.mktemp("trained")
-    write_tiny(folder)
-    old = Path.cwd()
-    saved_env = os.environ.pop(RUN_ENV, None)
-    os.chdir(folder)
-    try:
-        assert train.main(["--config", "config/tiny.yaml", "--max_steps", "2"]) == 0
-    finally:
-        os.chdir(old)
-        if saved_env is not None:
-            os.environ[RUN_ENV] = saved_env
-    yield folder / "outputs" / "tiny"
+    yield train_tiny(tmp_path_factory.mktemp("trained"), 2)
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from test_train_helpers import FILTERS, REPO, write_tiny
+from test_train_helpers import FILTERS, REPO, train_tiny
 
-from fractalgen import sample, train
+from fractalgen import sample
 from versionkit.registry import Registry
 from versionkit.run import RUN_ENV
 
@@ -24,18 +24,7 @@ pytestmark = [pytest.mark.filterwarnings(f) for f in FILTERS]
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A 4-step tiny run validated at steps 2 and 4: ``<dir>/outputs/tiny/checkpoints/
     version_0`` with two step checkpoints of different val_loss, and last.ckpt."""
-    folder = tmp_path_factory.mktemp("trained")
-    write_tiny(folder)
-    old = Path.cwd()
-    saved_env = os.environ.pop(RUN_ENV, None)
-    os.chdir(folder)
-    try:
-        assert train.main(["--config", "config/tiny.yaml", "--max_steps", "4"]) == 0
-    finally:
-        os.chdir(old)
-        if saved_env is not None:
-            os.environ[RUN_ENV] = saved_env
-    yield folder / "outputs" / "tiny"
+    yield train_tiny(tmp_path_factory.mktemp("trained"), 4)
 
 
 def _ckpt(trained: Path) -> Path:

@@ -102,3 +102,22 @@ def run_ddp_main(cwd: Path, *args: str, timeout: int = 600) -> subprocess.Comple
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return proc
+
+
+def train_tiny(folder: Path, max_steps: int) -> Path:
+    """Train the tiny digits config in ``folder`` for ``max_steps`` (in-process, from a
+    clean hand-over environment); returns the experiment root ``<folder>/outputs/tiny``."""
+    from fractalgen import train
+    from versionkit.run import RUN_ENV
+
+    write_tiny(folder)
+    old = Path.cwd()
+    saved_env = os.environ.pop(RUN_ENV, None)
+    os.chdir(folder)
+    try:
+        assert train.main(["--config", "config/tiny.yaml", "--max_steps", str(max_steps)]) == 0
+    finally:
+        os.chdir(old)
+        if saved_env is not None:
+            os.environ[RUN_ENV] = saved_env
+    return folder / "outputs" / "tiny"
