@@ -125,15 +125,10 @@ def _floats(text: str, flag: str) -> list[float]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Evaluate; returns the exit code (2: bad input, 3: not found, 1: anything else)."""
+    from fractalgen._cli import run_cli
+
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    try:
-        return _run(args)
-    except EvalError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return run_cli(lambda: _run(args), EvalError)
 
 
 def _settings(args: argparse.Namespace) -> EvalSettings:

@@ -286,15 +286,10 @@ def _parse_num_iter(text: str | None, default: Sequence[int], levels: int) -> li
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Sample; returns the exit code (2: bad arguments, 1: unusable checkpoint)."""
+    from fractalgen._cli import run_cli
+
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    try:
-        return _run(args)
-    except SampleError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return run_cli(lambda: _run(args), SampleError)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -188,24 +188,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "-h" in args or "--help" in args:
         sys.stdout.write(_HELP)
         return 0
-    try:
+    from fractalgen._cli import run_cli
+
+    def body() -> int:
         sweep, jobs = _prepare(args)
         from versionkit.sweep import format_summary, run_sweep, summary_rows
 
         code = run_sweep(sweep, jobs=jobs)
         rows = summary_rows(sweep, sweep.open_study())
         print(format_summary(sweep, rows), flush=True)
-    except VersionkitError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    if code in (130, 143):
-        print("interrupted: the running trials are FAIL (interrupted) in the study and "
-              "their values are queued; run the same command again to continue",
-              file=sys.stderr)
-    return code
+        if code in (130, 143):
+            print("interrupted: the running trials are FAIL (interrupted) in the study and "
+                  "their values are queued; run the same command again to continue",
+                  file=sys.stderr)
+        return code
+
+    return run_cli(body, VersionkitError)
 
 
 def _prepare(args: list[str]) -> tuple[Sweep, int]:

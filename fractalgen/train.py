@@ -131,11 +131,13 @@ def _quiet_lightning() -> Iterator[None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Train; returns the exit code (0 done, 2 bad input, 3 not found, 130 interrupted)."""
+    from fractalgen._cli import run_cli
     from fractalgen.config import parse_train_args
 
     args = list(sys.argv[1:] if argv is None else argv)
     prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "fractalgen-train"
-    try:
+
+    def body() -> int:
         loaded = parse_train_args(args)
         if loaded.controls.get("print_config"):
             from versionkit.config import dump_config
@@ -143,13 +145,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.write(dump_config(_resume_plan(loaded)[2]))
             return 0
         result = train(loaded, command=[prog, *args])
-    except VersionkitError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    return {"completed": 0, "interrupted": 130}.get(result.status, 1)
+        return {"completed": 0, "interrupted": 130}.get(result.status, 1)
+
+    return run_cli(body, VersionkitError)
 
 
 # -- training -----------------------------------------------------------------------------
