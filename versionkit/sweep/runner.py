@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from versionkit.errors import ConfigError
+from versionkit.registry.provenance import pid_alive
 from versionkit.run import RunPruned
 from versionkit.sweep.storage import MAX_RETRY, quiet_experimental
 from versionkit.sweep.study import (
@@ -75,16 +76,6 @@ def _limit_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _counted(trial: optuna.trial.FrozenTrial) -> bool:
     from optuna.trial import TrialState
 
@@ -110,7 +101,7 @@ def _fail_dead_here(study: optuna.Study) -> None:
         if worker_host != host or not pid_text.isdigit():
             continue
         pid = int(pid_text)
-        if _pid_alive(pid):
+        if pid_alive(pid):
             continue
         try:
             changed = study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
