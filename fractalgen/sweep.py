@@ -38,6 +38,13 @@ _CHOICES = {
     "pruner": ("median", "none"),
     "direction": ("minimize", "maximize"),
 }
+#: what a trial imports: the ``--jobs`` workers are forked from one process that has
+#: imported these once (torch, Lightning, scikit-learn's digits, TensorBoard's writer)
+PRELOAD = (
+    "fractalgen.train", "fractalgen.module", "fractalgen.data", "versionkit.lightning",
+    "versionkit.sweep._lightning", "versionkit.run", "sklearn.datasets",
+    "torch.utils.tensorboard", "PIL.Image", "optuna",
+)
 #: where the versions go: the same for every trial of one sweep
 _SHARED = ("experiment.name", "experiment.output_root", "experiment.registry")
 _HELP = """\
@@ -248,6 +255,7 @@ def _prepare(args: list[str]) -> tuple[Sweep, int]:
         pruner_startup=parsed.pruner_startup,
         metric=parsed.metric,
         direction=parsed.direction,  # type: ignore[arg-type]
+        preload=PRELOAD,
     )
     return sweep, parsed.jobs
 

@@ -96,6 +96,51 @@ def test_six_trials_with_two_jobs_make_six_versions_with_the_sampled_values(
 
 
 @pytest.mark.slow
+@pytest.mark.postgres
+def test_two_sweep_commands_on_two_nodes_share_one_postgres_study_and_registry(
+    tmp_path: Path, pg_uri: str
+) -> None:
+    """The README's many-machine recipe with real training: the same command started at
+    once by two processes (two "nodes", each with its own --jobs 1 and output folder
+    root) on one PostgreSQL study and registry."""
+    from versionkit.registry import Registry
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "VERSIONKIT_BACKEND": pg_uri}
+    storage = pg_uri.replace("postgresql://", "postgresql+psycopg://", 1)
+    command = [sys.executable, "-m", "fractalgen.sweep", *TINY, f"--output_root={tmp_path}",
+               "--space", "optim.lr=loguniform(1e-4,3e-2)", "--trials", "5",
+               "--storage", storage, "--study", "nodes", "--pruner", "none"]
+    nodes = [subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outs = [node.communicate(timeout=600)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outs
+    import optuna
+
+    rdb = optuna.storages.RDBStorage(storage)
+    try:
+        trials = optuna.load_study(study_name="nodes", storage=rdb).get_trials()
+    finally:
+        rdb.engine.dispose()
+    assert len(trials) == 5 and all(t.state.name == "COMPLETE" for t in trials)
+    versions = sorted(t.user_attrs["version"] for t in trials)
+    assert len(set(versions)) == 5
+    with Registry(tmp_path / "fractalgen_small", pg_uri) as registry:
+        records = {v.version: v for v in registry.list()}
+    assert sorted(records) == versions
+    assert sorted(v.record["sweep"]["trial"] for v in records.values()) == list(range(5))
+    for t in trials:
+        info = records[t.user_attrs["version"]]
+        assert info.status == "completed"
+        assert (info.checkpoint_dir / "last.ckpt").is_file()
+        config = yaml.safe_load((info.checkpoint_dir / "config.yaml").read_text("utf-8"))
+        assert config["optim"]["lr"] == t.params["optim.lr"]
+    # each trial's four lines were printed once, by the process that ran it
+    for t in trials:
+        line = f"[trial {t.number}] ✓ Experiment version: {t.user_attrs['version']}"
+        assert sum(out.count(line) for out in outs) == 1, outs
+
+
+@pytest.mark.slow
 def test_a_trial_that_looks_bad_is_pruned_and_its_version_is_pruned(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], one_thread: None
 ) -> None:

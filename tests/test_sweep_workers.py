@@ -47,6 +47,18 @@ def parse(argv: list[str]) -> LoadedConfig[ToyConfig]:
     return load_config(ToyConfig, argv)
 
 
+def _barrier(config: ToyConfig) -> None:
+    """No trial ends before ``wait_workers`` workers each hold one, so a test of workers
+    started together sees them all take part however slowly each starts."""
+    if not config.wait_workers:
+        return
+    (Path(config.root) / f"worker_{os.getpid()}").touch()
+    deadline = time.monotonic() + 90
+    while len(list(Path(config.root).glob("worker_*"))) < config.wait_workers:
+        assert time.monotonic() < deadline, "the other workers never took a trial"
+        time.sleep(0.05)
+
+
 def objective(ctx: Any) -> float:
     """One 'run': a version whose record holds the trial, then a number."""
     from versionkit.registry import Registry
@@ -58,20 +70,49 @@ def objective(ctx: Any) -> float:
     ctx.link(info.version, info.checkpoint_dir)
     marker = Path(config.root) / f"started_{ctx.number}"
     marker.write_text(str(os.getpid()))
-    if config.wait_workers:
-        # A barrier: no trial ends before that many workers each hold one, so a test of
-        # workers started together sees them all take part however slowly each starts.
-        (Path(config.root) / f"worker_{os.getpid()}").touch()
-        deadline = time.monotonic() + 90
-        while len(list(Path(config.root).glob("worker_*"))) < config.wait_workers:
-            assert time.monotonic() < deadline, "the other workers never took a trial"
-            time.sleep(0.05)
+    _barrier(config)
     time.sleep(config.sleep)
     if config.x < 0:
         registry.set_status(info.version, "failed", error="negative x")
         raise RuntimeError("negative x")
     registry.set_status(info.version, "completed")
     return (config.x - 0.3) ** 2 + config.width / 1000
+
+
+#: a module nothing else here imports: preloaded by the forkserver, or not
+PROBE_MODULE = "wave"
+
+
+def probe(ctx: Any) -> float:
+    """What a worker holds when its trial starts: is the preloaded module already
+    imported, which environment does it see, which process is it."""
+    Path(ctx.loaded.config.root, f"probe_{ctx.number}.json").write_text(json.dumps({
+        "pid": os.getpid(), "preloaded": PROBE_MODULE in sys.modules,
+        "env": os.environ.get("VK_SWEEP_PROBE"), "cwd": os.getcwd(),
+    }))
+    _barrier(ctx.loaded.config)
+    return float(ctx.loaded.config.x)
+
+
+def _probe_main(argv: list[str]) -> int:
+    """``--probe ROOT METHOD``: 2 trials on 2 jobs; the environment changes after the
+    first sweep started the forkserver, so the second sweep's workers must see the new
+    value."""
+    import dataclasses
+
+    from versionkit.sweep import run_sweep
+
+    root, method = Path(argv[0]), argv[1]
+    codes = []
+    for study in ("first", "second"):
+        os.environ["VK_SWEEP_PROBE"] = study
+        folder = root / study
+        folder.mkdir()
+        sweep = dataclasses.replace(make_sweep(folder, study, None, 2, "random",
+                                               ("x=uniform(0,1)",), ("--wait_workers=2",)),
+                                    objective=probe, preload=(PROBE_MODULE,))
+        codes.append(run_sweep(sweep, jobs=2, start_method=method))
+    return max(codes)
 
 
 def make_sweep(root: Path, study: str, storage: str | None, trials: int, sampler: str = "tpe",
@@ -324,5 +365,36 @@ def test_a_study_that_searched_other_fields_is_refused(tmp_path: Path) -> None:
         run_sweep(make_sweep(tmp_path, "ch", None, 2, "grid", ("width=choice(4,6)",)), jobs=1)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["forkserver", "spawn"])
+def test_workers_start_from_a_preloaded_server_with_the_parents_environment(
+    tmp_path: Path, method: str
+) -> None:
+    """The default forkserver imports ``Sweep.preload`` once and forks every worker from
+    it (spawn: each worker imports on its own); either way a worker sees the parent's
+    environment and working folder as they are when the sweep starts."""
+    assert PROBE_MODULE not in sys.modules
+    done = subprocess.run([sys.executable, str(HERE), "--probe", str(tmp_path), method],
+                          cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for study in ("first", "second"):
+        probes = [json.loads(p.read_text()) for p in (tmp_path / study).glob("probe_*.json")]
+        assert len(probes) == 2
+        assert len({p["pid"] for p in probes}) == 2  # two worker processes
+        assert {p["preloaded"] for p in probes} == {method == "forkserver"}
+        assert {p["env"] for p in probes} == {study}
+        assert {p["cwd"] for p in probes} == {str(tmp_path)}
+
+
+def test_an_unknown_start_method_is_refused() -> None:
+    from versionkit.errors import ConfigError
+    from versionkit.sweep.runner import worker_context
+
+    with pytest.raises(ConfigError, match="start method 'fork'"):
+        worker_context(make_sweep(Path("unused"), "s", None, 1), "fork")
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--probe"]:
+        sys.exit(_probe_main(sys.argv[2:]))
     sys.exit(_worker_main(sys.argv[1:]))

@@ -58,6 +58,10 @@ class Sweep:
         pruner_startup: trials that finish before the median pruner starts pruning.
         metric: the metric the objective optimises (reported while training).
         direction: ``minimize`` or ``maximize``.
+        preload: modules a trial imports (e.g. ``("pytorch_lightning",)``). With
+            ``jobs > 1`` one server process imports them, and the objective's and
+            ``parse``'s modules, once; each worker is forked from it ready to train
+            instead of importing them again (see :func:`versionkit.sweep.run_sweep`).
     """
 
     study: str
@@ -73,6 +77,7 @@ class Sweep:
     pruner_startup: int = 3
     metric: str = "val_loss"
     direction: Literal["minimize", "maximize"] = "minimize"
+    preload: tuple[str, ...] = ()
 
     def make_sampler(self) -> optuna.samplers.BaseSampler:
         """The Optuna sampler (a fresh random seed per worker)."""
