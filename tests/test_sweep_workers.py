@@ -133,6 +133,19 @@ def make_sweep(root: Path, study: str, storage: str | None, trials: int, sampler
 def _worker_main(argv: list[str]) -> int:
     from versionkit.sweep import run_sweep
 
+    if os.environ.get("VK_TEST_HEARTBEAT"):
+        # A database heartbeat test cannot wait a minute: beat every second, 3 s grace.
+        import versionkit.sweep.storage as storage_module
+
+        storage_module.HEARTBEAT_INTERVAL_S, storage_module.HEARTBEAT_GRACE_S = 1, 3
+    if os.environ.get("VK_TEST_HOST"):
+        # This worker claims to run on another machine, so no worker here can tell from
+        # its pid that it died: only the database heartbeat can.
+        import versionkit.sweep.runner as runner_module
+
+        fake = os.environ["VK_TEST_HOST"]
+        runner_module.socket.gethostname = lambda: fake  # type: ignore[attr-defined]
+
     root, study, storage, trials, jobs, *rest = argv
     sampler = rest[0] if rest else "tpe"
     extra = tuple(rest[1:])
@@ -153,10 +166,11 @@ def _env() -> dict[str, str]:
 
 
 def _start(root: Path, study: str, storage: str, trials: int, jobs: int = 1,
-           *rest: str) -> subprocess.Popen[str]:
+           *rest: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, str(HERE), str(root), study, storage, str(trials), str(jobs), *rest],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**_env(), **(env or {})},
     )
 
 
@@ -270,6 +284,41 @@ def test_a_killed_worker_leaves_a_fail_trial_and_the_sweep_resumes(tmp_path: Pat
     # the killed trial's values ran again, in the trial right after it
     assert trials[1].params["x"] == killed_x
     assert "its worker (pid" in out
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_a_worker_killed_on_another_node_is_failed_by_the_database_heartbeat(
+    tmp_path: Path, pg_uri: str
+) -> None:
+    """SIGKILL leaves the trial RUNNING. With no worker on the dead one's host to notice,
+    Optuna's heartbeat turns the trial FAIL and queues its values again (intervals
+    shortened by the worker script: 1 s beats, 3 s grace)."""
+    storage = _pg_optuna_url(pg_uri)
+    beat = {"VK_TEST_HEARTBEAT": "1"}
+    victim = _start(tmp_path, "hb", storage, 2, 1, "tpe", f"--registry={pg_uri}",
+                    "--sleep=60", env={**beat, "VK_TEST_HOST": "node-b"})
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "started_0").exists():
+        assert victim.poll() is None, victim.communicate()[0]
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    time.sleep(1.5)  # at least one beat recorded
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.communicate()
+    (killed,) = _trials(storage, "hb")
+    assert killed.state.name == "RUNNING" and killed.user_attrs["worker"].startswith("node-b:")
+    time.sleep(4)  # past the grace period
+    again = _start(tmp_path, "hb", storage, 2, 1, "tpe", f"--registry={pg_uri}", "--sleep=0",
+                   env=beat)
+    out = again.communicate(timeout=120)[0]
+    assert again.returncode == 0, out
+    trials = _trials(storage, "hb")
+    states = [t.state.name for t in trials]
+    assert states[0] == "FAIL" and states.count("COMPLETE") == 2, states
+    assert "its worker (pid" not in out  # not this host's dead-pid path
+    # the killed trial's values were queued again and ran
+    assert killed.params["x"] in [t.params["x"] for t in trials[1:]]
 
 
 @pytest.mark.slow
