@@ -89,6 +89,7 @@ def probe(ctx: Any) -> float:
     Path(ctx.loaded.config.root, f"probe_{ctx.number}.json").write_text(json.dumps({
         "pid": os.getpid(), "preloaded": PROBE_MODULE in sys.modules,
         "env": os.environ.get("VK_SWEEP_PROBE"), "cwd": os.getcwd(),
+        "threads": os.environ.get("OMP_NUM_THREADS"),
     }))
     _barrier(ctx.loaded.config)
     return float(ctx.loaded.config.x)
@@ -422,6 +423,8 @@ def test_workers_start_from_a_preloaded_server_with_the_parents_environment(
     """The default forkserver imports ``Sweep.preload`` once and forks every worker from
     it (spawn: each worker imports on its own); either way a worker sees the parent's
     environment and working folder as they are when the sweep starts."""
+    from versionkit.sweep import worker_threads
+
     assert PROBE_MODULE not in sys.modules
     done = subprocess.run([sys.executable, str(HERE), "--probe", str(tmp_path), method],
                           cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120)
@@ -433,6 +436,8 @@ def test_workers_start_from_a_preloaded_server_with_the_parents_environment(
         assert {p["preloaded"] for p in probes} == {method == "forkserver"}
         assert {p["env"] for p in probes} == {study}
         assert {p["cwd"] for p in probes} == {str(tmp_path)}
+        # each worker's share of the cores, set after the parent's environment
+        assert {p["threads"] for p in probes} == {str(worker_threads(2))}
 
 
 def test_an_unknown_start_method_is_refused() -> None:
