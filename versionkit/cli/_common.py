@@ -130,22 +130,67 @@ def dump(value: Any, out: TextIO) -> None:
 
 
 def dump_stream(items: Iterable[Any], out: TextIO) -> None:
-    """A JSON array written one element (one line) at a time, so memory stays bounded."""
+    """A JSON array written one element (one line) at a time, so memory stays bounded.
+
+    Compact lines, not indented ones; an element is walked for NaN only when the
+    strict encoder refuses it (a listing writes every version through here).
+    """
+    encode = json.JSONEncoder(ensure_ascii=False, default=str, allow_nan=False).encode
     out.write("[")
-    first = True
+    sep = "\n"
     for item in items:
-        text = json.dumps(finite(item), ensure_ascii=False, default=str, allow_nan=False)
-        out.write(("\n" if first else ",\n") + text)
-        first = False
-    out.write("]\n" if first else "\n]\n")
+        try:
+            text = encode(item)
+        except ValueError:  # NaN or an infinity somewhere in it
+            text = encode(finite(item))
+        out.write(sep + text)
+        sep = ",\n"
+    out.write("]\n" if sep == "\n" else "\n]\n")
+
+
+#: Joins a table row's cells while the table waits for its widths (no cell has it).
+_SEP = "\x00"
+
+
+class Table:
+    """Left-aligned columns, two spaces apart, written once every row is known.
+
+    Widths need every row, so rows are kept, each as one string (a few dozen bytes a
+    version, not a list of cell objects).
+    """
+
+    def __init__(self, header: list[str]) -> None:
+        self.widths = [len(cell) for cell in header]
+        self.rows = [_SEP.join(header)]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def add(self, cells: list[str]) -> None:
+        """Add one row (as many cells as the header; NUL in a cell shows as U+FFFD)."""
+        widths = self.widths
+        for i, cell in enumerate(cells):
+            if len(cell) > widths[i]:
+                widths[i] = len(cell)
+        line = _SEP.join(cells)
+        if line.count(_SEP) != len(cells) - 1:
+            line = _SEP.join(cell.replace(_SEP, "\ufffd") for cell in cells)
+        self.rows.append(line)
+
+    def write(self, out: TextIO) -> None:
+        """Write every row, padded to the columns' widths."""
+        widths = self.widths
+        for line in self.rows:
+            cells = [cell.ljust(w) for cell, w in zip(line.split(_SEP), widths, strict=True)]
+            out.write("  ".join(cells).rstrip() + "\n")
 
 
 def table(rows: list[list[str]], out: TextIO) -> None:
     """Left-aligned columns, two spaces apart."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=True)]
-        out.write("  ".join(cells).rstrip() + "\n")
+    lines = Table(rows[0])
+    for row in rows[1:]:
+        lines.add(row)
+    lines.write(out)
 
 
 def when(stamp: str | None) -> str:

@@ -8,12 +8,11 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TextIO
 
 from versionkit.cli._common import (
+    Table,
     UsageError,
     comma_list,
     dump,
     dump_stream,
-    git_text,
-    iter_versions,
     metrics_text,
     number,
     one_ref,
@@ -24,10 +23,12 @@ from versionkit.cli._common import (
 )
 from versionkit.curate.listing import best_of, config_columns, last_of, sort_key, unknown_columns
 from versionkit.errors import ConfigError, VersionNotFoundError
-from versionkit.sweep.records import in_sweep
+from versionkit.registry.views import display_status, record_json
+from versionkit.sweep.records import record_in_sweep
 
 if TYPE_CHECKING:
-    from versionkit.registry import CheckpointInfo, Registry, VersionInfo
+    from versionkit.backends.base import Record
+    from versionkit.registry import CheckpointInfo, Registry
 
 Adder = Callable[[str, str], argparse.ArgumentParser]
 _SORTS = ("version", "created", "status", "best", "last")
@@ -62,28 +63,34 @@ def register(add: Adder) -> None:
 
 
 # -- list -------------------------------------------------------------------------------
+#
+# A listing formats every version, so it works on the raw records (no typed view per
+# version) and derives each cell once: this is the part of ``versionkit list`` that
+# grows with the history.
 
 
-def _row(v: VersionInfo, tags: dict[int, list[str]], columns: list[str]) -> dict[str, Any]:
-    best = best_of(v.record)
-    last = last_of(v.record)
+def _row(record: Record, tags: dict[int, list[str]], columns: list[str]) -> dict[str, Any]:
+    best = best_of(record)
+    last = last_of(record)
     return {
-        "info": v,
-        "tags": tags.get(v.version, []),
+        "record": record,
+        "status": display_status(record),
+        "tags": tags.get(record["version"], []),
         "best": None if best is None else {"val_loss": best[0], "step": best[1]},
         "last": None if last is None else {"val_loss": last[0], "step": last[1]},
-        "columns": config_columns(v.record, columns),
+        "columns": config_columns(record, columns) if columns else {},
     }
 
 
 def _sort_value(row: dict[str, Any], key: str) -> Any:
-    info: VersionInfo = row["info"]
+    record: Record = row["record"]
     if key == "version":
-        return info.version
+        return record["version"]
     if key == "created":
-        return info.created_at
+        created = record.get("created_at")
+        return created if isinstance(created, str) else None
     if key == "status":
-        return info.display_status
+        return row["status"]
     if key in ("best", "last"):
         return None if row[key] is None else row[key]["val_loss"]
     return row["columns"].get(key)
@@ -113,35 +120,42 @@ def _list_rows(reg: Registry, args: argparse.Namespace) -> Iterator[dict[str, An
             )
     newest_first = args.limit is not None
     filtered = statuses is not None or only is not None or args.sweep is not None
-    versions = (iter([reg.get(only)]) if only is not None else
-                iter_versions(reg, limit=None if filtered else args.limit,
-                              newest_first=newest_first))
-    return _rows(versions, args, tags, columns, statuses, only)
+    records = (iter([reg.get(only).record]) if only is not None else
+               reg.iter_records(limit=None if filtered else args.limit,
+                                newest_first=newest_first))
+    return _rows(records, args, tags, columns, statuses, only)
 
 
-def _rows(versions: Iterator[VersionInfo], args: argparse.Namespace,
+def _rows(records: Iterator[Record], args: argparse.Namespace,
           tags: dict[int, list[str]], columns: list[str], statuses: set[str] | None,
           only: int | None) -> Iterator[dict[str, Any]]:
     count = 0
-    for v in versions:
-        if only is not None and v.version != only:
+    for record in records:
+        if only is not None and record["version"] != only:
             continue
-        if statuses is not None and v.display_status not in statuses and v.status not in statuses:
+        if statuses is not None and display_status(record) not in statuses and str(
+            record.get("status") or "unknown"
+        ) not in statuses:
             continue
-        if args.sweep is not None and not in_sweep(v, args.sweep):
+        if args.sweep is not None and not record_in_sweep(record, args.sweep):
             continue
         if args.limit is not None and count >= args.limit:
             break
         count += 1
-        yield _row(v, tags, columns)
+        yield _row(record, tags, columns)
 
 
-def _json_row(row: dict[str, Any]) -> dict[str, Any]:
-    info: VersionInfo = row["info"]
-    data = info.to_json()
-    data.update(tags=row["tags"], note=info.record.get("note"), best=row["best"],
-                last=row["last"], columns=row["columns"])
-    return data
+def _json_rows(reg: Registry, rows: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    # The folders as VersionInfo spells them, without a Path per version.
+    checkpoints = str(reg.checkpoint_dir(0))[:-1]
+    logs = str(reg.log_dir(0))[:-1]
+    for row in rows:
+        record: Record = row["record"]
+        n = record["version"]
+        data = record_json(record, f"{checkpoints}{n}", f"{logs}{n}")
+        data.update(tags=row["tags"], note=record.get("note"), best=row["best"],
+                    last=row["last"], columns=row["columns"])
+        yield data
 
 
 def _at(metric: dict[str, Any] | None) -> str:
@@ -149,6 +163,25 @@ def _at(metric: dict[str, Any] | None) -> str:
         return "-"
     step = metric["step"]
     return number(metric["val_loss"]) + (f"@{step}" if step is not None else "")
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _cells(row: dict[str, Any], columns: list[str]) -> list[str]:
+    record: Record = row["record"]
+    note = record.get("note")
+    note_text = " ".join(note.split()) if isinstance(note, str) and note else "-"
+    commit, dirty = _text(record.get("git_commit")), record.get("git_dirty")
+    return [
+        str(record["version"]), row["status"], when(_text(record.get("created_at"))),
+        _text(record.get("host")) or "-",
+        commit[:8] + ("*" if dirty is True else "") if commit else "-",
+        ",".join(row["tags"]) or "-", _at(row["best"]), _at(row["last"]),
+        *["-" if row["columns"][c] is None else number(row["columns"][c]) for c in columns],
+        note_text if len(note_text) <= 40 else note_text[:37] + "...",
+    ]
 
 
 def cmd_list(reg: Registry, args: argparse.Namespace, out: TextIO) -> int:
@@ -167,32 +200,24 @@ def cmd_list(reg: Registry, args: argparse.Namespace, out: TextIO) -> int:
         rows_iter = iter(rows_all)
     if columns:
         rows_list = list(rows_iter)
-        unknown_columns((r["info"].record for r in rows_list), columns)
+        unknown_columns((r["record"] for r in rows_list), columns)
         rows_iter = iter(rows_list)
     if args.json:
-        dump_stream((_json_row(r) for r in rows_iter), out)
+        dump_stream(_json_rows(reg, rows_iter), out)
         return 0
     header = ["VERSION", "STATUS", "CREATED", "HOST", "GIT", "TAGS", "BEST VAL_LOSS@STEP",
               "LAST VAL_LOSS@STEP", *[c.upper() for c in columns], "NOTE"]
-    rows = [header]
+    lines = Table(header)
     for r in rows_iter:
-        v: VersionInfo = r["info"]
-        note = v.record.get("note")
-        note_text = " ".join(note.split()) if isinstance(note, str) and note else "-"
-        rows.append([
-            str(v.version), v.display_status, when(v.created_at), v.host or "-", git_text(v),
-            ",".join(r["tags"]) or "-", _at(r["best"]), _at(r["last"]),
-            *["-" if r["columns"][c] is None else number(r["columns"][c]) for c in columns],
-            note_text if len(note_text) <= 40 else note_text[:37] + "...",
-        ])
-    if len(rows) == 1:
+        lines.add(_cells(r, columns))
+    if len(lines) == 1:
         if args.sweep is not None:
             out.write(f"no versions of sweep {args.sweep} in {reg.root}\n")
         else:
             out.write(f"no versions in {reg.root}\n" if not (args.status or args.tag)
                       else "no version matches\n")
         return 0
-    table(rows, out)
+    lines.write(out)
     return 0
 
 

@@ -48,6 +48,10 @@ def untracked_record(n: int) -> Record:
     return {"version": n, "status": "untracked", "metrics": {}, "checkpoints": []}
 
 
+def _number_of(record: Record) -> int:
+    return int(record["version"])
+
+
 def _first_per_number(records: Iterator[Record]) -> Iterator[Record]:
     """Drop the folder stand-in that follows a version's own record in the merge."""
     last: int | None = None
@@ -126,6 +130,14 @@ class Queries:
             newest_first: highest number first (``--limit N`` shows the latest N).
             status: only versions whose recorded status is this (``untracked`` works).
         """
+        for record in self.iter_records(limit=limit, newest_first=newest_first, status=status):
+            yield self._info(record)
+
+    def iter_records(
+        self, *, limit: int | None = None, newest_first: bool = False, status: str | None = None
+    ) -> Iterator[Record]:
+        """:meth:`iter_versions` as the raw records (``{"version": N, ...}``), for
+        listings that format many versions and need no typed view of each."""
         if limit is not None and (
             isinstance(limit, bool) or not isinstance(limit, int) or limit < 0
         ):
@@ -138,23 +150,26 @@ class Queries:
         # Folders and records merge in order; a folder whose number has a record is that
         # version's, the others list as untracked. No set of record numbers is built.
         folders = sorted(self.folders.numbers(), reverse=newest_first)
-        records: Iterator[Record] = heapq.merge(
-            self.backend.iter_records(newest_first=newest_first),
-            (untracked_record(n) for n in folders),
-            key=lambda r: int(r["version"]),
-            reverse=newest_first,
-        )
-        records = _first_per_number(records)
+        records: Iterator[Record] = self.backend.iter_records(newest_first=newest_first)
+        if folders:
+            records = _first_per_number(
+                heapq.merge(
+                    records,
+                    (untracked_record(n) for n in folders),
+                    key=_number_of,
+                    reverse=newest_first,
+                )
+            )
         count = 0
         for record in records:
             if status is not None and record.get("status", "unknown") != status:
                 continue
-            yield self._info(record)
+            yield record
             count += 1
             if limit is not None and count >= limit:
                 return
 
-    def _walk_down(self, limit: int) -> Iterator[VersionInfo]:
+    def _walk_down(self, limit: int) -> Iterator[Record]:
         """The latest ``limit`` versions, read one number at a time from the top.
 
         One listing of the folders (cheap: names only) and ``limit`` record reads,
@@ -171,16 +186,16 @@ class Queries:
             if record is None:
                 misses += 1
                 if misses > _WALK_GAPS:
-                    below = (v for v in self.iter_versions(newest_first=True) if v.version < n)
-                    for info in below:
-                        yield info
+                    below = (r for r in self.iter_records(newest_first=True) if r["version"] < n)
+                    for found in below:
+                        yield found
                         count += 1
                         if count >= limit:
                             return
                     return
             else:
                 misses = 0
-                yield self._info(record)
+                yield record
                 count += 1
             n -= 1
 
