@@ -168,21 +168,20 @@ class Table:
 
     def add(self, cells: list[str]) -> None:
         """Add one row (as many cells as the header; NUL in a cell shows as U+FFFD)."""
-        widths = self.widths
-        for i, cell in enumerate(cells):
-            if len(cell) > widths[i]:
-                widths[i] = len(cell)
+        self.widths = list(map(max, self.widths, map(len, cells)))
         line = _SEP.join(cells)
         if line.count(_SEP) != len(cells) - 1:
             line = _SEP.join(cell.replace(_SEP, "\ufffd") for cell in cells)
         self.rows.append(line)
 
     def write(self, out: TextIO) -> None:
-        """Write every row, padded to the columns' widths."""
-        widths = self.widths
-        for line in self.rows:
-            cells = [cell.ljust(w) for cell, w in zip(line.split(_SEP), widths, strict=True)]
-            out.write("  ".join(cells).rstrip() + "\n")
+        """Write every row, padded to the columns' widths (a thousand lines a write)."""
+        fmt = "  ".join(f"{{:<{w}}}" for w in self.widths).format
+        rows = self.rows
+        for start in range(0, len(rows), 1000):
+            out.write("".join(
+                fmt(*line.split(_SEP)).rstrip() + "\n" for line in rows[start : start + 1000]
+            ))
 
 
 def table(rows: list[list[str]], out: TextIO) -> None:
@@ -193,6 +192,12 @@ def table(rows: list[list[str]], out: TextIO) -> None:
     lines.write(out)
 
 
+#: (year, month, day, hour, UTC offset) of a stamp -> what turns it into local time
+#: (None: the local offset changes within that hour). A listing formats one stamp per
+#: version and ``astimezone`` asks the C library each time; one hour asks it twice.
+_LOCAL_SHIFTS: dict[tuple[int, int, int, int, Any], Any] = {}
+
+
 def when(stamp: str | None) -> str:
     """An ISO time stamp in local time, seconds precision."""
     if not stamp:
@@ -200,8 +205,25 @@ def when(stamp: str | None) -> str:
     import datetime as dt
 
     try:
-        return dt.datetime.fromisoformat(stamp).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+        d = dt.datetime.fromisoformat(stamp)
     except ValueError:
+        return stamp
+    offset = d.utcoffset()
+    if offset is not None and 1000 <= d.year <= 9998:
+        key = (d.year, d.month, d.day, d.hour, offset)
+        shift = _LOCAL_SHIFTS.get(key, False)
+        if shift is False:
+            hour = d.replace(minute=0, second=0, microsecond=0)
+            local = hour.astimezone().utcoffset()
+            same = local == (hour + dt.timedelta(hours=1)).astimezone().utcoffset()
+            shift = _LOCAL_SHIFTS[key] = local - offset if same and local is not None else None
+        if shift is not None:
+            t = d + shift
+            return (f"{t.year:04d}-{t.month:02d}-{t.day:02d} "
+                    f"{t.hour:02d}:{t.minute:02d}:{t.second:02d}")
+    try:
+        return d.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    except (OverflowError, OSError, ValueError):  # a year the C library cannot place
         return stamp
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, NamedTuple, TextIO
 
 from versionkit.cli._common import (
     Table,
@@ -21,7 +21,14 @@ from versionkit.cli._common import (
     tags_by_version,
     when,
 )
-from versionkit.curate.listing import best_of, config_columns, last_of, sort_key, unknown_columns
+from versionkit.curate.listing import (
+    MetricAt,
+    best_of,
+    config_columns,
+    last_of,
+    sort_key,
+    unknown_columns,
+)
 from versionkit.errors import ConfigError, VersionNotFoundError
 from versionkit.registry.views import display_status, record_json
 from versionkit.sweep.records import record_in_sweep
@@ -69,40 +76,46 @@ def register(add: Adder) -> None:
 # grows with the history.
 
 
-def _row(record: Record, tags: dict[int, list[str]], columns: list[str]) -> dict[str, Any]:
-    best = best_of(record)
-    last = last_of(record)
-    return {
-        "record": record,
-        "status": display_status(record),
-        "tags": tags.get(record["version"], []),
-        "best": None if best is None else {"val_loss": best[0], "step": best[1]},
-        "last": None if last is None else {"val_loss": last[0], "step": last[1]},
-        "columns": config_columns(record, columns) if columns else {},
-    }
+class _Row(NamedTuple):
+    record: Record
+    status: str  # as listed: dead for a running version whose process is gone
+    best: MetricAt | None
+    last: MetricAt | None
+    columns: dict[str, Any]
 
 
-def _sort_value(row: dict[str, Any], key: str) -> Any:
-    record: Record = row["record"]
+def _row(record: Record, columns: list[str]) -> _Row:
+    return _Row(record, display_status(record), best_of(record), last_of(record),
+                config_columns(record, columns) if columns else {})
+
+
+def _metric(at: MetricAt | None) -> dict[str, Any] | None:
+    return None if at is None else {"val_loss": at[0], "step": at[1]}
+
+
+def _sort_value(row: _Row, key: str) -> Any:
+    record = row.record
     if key == "version":
         return record["version"]
     if key == "created":
         created = record.get("created_at")
         return created if isinstance(created, str) else None
     if key == "status":
-        return row["status"]
+        return row.status
     if key in ("best", "last"):
-        return None if row[key] is None else row[key]["val_loss"]
-    return row["columns"].get(key)
+        at = row.best if key == "best" else row.last
+        return None if at is None else at[0]
+    return row.columns.get(key)
 
 
-def _list_rows(reg: Registry, args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+def _list_rows(
+    reg: Registry, args: argparse.Namespace, tags: dict[int, list[str]]
+) -> Iterator[_Row]:
     """Checks every flag first (nothing is printed before a refusal), then streams rows."""
     columns = comma_list(args.columns, "--columns") if args.columns is not None else []
     statuses = set(comma_list(args.status, "--status")) if args.status is not None else None
     if args.limit is not None and args.limit < 0:
         raise ConfigError(f"--limit must be >= 0, got {args.limit}")
-    tags = tags_by_version(reg)
     only: int | None = None
     if args.tag is not None:
         from versionkit.curate.refs import lookup_tag
@@ -123,12 +136,11 @@ def _list_rows(reg: Registry, args: argparse.Namespace) -> Iterator[dict[str, An
     records = (iter([reg.get(only).record]) if only is not None else
                reg.iter_records(limit=None if filtered else args.limit,
                                 newest_first=newest_first))
-    return _rows(records, args, tags, columns, statuses, only)
+    return _rows(records, args, columns, statuses, only)
 
 
-def _rows(records: Iterator[Record], args: argparse.Namespace,
-          tags: dict[int, list[str]], columns: list[str], statuses: set[str] | None,
-          only: int | None) -> Iterator[dict[str, Any]]:
+def _rows(records: Iterator[Record], args: argparse.Namespace, columns: list[str],
+          statuses: set[str] | None, only: int | None) -> Iterator[_Row]:
     count = 0
     for record in records:
         if only is not None and record["version"] != only:
@@ -142,44 +154,48 @@ def _rows(records: Iterator[Record], args: argparse.Namespace,
         if args.limit is not None and count >= args.limit:
             break
         count += 1
-        yield _row(record, tags, columns)
+        yield _row(record, columns)
 
 
-def _json_rows(reg: Registry, rows: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+def _json_rows(reg: Registry, rows: Iterator[_Row],
+               tags: dict[int, list[str]]) -> Iterator[dict[str, Any]]:
     # The folders as VersionInfo spells them, without a Path per version.
     checkpoints = str(reg.checkpoint_dir(0))[:-1]
     logs = str(reg.log_dir(0))[:-1]
     for row in rows:
-        record: Record = row["record"]
+        record = row.record
         n = record["version"]
         data = record_json(record, f"{checkpoints}{n}", f"{logs}{n}")
-        data.update(tags=row["tags"], note=record.get("note"), best=row["best"],
-                    last=row["last"], columns=row["columns"])
+        data.update(tags=tags.get(n, []), note=record.get("note"), best=_metric(row.best),
+                    last=_metric(row.last), columns=row.columns)
         yield data
 
 
-def _at(metric: dict[str, Any] | None) -> str:
-    if metric is None:
+def _at(at: MetricAt | None) -> str:
+    if at is None:
         return "-"
-    step = metric["step"]
-    return number(metric["val_loss"]) + (f"@{step}" if step is not None else "")
+    value, step = at
+    return (f"{value:.6g}" if type(value) is float else number(value)) + (
+        f"@{step}" if step is not None else "")
 
 
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _cells(row: dict[str, Any], columns: list[str]) -> list[str]:
-    record: Record = row["record"]
+def _cells(row: _Row, tags: dict[int, list[str]], columns: list[str]) -> list[str]:
+    record = row.record
+    n = record["version"]
     note = record.get("note")
     note_text = " ".join(note.split()) if isinstance(note, str) and note else "-"
-    commit, dirty = _text(record.get("git_commit")), record.get("git_dirty")
+    commit = record.get("git_commit")
     return [
-        str(record["version"]), row["status"], when(_text(record.get("created_at"))),
+        str(n), row.status, when(_text(record.get("created_at"))),
         _text(record.get("host")) or "-",
-        commit[:8] + ("*" if dirty is True else "") if commit else "-",
-        ",".join(row["tags"]) or "-", _at(row["best"]), _at(row["last"]),
-        *["-" if row["columns"][c] is None else number(row["columns"][c]) for c in columns],
+        commit[:8] + ("*" if record.get("git_dirty") is True else "")
+        if commit and isinstance(commit, str) else "-",
+        ",".join(tags.get(n, ())) or "-", _at(row.best), _at(row.last),
+        *["-" if row.columns[c] is None else number(row.columns[c]) for c in columns],
         note_text if len(note_text) <= 40 else note_text[:37] + "...",
     ]
 
@@ -189,7 +205,8 @@ def cmd_list(reg: Registry, args: argparse.Namespace, out: TextIO) -> int:
     if args.root_ref is not None:
         raise UsageError("list takes an experiment root, not ROOT@version")
     columns = comma_list(args.columns, "--columns") if args.columns is not None else []
-    rows_iter = _list_rows(reg, args)
+    tags = tags_by_version(reg)
+    rows_iter = _list_rows(reg, args, tags)
     if args.sort is not None:
         key = args.sort.lstrip("-")
         rows_all = sorted(rows_iter, key=lambda r: sort_key(_sort_value(r, key)))
@@ -200,16 +217,16 @@ def cmd_list(reg: Registry, args: argparse.Namespace, out: TextIO) -> int:
         rows_iter = iter(rows_all)
     if columns:
         rows_list = list(rows_iter)
-        unknown_columns((r["record"] for r in rows_list), columns)
+        unknown_columns((r.record for r in rows_list), columns)
         rows_iter = iter(rows_list)
     if args.json:
-        dump_stream(_json_rows(reg, rows_iter), out)
+        dump_stream(_json_rows(reg, rows_iter, tags), out)
         return 0
     header = ["VERSION", "STATUS", "CREATED", "HOST", "GIT", "TAGS", "BEST VAL_LOSS@STEP",
               "LAST VAL_LOSS@STEP", *[c.upper() for c in columns], "NOTE"]
     lines = Table(header)
     for r in rows_iter:
-        lines.add(_cells(r, columns))
+        lines.add(_cells(r, tags, columns))
     if len(lines) == 1:
         if args.sweep is not None:
             out.write(f"no versions of sweep {args.sweep} in {reg.root}\n")
@@ -266,7 +283,7 @@ def cmd_show(reg: Registry, args: argparse.Namespace, out: TextIO) -> int:
         ("checkpoint dir", str(info.checkpoint_dir)),
         ("log dir", str(info.log_dir)),
         ("metrics", metrics_text(info.metrics, limit=20)),
-        ("best val_loss", _at(None if best is None else {"val_loss": best[0], "step": best[1]})),
+        ("best val_loss", _at(best)),
     ]
     origin = info.record.get("imported_from")
     if isinstance(origin, dict):
@@ -346,8 +363,7 @@ def cmd_diff(reg: Registry, args: argparse.Namespace, out: TextIO) -> int:
     rows = [["KEY", *[f"version {n}" for n in numbers]]]
     for k in differing:
         rows.append([k, *[_show_value(f.get(k, MISSING)) for f in flats]])
-    rows.append(["best val_loss", *[_at(None if b is None else {"val_loss": b[0], "step": b[1]})
-                                    for b in bests]])
+    rows.append(["best val_loss", *[_at(b) for b in bests]])
     if not differing:
         out.write(f"versions {', '.join(map(str, numbers))} have the same config\n")
     table(rows, out)

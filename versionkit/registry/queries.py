@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import heapq
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -48,18 +47,25 @@ def untracked_record(n: int) -> Record:
     return {"version": n, "status": "untracked", "metrics": {}, "checkpoints": []}
 
 
-def _number_of(record: Record) -> int:
-    return int(record["version"])
+def _with_untracked(
+    records: Iterator[Record], folders: _List[int], newest_first: bool
+) -> Iterator[Record]:
+    """``records`` (in order) with a stand-in for each folder number that has none.
 
-
-def _first_per_number(records: Iterator[Record]) -> Iterator[Record]:
-    """Drop the folder stand-in that follows a version's own record in the merge."""
-    last: int | None = None
+    ``folders`` is sorted in the same order; a plain walk along it, since this runs
+    once per version of a listing.
+    """
+    i, end = 0, len(folders)
     for record in records:
-        number = int(record["version"])
-        if number != last:
-            yield record
-        last = number
+        n = record["version"]
+        while i < end and (folders[i] > n if newest_first else folders[i] < n):
+            yield untracked_record(folders[i])
+            i += 1
+        if i < end and folders[i] == n:
+            i += 1
+        yield record
+    for k in range(i, end):
+        yield untracked_record(folders[k])
 
 
 def _safe(path: str) -> bool:
@@ -150,16 +156,9 @@ class Queries:
         # Folders and records merge in order; a folder whose number has a record is that
         # version's, the others list as untracked. No set of record numbers is built.
         folders = sorted(self.folders.numbers(), reverse=newest_first)
-        records: Iterator[Record] = self.backend.iter_records(newest_first=newest_first)
+        records = self.backend.iter_records(newest_first=newest_first)
         if folders:
-            records = _first_per_number(
-                heapq.merge(
-                    records,
-                    (untracked_record(n) for n in folders),
-                    key=_number_of,
-                    reverse=newest_first,
-                )
-            )
+            records = _with_untracked(records, folders, newest_first)
         count = 0
         for record in records:
             if status is not None and record.get("status", "unknown") != status:
