@@ -10,6 +10,9 @@ then the median of 5); and the peak Python memory of ``best`` and of streaming t
 whole list. Each figure comes with its ratio to the smallest size's. What is timed is
 the public API and the CLI.
 
+At the end, ``allocate`` again on every size and backend in turn (30 rounds), so that
+the sizes' medians come from the same minutes (``allocate_interleaved``).
+
 Building the experiments is not timed and goes around the API (the bulk path below,
 for benchmarks only): records, counter and best index written directly for the file
 backend, rows inserted in batches for SQL, every ``version_N`` folder and every
@@ -206,6 +209,7 @@ def run(
 ) -> None:
     """Build each size once, measure every backend on it, print figures and ratios."""
     first: dict[tuple[str, str], float] = {}
+    built: list[tuple[int, str, str, Path]] = []
     for size in sizes:
         root = tmp / f"scale_{size}"
         started = time.perf_counter()
@@ -224,6 +228,7 @@ def run(
             uris[name] = uri
         del records
         build_s = time.perf_counter() - started
+        built += [(size, name, uri, root) for name, uri in uris.items()]
         for name, uri in uris.items():
             for figure, value in measure(root, uri, size).items():
                 key = (name, figure)
@@ -240,3 +245,35 @@ def run(
                     ratio_to_smallest=round(ratio, 2),
                     build_s=round(build_s, 1),
                 )
+    allocate_interleaved(built, emit)
+
+
+def allocate_interleaved(
+    built: list[tuple[int, str, str, Path]], emit: Callable[..., None], rounds: int = 30
+) -> None:
+    """``allocate`` on every size and backend in turn, ``rounds`` times: the sizes' medians
+    are taken over the same minutes, so a disk that slows down meanwhile (another job's
+    fsyncs) slows every size alike and the ratio is the registry's own."""
+    regs = {(size, name): Registry(root, uri) for size, name, uri, root in built}
+    times: dict[tuple[int, str], list[float]] = {key: [] for key in regs}
+    for _ in range(rounds):
+        for key, reg in regs.items():
+            started = time.perf_counter()
+            reg.allocate()
+            times[key].append(time.perf_counter() - started)
+    smallest: dict[str, float] = {}
+    for (size, name), values in times.items():
+        value = 1000 * statistics.median(values)
+        smallest.setdefault(name, value)
+        emit(
+            f"{name} allocate_interleaved @ {size} versions",
+            value,
+            "ms",
+            TARGETS["allocate_ms"],
+            versions=size,
+            backend=name,
+            ratio_to_smallest=round(value / smallest[name], 2),
+            rounds=rounds,
+        )
+    for reg in regs.values():
+        reg.close()

@@ -256,12 +256,14 @@ class FileBackend(Backend):
 
     def _record_numbers(self) -> list[int]:
         try:
-            entries = os.listdir(self.records_dir)
+            # Streamed: the memory of a listing holds the numbers, not every file name.
+            with os.scandir(self.records_dir) as entries:
+                names = (entry.name for entry in entries)
+                numbers = [n for n in map(_record_number, names) if n is not None]
         except FileNotFoundError:
             return []
         except OSError as exc:
             raise BackendError(f"cannot list {self.records_dir}: {exc.strerror or exc}") from exc
-        numbers = [n for n in map(_record_number, entries) if n is not None]
         numbers.sort()
         return numbers
 
