@@ -206,3 +206,14 @@ def test_json_lines_are_strict_and_only_refused_ones_are_walked(
     out = io.StringIO()
     _common.dump_stream(iter([]), out)
     assert out.getvalue() == "[]\n"
+
+
+def test_a_stamp_the_c_library_cannot_place_shows_as_written(timezone: None) -> None:
+    """Year 1 in a zone west of UTC: ``astimezone`` overflows; the listing used to end
+    in a traceback there."""
+    if not Path("/usr/share/zoneinfo/America/New_York").exists():
+        pytest.skip("no zoneinfo for America/New_York here")
+    os.environ["TZ"] = "America/New_York"
+    time.tzset()
+    _common._LOCAL_SHIFTS.clear()
+    assert _common.when("0001-01-01T00:00:00+00:00") == "0001-01-01T00:00:00+00:00"
