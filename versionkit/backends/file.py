@@ -74,6 +74,18 @@ def _record_number(name: str) -> int | None:
     return None
 
 
+def _read_bytes(path: Path | str) -> bytes:
+    """The whole file, with bare syscalls: a listing reads one record file per version."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = [os.read(fd, 65536)]
+        while chunks[-1]:
+            chunks.append(os.read(fd, 65536))
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
+
+
 class FileBackend(Backend):
     """Registry state in JSON files under the experiment root, writes under a file lock.
 
@@ -124,8 +136,7 @@ class FileBackend(Backend):
 
     def _read_json(self, path: Path | str) -> dict[str, Any] | None:
         try:
-            with open(path, "rb") as f:
-                data = f.read()
+            data = _read_bytes(path)
         except FileNotFoundError:
             return None
         except IsADirectoryError as exc:
@@ -245,12 +256,14 @@ class FileBackend(Backend):
 
     def _record_numbers(self) -> list[int]:
         try:
-            entries = os.listdir(self.records_dir)
+            # Streamed: the memory of a listing holds the numbers, not every file name.
+            with os.scandir(self.records_dir) as entries:
+                names = (entry.name for entry in entries)
+                numbers = [n for n in map(_record_number, names) if n is not None]
         except FileNotFoundError:
             return []
         except OSError as exc:
             raise BackendError(f"cannot list {self.records_dir}: {exc.strerror or exc}") from exc
-        numbers = [n for n in map(_record_number, entries) if n is not None]
         numbers.sort()
         return numbers
 
@@ -305,9 +318,9 @@ class FileBackend(Backend):
         numbers = self._record_numbers()
         if newest_first:
             numbers.reverse()
-        folder = str(self.records_dir)
+        folder = os.path.join(self.records_dir, "")
         for number in numbers:
-            record = self._read_record(os.path.join(folder, f"{number}.json"), number)
+            record = self._read_record(f"{folder}{number}.json", number)
             if record is not None:
                 yield record
 

@@ -130,22 +130,72 @@ def dump(value: Any, out: TextIO) -> None:
 
 
 def dump_stream(items: Iterable[Any], out: TextIO) -> None:
-    """A JSON array written one element (one line) at a time, so memory stays bounded."""
+    """A JSON array written one element (one line) at a time, so memory stays bounded.
+
+    Compact lines, not indented ones; an element is walked for NaN only when the
+    strict encoder refuses it (a listing writes every version through here).
+    """
+    encode = json.JSONEncoder(ensure_ascii=False, default=str, allow_nan=False).encode
     out.write("[")
-    first = True
+    sep = "\n"
     for item in items:
-        text = json.dumps(finite(item), ensure_ascii=False, default=str, allow_nan=False)
-        out.write(("\n" if first else ",\n") + text)
-        first = False
-    out.write("]\n" if first else "\n]\n")
+        try:
+            text = encode(item)
+        except ValueError:  # NaN or an infinity somewhere in it
+            text = encode(finite(item))
+        out.write(sep + text)
+        sep = ",\n"
+    out.write("]\n" if sep == "\n" else "\n]\n")
+
+
+#: Joins a table row's cells while the table waits for its widths (no cell has it).
+_SEP = "\x00"
+
+
+class Table:
+    """Left-aligned columns, two spaces apart, written once every row is known.
+
+    Widths need every row, so rows are kept, each as one string (a few dozen bytes a
+    version, not a list of cell objects).
+    """
+
+    def __init__(self, header: list[str]) -> None:
+        self.widths = [len(cell) for cell in header]
+        self.rows = [_SEP.join(header)]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def add(self, cells: list[str]) -> None:
+        """Add one row (as many cells as the header; NUL in a cell shows as U+FFFD)."""
+        self.widths = list(map(max, self.widths, map(len, cells)))
+        line = _SEP.join(cells)
+        if line.count(_SEP) != len(cells) - 1:
+            line = _SEP.join(cell.replace(_SEP, "\ufffd") for cell in cells)
+        self.rows.append(line)
+
+    def write(self, out: TextIO) -> None:
+        """Write every row, padded to the columns' widths (a thousand lines a write)."""
+        fmt = "  ".join(f"{{:<{w}}}" for w in self.widths).format
+        rows = self.rows
+        for start in range(0, len(rows), 1000):
+            out.write("".join(
+                fmt(*line.split(_SEP)).rstrip() + "\n" for line in rows[start : start + 1000]
+            ))
 
 
 def table(rows: list[list[str]], out: TextIO) -> None:
     """Left-aligned columns, two spaces apart."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=True)]
-        out.write("  ".join(cells).rstrip() + "\n")
+    lines = Table(rows[0])
+    for row in rows[1:]:
+        lines.add(row)
+    lines.write(out)
+
+
+#: (year, month, day, hour, UTC offset) of a stamp -> what turns it into local time
+#: (None: the local offset changes within that hour). A listing formats one stamp per
+#: version and ``astimezone`` asks the C library each time; one hour asks it twice.
+_LOCAL_SHIFTS: dict[tuple[int, int, int, int, Any], Any] = {}
 
 
 def when(stamp: str | None) -> str:
@@ -155,8 +205,25 @@ def when(stamp: str | None) -> str:
     import datetime as dt
 
     try:
-        return dt.datetime.fromisoformat(stamp).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+        d = dt.datetime.fromisoformat(stamp)
     except ValueError:
+        return stamp
+    offset = d.utcoffset()
+    if offset is not None and 1000 <= d.year <= 9998:
+        key = (d.year, d.month, d.day, d.hour, offset)
+        shift = _LOCAL_SHIFTS.get(key, False)
+        if shift is False:
+            hour = d.replace(minute=0, second=0, microsecond=0)
+            local = hour.astimezone().utcoffset()
+            same = local == (hour + dt.timedelta(hours=1)).astimezone().utcoffset()
+            shift = _LOCAL_SHIFTS[key] = local - offset if same and local is not None else None
+        if shift is not None:
+            t = d + shift
+            return (f"{t.year:04d}-{t.month:02d}-{t.day:02d} "
+                    f"{t.hour:02d}:{t.minute:02d}:{t.second:02d}")
+    try:
+        return d.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    except (OverflowError, OSError, ValueError):  # a year the C library cannot place
         return stamp
 
 

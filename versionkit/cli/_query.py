@@ -5,15 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, NamedTuple, TextIO
 
 from versionkit.cli._common import (
+    Table,
     UsageError,
     comma_list,
     dump,
     dump_stream,
-    git_text,
-    iter_versions,
     metrics_text,
     number,
     one_ref,
@@ -22,12 +21,21 @@ from versionkit.cli._common import (
     tags_by_version,
     when,
 )
-from versionkit.curate.listing import best_of, config_columns, last_of, sort_key, unknown_columns
+from versionkit.curate.listing import (
+    MetricAt,
+    best_of,
+    config_columns,
+    last_of,
+    sort_key,
+    unknown_columns,
+)
 from versionkit.errors import ConfigError, VersionNotFoundError
-from versionkit.sweep.records import in_sweep
+from versionkit.registry.views import display_status, record_json
+from versionkit.sweep.records import record_in_sweep
 
 if TYPE_CHECKING:
-    from versionkit.registry import CheckpointInfo, Registry, VersionInfo
+    from versionkit.backends.base import Record
+    from versionkit.registry import CheckpointInfo, Registry
 
 Adder = Callable[[str, str], argparse.ArgumentParser]
 _SORTS = ("version", "created", "status", "best", "last")
@@ -62,40 +70,52 @@ def register(add: Adder) -> None:
 
 
 # -- list -------------------------------------------------------------------------------
+#
+# A listing formats every version, so it works on the raw records (no typed view per
+# version) and derives each cell once: this is the part of ``versionkit list`` that
+# grows with the history.
 
 
-def _row(v: VersionInfo, tags: dict[int, list[str]], columns: list[str]) -> dict[str, Any]:
-    best = best_of(v.record)
-    last = last_of(v.record)
-    return {
-        "info": v,
-        "tags": tags.get(v.version, []),
-        "best": None if best is None else {"val_loss": best[0], "step": best[1]},
-        "last": None if last is None else {"val_loss": last[0], "step": last[1]},
-        "columns": config_columns(v.record, columns),
-    }
+class _Row(NamedTuple):
+    record: Record
+    status: str  # as listed: dead for a running version whose process is gone
+    best: MetricAt | None
+    last: MetricAt | None
+    columns: dict[str, Any]
 
 
-def _sort_value(row: dict[str, Any], key: str) -> Any:
-    info: VersionInfo = row["info"]
+def _row(record: Record, columns: list[str]) -> _Row:
+    return _Row(record, display_status(record), best_of(record), last_of(record),
+                config_columns(record, columns) if columns else {})
+
+
+def _metric(at: MetricAt | None) -> dict[str, Any] | None:
+    return None if at is None else {"val_loss": at[0], "step": at[1]}
+
+
+def _sort_value(row: _Row, key: str) -> Any:
+    record = row.record
     if key == "version":
-        return info.version
+        return record["version"]
     if key == "created":
-        return info.created_at
+        created = record.get("created_at")
+        return created if isinstance(created, str) else None
     if key == "status":
-        return info.display_status
+        return row.status
     if key in ("best", "last"):
-        return None if row[key] is None else row[key]["val_loss"]
-    return row["columns"].get(key)
+        at = row.best if key == "best" else row.last
+        return None if at is None else at[0]
+    return row.columns.get(key)
 
 
-def _list_rows(reg: Registry, args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+def _list_rows(
+    reg: Registry, args: argparse.Namespace, tags: dict[int, list[str]]
+) -> Iterator[_Row]:
     """Checks every flag first (nothing is printed before a refusal), then streams rows."""
     columns = comma_list(args.columns, "--columns") if args.columns is not None else []
     statuses = set(comma_list(args.status, "--status")) if args.status is not None else None
     if args.limit is not None and args.limit < 0:
         raise ConfigError(f"--limit must be >= 0, got {args.limit}")
-    tags = tags_by_version(reg)
     only: int | None = None
     if args.tag is not None:
         from versionkit.curate.refs import lookup_tag
@@ -113,42 +133,71 @@ def _list_rows(reg: Registry, args: argparse.Namespace) -> Iterator[dict[str, An
             )
     newest_first = args.limit is not None
     filtered = statuses is not None or only is not None or args.sweep is not None
-    versions = (iter([reg.get(only)]) if only is not None else
-                iter_versions(reg, limit=None if filtered else args.limit,
-                              newest_first=newest_first))
-    return _rows(versions, args, tags, columns, statuses, only)
+    records = (iter([reg.get(only).record]) if only is not None else
+               reg.iter_records(limit=None if filtered else args.limit,
+                                newest_first=newest_first))
+    return _rows(records, args, columns, statuses, only)
 
 
-def _rows(versions: Iterator[VersionInfo], args: argparse.Namespace,
-          tags: dict[int, list[str]], columns: list[str], statuses: set[str] | None,
-          only: int | None) -> Iterator[dict[str, Any]]:
+def _rows(records: Iterator[Record], args: argparse.Namespace, columns: list[str],
+          statuses: set[str] | None, only: int | None) -> Iterator[_Row]:
     count = 0
-    for v in versions:
-        if only is not None and v.version != only:
+    for record in records:
+        if only is not None and record["version"] != only:
             continue
-        if statuses is not None and v.display_status not in statuses and v.status not in statuses:
+        if statuses is not None and display_status(record) not in statuses and str(
+            record.get("status") or "unknown"
+        ) not in statuses:
             continue
-        if args.sweep is not None and not in_sweep(v, args.sweep):
+        if args.sweep is not None and not record_in_sweep(record, args.sweep):
             continue
         if args.limit is not None and count >= args.limit:
             break
         count += 1
-        yield _row(v, tags, columns)
+        yield _row(record, columns)
 
 
-def _json_row(row: dict[str, Any]) -> dict[str, Any]:
-    info: VersionInfo = row["info"]
-    data = info.to_json()
-    data.update(tags=row["tags"], note=info.record.get("note"), best=row["best"],
-                last=row["last"], columns=row["columns"])
-    return data
+def _json_rows(reg: Registry, rows: Iterator[_Row],
+               tags: dict[int, list[str]]) -> Iterator[dict[str, Any]]:
+    # The folders as VersionInfo spells them, without a Path per version.
+    checkpoints = str(reg.checkpoint_dir(0))[:-1]
+    logs = str(reg.log_dir(0))[:-1]
+    for row in rows:
+        record = row.record
+        n = record["version"]
+        data = record_json(record, f"{checkpoints}{n}", f"{logs}{n}")
+        data.update(tags=tags.get(n, []), note=record.get("note"), best=_metric(row.best),
+                    last=_metric(row.last), columns=row.columns)
+        yield data
 
 
-def _at(metric: dict[str, Any] | None) -> str:
-    if metric is None:
+def _at(at: MetricAt | None) -> str:
+    if at is None:
         return "-"
-    step = metric["step"]
-    return number(metric["val_loss"]) + (f"@{step}" if step is not None else "")
+    value, step = at
+    return (f"{value:.6g}" if type(value) is float else number(value)) + (
+        f"@{step}" if step is not None else "")
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _cells(row: _Row, tags: dict[int, list[str]], columns: list[str]) -> list[str]:
+    record = row.record
+    n = record["version"]
+    note = record.get("note")
+    note_text = " ".join(note.split()) if isinstance(note, str) and note else "-"
+    commit = record.get("git_commit")
+    return [
+        str(n), row.status, when(_text(record.get("created_at"))),
+        _text(record.get("host")) or "-",
+        commit[:8] + ("*" if record.get("git_dirty") is True else "")
+        if commit and isinstance(commit, str) else "-",
+        ",".join(tags.get(n, ())) or "-", _at(row.best), _at(row.last),
+        *["-" if row.columns[c] is None else number(row.columns[c]) for c in columns],
+        note_text if len(note_text) <= 40 else note_text[:37] + "...",
+    ]
 
 
 def cmd_list(reg: Registry, args: argparse.Namespace, out: TextIO) -> int:
@@ -156,7 +205,8 @@ def cmd_list(reg: Registry, args: argparse.Namespace, out: TextIO) -> int:
     if args.root_ref is not None:
         raise UsageError("list takes an experiment root, not ROOT@version")
     columns = comma_list(args.columns, "--columns") if args.columns is not None else []
-    rows_iter = _list_rows(reg, args)
+    tags = tags_by_version(reg)
+    rows_iter = _list_rows(reg, args, tags)
     if args.sort is not None:
         key = args.sort.lstrip("-")
         rows_all = sorted(rows_iter, key=lambda r: sort_key(_sort_value(r, key)))
@@ -167,32 +217,24 @@ def cmd_list(reg: Registry, args: argparse.Namespace, out: TextIO) -> int:
         rows_iter = iter(rows_all)
     if columns:
         rows_list = list(rows_iter)
-        unknown_columns((r["info"].record for r in rows_list), columns)
+        unknown_columns((r.record for r in rows_list), columns)
         rows_iter = iter(rows_list)
     if args.json:
-        dump_stream((_json_row(r) for r in rows_iter), out)
+        dump_stream(_json_rows(reg, rows_iter, tags), out)
         return 0
     header = ["VERSION", "STATUS", "CREATED", "HOST", "GIT", "TAGS", "BEST VAL_LOSS@STEP",
               "LAST VAL_LOSS@STEP", *[c.upper() for c in columns], "NOTE"]
-    rows = [header]
+    lines = Table(header)
     for r in rows_iter:
-        v: VersionInfo = r["info"]
-        note = v.record.get("note")
-        note_text = " ".join(note.split()) if isinstance(note, str) and note else "-"
-        rows.append([
-            str(v.version), v.display_status, when(v.created_at), v.host or "-", git_text(v),
-            ",".join(r["tags"]) or "-", _at(r["best"]), _at(r["last"]),
-            *["-" if r["columns"][c] is None else number(r["columns"][c]) for c in columns],
-            note_text if len(note_text) <= 40 else note_text[:37] + "...",
-        ])
-    if len(rows) == 1:
+        lines.add(_cells(r, tags, columns))
+    if len(lines) == 1:
         if args.sweep is not None:
             out.write(f"no versions of sweep {args.sweep} in {reg.root}\n")
         else:
             out.write(f"no versions in {reg.root}\n" if not (args.status or args.tag)
                       else "no version matches\n")
         return 0
-    table(rows, out)
+    lines.write(out)
     return 0
 
 
@@ -241,7 +283,7 @@ def cmd_show(reg: Registry, args: argparse.Namespace, out: TextIO) -> int:
         ("checkpoint dir", str(info.checkpoint_dir)),
         ("log dir", str(info.log_dir)),
         ("metrics", metrics_text(info.metrics, limit=20)),
-        ("best val_loss", _at(None if best is None else {"val_loss": best[0], "step": best[1]})),
+        ("best val_loss", _at(best)),
     ]
     origin = info.record.get("imported_from")
     if isinstance(origin, dict):
@@ -321,8 +363,7 @@ def cmd_diff(reg: Registry, args: argparse.Namespace, out: TextIO) -> int:
     rows = [["KEY", *[f"version {n}" for n in numbers]]]
     for k in differing:
         rows.append([k, *[_show_value(f.get(k, MISSING)) for f in flats]])
-    rows.append(["best val_loss", *[_at(None if b is None else {"val_loss": b[0], "step": b[1]})
-                                    for b in bests]])
+    rows.append(["best val_loss", *[_at(b) for b in bests]])
     if not differing:
         out.write(f"versions {', '.join(map(str, numbers))} have the same config\n")
     table(rows, out)

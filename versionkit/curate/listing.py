@@ -41,13 +41,19 @@ def best_of(
     items = record.get("checkpoints")
     if type(items) is not list:
         return None
+    isfinite = math.isfinite
     for item in items:
         metrics = item.get("metrics") if type(item) is dict else None
         if type(metrics) is not dict:
             continue
-        value = _finite(metrics.get(metric))
-        if value is None:
-            continue
+        value = metrics.get(metric)
+        if type(value) is float:  # the common case, inline
+            if not isfinite(value):
+                continue
+        else:
+            value = _finite(value)
+            if value is None:
+                continue
         step = item.get("step")
         if type(step) is not int:
             step = None

@@ -44,12 +44,25 @@ class Folders:
     def numbers(self) -> set[int]:
         """Numbers N of every ``version_N`` entry in ``checkpoints/`` and ``logs/``."""
         skip = len(VERSION_PREFIX)
-        # One comprehension over bare names: this is the part of a listing that grows.
-        return {
-            int(name[skip:])
-            for _folder, name in self._names()
-            if name[skip:].isdigit() and name[skip:].isascii() and len(name) - skip <= _MAX_DIGITS
-        }
+        found: set[int] = set()
+        # Streamed, one comprehension over bare names: this is the part of a listing that
+        # grows, and its memory holds the numbers, not a list of every name.
+        for folder in (self.layout.checkpoints, self.layout.logs):
+            try:
+                with os.scandir(folder) as entries:
+                    found.update(
+                        int(name[skip:])
+                        for name in (entry.name for entry in entries)
+                        if name.startswith(VERSION_PREFIX)
+                        and name[skip:].isdigit()
+                        and name[skip:].isascii()
+                        and len(name) - skip <= _MAX_DIGITS
+                    )
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            except OSError as exc:
+                raise RegistryError(f"cannot list {folder}: {exc.strerror or exc}") from exc
+        return found
 
     def stamp(self) -> list[int | None]:
         """The mtimes (ns) of ``checkpoints/`` and ``logs/``: they change whenever a

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import heapq
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -48,14 +47,25 @@ def untracked_record(n: int) -> Record:
     return {"version": n, "status": "untracked", "metrics": {}, "checkpoints": []}
 
 
-def _first_per_number(records: Iterator[Record]) -> Iterator[Record]:
-    """Drop the folder stand-in that follows a version's own record in the merge."""
-    last: int | None = None
+def _with_untracked(
+    records: Iterator[Record], folders: _List[int], newest_first: bool
+) -> Iterator[Record]:
+    """``records`` (in order) with a stand-in for each folder number that has none.
+
+    ``folders`` is sorted in the same order; a plain walk along it, since this runs
+    once per version of a listing.
+    """
+    i, end = 0, len(folders)
     for record in records:
-        number = int(record["version"])
-        if number != last:
-            yield record
-        last = number
+        n = record["version"]
+        while i < end and (folders[i] > n if newest_first else folders[i] < n):
+            yield untracked_record(folders[i])
+            i += 1
+        if i < end and folders[i] == n:
+            i += 1
+        yield record
+    for k in range(i, end):
+        yield untracked_record(folders[k])
 
 
 def _safe(path: str) -> bool:
@@ -126,6 +136,14 @@ class Queries:
             newest_first: highest number first (``--limit N`` shows the latest N).
             status: only versions whose recorded status is this (``untracked`` works).
         """
+        for record in self.iter_records(limit=limit, newest_first=newest_first, status=status):
+            yield self._info(record)
+
+    def iter_records(
+        self, *, limit: int | None = None, newest_first: bool = False, status: str | None = None
+    ) -> Iterator[Record]:
+        """:meth:`iter_versions` as the raw records (``{"version": N, ...}``), for
+        listings that format many versions and need no typed view of each."""
         if limit is not None and (
             isinstance(limit, bool) or not isinstance(limit, int) or limit < 0
         ):
@@ -138,23 +156,19 @@ class Queries:
         # Folders and records merge in order; a folder whose number has a record is that
         # version's, the others list as untracked. No set of record numbers is built.
         folders = sorted(self.folders.numbers(), reverse=newest_first)
-        records: Iterator[Record] = heapq.merge(
-            self.backend.iter_records(newest_first=newest_first),
-            (untracked_record(n) for n in folders),
-            key=lambda r: int(r["version"]),
-            reverse=newest_first,
-        )
-        records = _first_per_number(records)
+        records = self.backend.iter_records(newest_first=newest_first)
+        if folders:
+            records = _with_untracked(records, folders, newest_first)
         count = 0
         for record in records:
             if status is not None and record.get("status", "unknown") != status:
                 continue
-            yield self._info(record)
+            yield record
             count += 1
             if limit is not None and count >= limit:
                 return
 
-    def _walk_down(self, limit: int) -> Iterator[VersionInfo]:
+    def _walk_down(self, limit: int) -> Iterator[Record]:
         """The latest ``limit`` versions, read one number at a time from the top.
 
         One listing of the folders (cheap: names only) and ``limit`` record reads,
@@ -171,16 +185,16 @@ class Queries:
             if record is None:
                 misses += 1
                 if misses > _WALK_GAPS:
-                    below = (v for v in self.iter_versions(newest_first=True) if v.version < n)
-                    for info in below:
-                        yield info
+                    below = (r for r in self.iter_records(newest_first=True) if r["version"] < n)
+                    for found in below:
+                        yield found
                         count += 1
                         if count >= limit:
                             return
                     return
             else:
                 misses = 0
-                yield self._info(record)
+                yield record
                 count += 1
             n -= 1
 

@@ -9,7 +9,40 @@ from typing import Any
 
 from versionkit.registry import provenance
 
-__all__ = ["CheckpointInfo", "VersionInfo"]
+__all__ = ["CheckpointInfo", "VersionInfo", "display_status", "record_json"]
+
+
+def _is_dead(record: Mapping[str, Any]) -> bool:
+    """Recorded as running on this host, but its process no longer exists."""
+    if record.get("status") != "running":
+        return False
+    pid, host = record.get("pid"), record.get("host")
+    if type(pid) is not int or pid <= 0 or not isinstance(host, str):
+        return False
+    if host != provenance.host():
+        return False
+    return not provenance.pid_alive(pid)
+
+
+def display_status(record: Mapping[str, Any]) -> str:
+    """A record's status as listings show it: ``dead`` for a running version whose
+    process is gone, ``unknown`` when none was recorded. The same as
+    :attr:`VersionInfo.display_status`, without building the view (listings call it
+    once per version)."""
+    return "dead" if _is_dead(record) else str(record.get("status") or "unknown")
+
+
+def record_json(record: Mapping[str, Any], checkpoint_dir: str, log_dir: str) -> dict[str, Any]:
+    """:meth:`VersionInfo.to_json` of a raw record, without building the view."""
+    dead = _is_dead(record)
+    status = str(record.get("status") or "unknown")
+    out: dict[str, Any] = {"version": int(record["version"]), "status": "dead" if dead else status}
+    out.update((k, v) for k, v in record.items() if k not in ("version", "status"))
+    out["recorded_status"] = status
+    out["dead"] = dead
+    out["checkpoint_dir"] = checkpoint_dir
+    out["log_dir"] = log_dir
+    return out
 
 
 @dataclass(frozen=True)
@@ -60,11 +93,7 @@ class VersionInfo:
     @property
     def is_dead(self) -> bool:
         """Recorded as running on this host, but its process no longer exists."""
-        if self.status != "running" or not isinstance(self.pid, int) or self.pid <= 0:
-            return False
-        if self.host != provenance.host():
-            return False
-        return not provenance.pid_alive(self.pid)
+        return _is_dead(self.record)
 
     @property
     def display_status(self) -> str:
@@ -110,10 +139,4 @@ class VersionInfo:
 
     def to_json(self) -> dict[str, Any]:
         """The record plus ``display_status``, ``dead`` and the two folders, JSON-able."""
-        out: dict[str, Any] = {"version": self.version, "status": self.display_status}
-        out.update((k, v) for k, v in self.record.items() if k not in ("version", "status"))
-        out["recorded_status"] = self.status
-        out["dead"] = self.is_dead
-        out["checkpoint_dir"] = str(self.checkpoint_dir)
-        out["log_dir"] = str(self.log_dir)
-        return out
+        return record_json(self.record, str(self.checkpoint_dir), str(self.log_dir))

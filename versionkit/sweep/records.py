@@ -10,7 +10,7 @@ from typing import Any
 
 from versionkit.registry import VersionInfo
 
-__all__ = ["SWEEP_KEY", "in_sweep", "sweep_of", "sweep_versions"]
+__all__ = ["SWEEP_KEY", "in_sweep", "record_in_sweep", "sweep_of", "sweep_versions"]
 
 #: the record key that holds a trial's study, number and sampled values
 SWEEP_KEY = "sweep"
@@ -24,8 +24,13 @@ def sweep_of(info: VersionInfo) -> Mapping[str, Any] | None:
 
 def in_sweep(info: VersionInfo, study: str) -> bool:
     """Whether a trial of ``study`` made this version."""
-    sweep = sweep_of(info)
-    return sweep is not None and sweep.get("study") == study
+    return record_in_sweep(info.record, study)
+
+
+def record_in_sweep(record: Mapping[str, Any], study: str) -> bool:
+    """:func:`in_sweep` of a raw record (``versionkit list`` reads records)."""
+    sweep = record.get(SWEEP_KEY)
+    return isinstance(sweep, Mapping) and sweep.get("study") == study
 
 
 def sweep_versions(infos: Iterable[VersionInfo], study: str) -> list[VersionInfo]:
