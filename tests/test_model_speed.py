@@ -157,19 +157,25 @@ def test_cached_pixel_sampler_equals_the_full_causal_pass(
     torch.testing.assert_close(torch.stack(seen, 1), full, atol=1e-5, rtol=1e-5)
 
 
-def test_row_cross_entropy_matches_torch_in_value_and_gradient() -> None:
+@pytest.mark.parametrize("scale", [1.0, 60.0])
+def test_codebook_cross_entropy_matches_torch_in_value_and_gradient(scale: float) -> None:
+    """The fused logits + cross-entropy equal F.cross_entropy of the explicit logits, also
+    where the target's probability underflows (scale 60: logits hundreds apart)."""
     g = torch.Generator().manual_seed(0)
-    logits = (torch.randn(3, 50, 256, generator=g) * 6).requires_grad_()
+    x = torch.randn(3, 50, 8, generator=g).mul(scale).requires_grad_()
+    codebook = torch.randn(3, 256, 8, generator=g).requires_grad_()
+    bias = torch.randn(3, 256, generator=g).requires_grad_()
     target = torch.randint(0, 256, (3, 50), generator=g)
     weight = torch.rand(3, 50, generator=g)
-    ours = pixel_mod.cross_entropy_rows(logits, target)
-    (ours * weight).sum().backward()
-    assert logits.grad is not None
-    got_grad, logits.grad = logits.grad, None
-    want = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none")
-    (want.view(3, 50) * weight).sum().backward()
-    torch.testing.assert_close(ours, want.view(3, 50), atol=1e-5, rtol=1e-6)
-    torch.testing.assert_close(got_grad, logits.grad, atol=1e-6, rtol=1e-5)
+    ours = pixel_mod.codebook_cross_entropy(x, codebook, bias, target)
+    got = torch.autograd.grad((ours * weight).sum(), (x, codebook, bias))
+    logits = torch.baddbmm(bias.unsqueeze(1), x, codebook.transpose(1, 2))
+    want = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none").view(3, 50)
+    wanted = torch.autograd.grad((want * weight).sum(), (x, codebook, bias))
+    assert torch.isfinite(ours).all()
+    torch.testing.assert_close(ours, want, atol=1e-5 * scale, rtol=1e-5)
+    for a, b in zip(got, wanted, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5 * scale, rtol=1e-4)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
