@@ -227,19 +227,20 @@ class _CodebookCrossEntropy(torch.autograd.Function):
     """Cross-entropy of logits ``x @ codebook^T + bias`` per channel, with the logits fused in.
 
     The logits (C, N, 256) are the pixel head's largest tensor, so the passes over them are
-    what counts. Forward: one batched matmul, one row max and one softmax (one ``exp`` per
-    logit); the loss is ``max - logit[target] + log(sum)``, where the sum comes from the
-    softmax at the row's argmax (``exp(0) / sum``, never below 1/256, so never underflows).
-    The only saved big tensor is ``softmax - onehot``; the backward reads it twice, in two
-    batched matmuls, scaling the small operands by the incoming gradient instead of the
-    big one. Same value and gradients as ``F.cross_entropy`` of the explicit logits, up to
-    float rounding.
+    what counts. Forward: one batched matmul (the bias as an extra column of ones in ``x``),
+    one row max and one softmax, so one ``exp`` per logit. The loss is
+    ``max - logit[target] + log(sum)``, and ``1 / sum`` is the softmax's largest entry
+    (``exp(0) / sum``, never below 1/256, so it never underflows). The only saved big
+    tensor is ``softmax - onehot``; the backward reads it in two batched matmuls and scales
+    the small operands by the incoming gradient instead of the big one. Same value and
+    gradients as ``F.cross_entropy`` of the explicit logits, up to float rounding.
     """
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, codebook: Tensor, bias: Tensor, target: Tensor) -> Tensor:
-        logits = torch.baddbmm(bias.unsqueeze(1), x, codebook.transpose(1, 2))
-        top, arg = logits.max(dim=-1, keepdim=True)
+        x1 = torch.cat([x, x.new_ones(*x.shape[:-1], 1)], dim=-1)
+        logits = torch.bmm(x1, torch.cat([codebook, bias.unsqueeze(-1)], dim=-1).transpose(1, 2))
+        top = logits.amax(dim=-1, keepdim=True)
         index = target.unsqueeze(-1)
         picked = logits.gather(-1, index)
         if logits.device.type == "cpu":
@@ -249,19 +250,19 @@ class _CodebookCrossEntropy(torch.autograd.Function):
         else:
             grad = torch.softmax(logits, dim=-1)
         del logits
-        log_sum = grad.gather(-1, arg).log_().neg_()
+        log_sum = grad.amax(dim=-1, keepdim=True).log_().neg_()
         grad.scatter_add_(-1, index, torch.full_like(picked, -1.0))
-        ctx.save_for_backward(x, codebook, grad)
+        ctx.save_for_backward(x1, codebook, grad)
         return (top - picked).add_(log_sum).squeeze(-1)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:
-        x, codebook, grad = ctx.saved_tensors
+        x1, codebook, grad = ctx.saved_tensors
         g = grad_out.unsqueeze(-1)
         dx = torch.bmm(grad, codebook).mul_(g)
         # d codebook = grad^T (g x) and d bias = grad^T g, in one matmul.
-        d_both = torch.bmm(grad.transpose(1, 2), torch.cat([x * g, g], dim=-1))
+        d_both = torch.bmm(grad.transpose(1, 2), x1 * g)
         return dx, d_both[..., :-1], d_both[..., -1], None
 
 
