@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 import fractalgen.model.pixel as pixel_mod
 from fractalgen.model import FractalGen
-from fractalgen.model.blocks import Dropout
+from fractalgen.model.blocks import Attention, Dropout
 from fractalgen.model.mar import MARLevel
 from fractalgen.model.pixel import PixelHead
 
@@ -194,6 +194,24 @@ def test_fast_dropout_draws_the_same_mask_as_torch(dtype: torch.dtype, p: float)
     (wx,) = torch.autograd.grad(want.sum(), x)
     assert torch.equal(gx, wx)
     assert torch.equal(Dropout(p).eval()(x), x)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_dropout_draws_what_sdpa_draws(causal: bool) -> None:
+    """Training-mode attention with dropout gives SDPA's result from the same RNG state
+    and leaves the RNG where SDPA leaves it."""
+    torch.manual_seed(0)
+    attn = Attention(32, 2, attn_dropout=0.3).train()
+    x = torch.randn(5, 11, 32)
+    q, k, v = attn.qkv(x).view(5, 11, 3, 2, 16).permute(2, 0, 3, 1, 4).unbind(0)
+    torch.manual_seed(7)
+    want = F.scaled_dot_product_attention(q, k, v, dropout_p=0.3, is_causal=causal)
+    after_want = torch.rand(4)
+    torch.manual_seed(7)
+    got = attn._attend_with_dropout(q, k, v, causal)
+    after_got = torch.rand(4)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+    assert torch.equal(after_got, after_want)
 
 
 @pytest.mark.parametrize("guiding", [False, True])

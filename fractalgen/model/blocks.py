@@ -172,19 +172,39 @@ class Attention(nn.Module):
         self.head_dim = dim // num_heads
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.attn_dropout = attn_dropout
+        self.attn_drop = Dropout(attn_dropout)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = Dropout(proj_dropout)
 
     def forward(self, x: Tensor, *, causal: bool = False) -> Tensor:
         """Attend over the sequence ``x`` of shape (B, N, D)."""
+        y: Tensor = self.proj_drop(self.proj(self.attend(x, causal=causal)))
+        return y
+
+    def attend(self, x: Tensor, *, causal: bool = False) -> Tensor:
+        """The attention's output before its projection: (B, N, D) from ``x`` (B, N, D)."""
         b, n, d = x.shape
         qkv = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        out = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.attn_dropout if self.training else 0.0, is_causal=causal
-        )
-        y: Tensor = self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, d)))
-        return y
+        if self.training and self.attn_dropout > 0 and x.device.type == "cpu":
+            out = self._attend_with_dropout(q, k, v, causal)
+        else:
+            out = F.scaled_dot_product_attention(
+                q, k, v, dropout_p=self.attn_dropout if self.training else 0.0, is_causal=causal
+            )
+        return out.transpose(1, 2).reshape(b, n, d)
+
+    def _attend_with_dropout(self, q: Tensor, k: Tensor, v: Tensor, causal: bool) -> Tensor:
+        """Attention with dropout on the probabilities, as SDPA computes it on CPU (its math
+        path: softmax, then ``F.dropout``), the mask drawn the same way by :class:`Dropout`:
+        the same result from the same RNG state, without SDPA's all-masked-row checks."""
+        scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-2, -1))
+        if causal:
+            n = scores.shape[-1]
+            future = torch.ones(n, n, dtype=torch.bool, device=q.device).triu_(1)
+            scores = scores.masked_fill(future, float("-inf"))
+        out: Tensor = torch.matmul(self.attn_drop(torch.softmax(scores, dim=-1)), v)
+        return out
 
     def step(self, x: Tensor, cache: list[Tensor]) -> Tensor:
         """Inference for one new token per row: ``x`` (B, D) attends to the keys and values
