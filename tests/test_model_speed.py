@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 import fractalgen.model.pixel as pixel_mod
 from fractalgen.model import FractalGen
-from fractalgen.model.blocks import Attention, Dropout
+from fractalgen.model.blocks import Attention, Dropout, ViTBlock
 from fractalgen.model.mar import MARLevel
 from fractalgen.model.pixel import PixelHead
 
@@ -211,6 +211,27 @@ def test_attention_dropout_draws_what_sdpa_draws(causal: bool) -> None:
     got = attn._attend_with_dropout(q, k, v, causal)
     after_got = torch.rand(4)
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+    assert torch.equal(after_got, after_want)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_block_rows_equal_the_full_block_and_draw_the_same_masks(training: bool) -> None:
+    """The last MAR block run on some tokens only: the same outputs (dropout included) and
+    the RNG left where the full block leaves it."""
+    torch.manual_seed(0)
+    block = ViTBlock(32, 2, attn_dropout=0.2, proj_dropout=0.3).train(training)
+    x = torch.randn(4, 9, 32, requires_grad=True)
+    index = torch.tensor([0, 5, 8, 9, 17, 30, 35, 12])
+    torch.manual_seed(11)
+    want = block(x).reshape(36, 32)[index]
+    after_want = torch.rand(4)
+    (want_grad,) = torch.autograd.grad(want.sum(), x)
+    torch.manual_seed(11)
+    got = block.forward_rows(x, index)
+    after_got = torch.rand(4)
+    (got_grad,) = torch.autograd.grad(got.sum(), x)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(got_grad, want_grad, atol=1e-6, rtol=1e-5)
     assert torch.equal(after_got, after_want)
 
 

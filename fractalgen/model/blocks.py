@@ -71,6 +71,24 @@ class Dropout(nn.Dropout):
         noise = (torch.rand(x.shape, dtype=torch.float64) < keep).to(x.dtype).div_(keep)
         return x * noise
 
+    def forward_rows(self, x: Tensor, rows: int, index: Tensor) -> Tensor:
+        """Dropout of some rows of a (``rows``, F) tensor whose other rows are not computed.
+
+        ``x`` (M, F) holds rows ``index`` (M,). The mask is drawn for all ``rows`` rows, as
+        :meth:`forward` on the whole tensor would draw it, and its rows ``index`` are
+        applied: the same result and the same RNG use as ``forward(full)[index]``.
+        """
+        if not self.training or self.p == 0.0:
+            return x
+        shape = (rows, x.shape[-1])
+        if x.device.type != "cpu" or self.inplace:
+            return x * F.dropout(x.new_ones(shape), self.p, training=True)[index]
+        keep = 1.0 - self.p
+        if keep == 0.0:
+            return x * 0.0
+        mask = (torch.rand(shape, dtype=torch.float64) < keep)[index]
+        return x * mask.to(x.dtype).div_(keep)
+
 
 class RMSNorm(nn.Module):
     """Root-mean-square normalisation, computed in fp32 and cast back to the input dtype."""
@@ -266,6 +284,29 @@ class ViTBlock(nn.Module):
         x = x + self.attn(self.norm1(x), causal=self.causal)
         y: Tensor = x + self.mlp(self.norm2(x))
         return y
+
+    def forward_rows(self, x: Tensor, index: Tensor) -> Tensor:
+        """The block's outputs at some tokens only, in training or evaluation mode.
+
+        Every token still goes through the attention (they are all keys and values); the
+        projection, the MLP and their dropouts run on the wanted tokens alone. Each dropout
+        mask is drawn for all tokens and its rows picked (:meth:`Dropout.forward_rows`), so
+        the outputs and the RNG use are those of :meth:`forward`.
+
+        Args:
+            x: All tokens (B, N, D).
+            index: Flat token indices (M,) into the B * N tokens.
+
+        Returns:
+            ``forward(x).reshape(B * N, D)[index]``, shape (M, D).
+        """
+        b, n, d = x.shape
+        attn, mlp = self.attn, self.mlp
+        out = attn.attend(self.norm1(x), causal=self.causal).reshape(b * n, d)[index]
+        h = x.reshape(b * n, d)[index] + attn.proj_drop.forward_rows(attn.proj(out), b * n, index)
+        y = mlp.drop1.forward_rows(mlp.act(mlp.fc1(self.norm2(h))), b * n, index)
+        out = h + mlp.drop2.forward_rows(mlp.fc2(y), b * n, index)
+        return out
 
     def forward_queries(self, x: Tensor, query: Tensor) -> Tensor:
         """Inference (no dropout) of a bidirectional block for some tokens only.
