@@ -214,6 +214,25 @@ def test_attention_dropout_draws_what_sdpa_draws(causal: bool) -> None:
     assert torch.equal(after_got, after_want)
 
 
+@pytest.mark.parametrize("tokens", [1, 2, 3, 4])
+@pytest.mark.parametrize("heads", [1, 2, 4])
+def test_short_causal_attention_equals_sdpa(tokens: int, heads: int) -> None:
+    """The pixel head's few-token causal attention: SDPA's values and gradients."""
+    torch.manual_seed(0)
+    attn = Attention(16, heads).eval()
+    for p in attn.parameters():
+        p.data.normal_(0, 0.5)
+    x = torch.randn(7, tokens, 16, requires_grad=True)
+    got = attn.attend(x, causal=True)
+    (got_grad,) = torch.autograd.grad((got * got).sum(), x)
+    q, k, v = attn.qkv(x).view(7, tokens, 3, heads, 16 // heads).permute(2, 0, 3, 1, 4).unbind(0)
+    want = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    want = want.transpose(1, 2).reshape(7, tokens, 16)
+    (want_grad,) = torch.autograd.grad((want * want).sum(), x)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got_grad, want_grad, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("training", [True, False])
 def test_block_rows_equal_the_full_block_and_draw_the_same_masks(training: bool) -> None:
     """The last MAR block run on some tokens only: the same outputs (dropout included) and

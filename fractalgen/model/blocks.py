@@ -164,6 +164,10 @@ class Mlp(nn.Module):
         return out
 
 
+# Causal sequences up to this long use Attention._attend_short_causal on CPU.
+_SHORT = 4
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with a fused qkv projection (ViT style, fused SDPA kernel)."""
 
@@ -202,6 +206,9 @@ class Attention(nn.Module):
     def attend(self, x: Tensor, *, causal: bool = False) -> Tensor:
         """The attention's output before its projection: (B, N, D) from ``x`` (B, N, D)."""
         b, n, d = x.shape
+        dropout = self.training and self.attn_dropout > 0
+        if causal and n <= _SHORT and not dropout and x.device.type == "cpu":
+            return self._attend_short_causal(self.qkv(x))
         qkv = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         if self.training and self.attn_dropout > 0 and x.device.type == "cpu":
@@ -211,6 +218,26 @@ class Attention(nn.Module):
                 q, k, v, dropout_p=self.attn_dropout if self.training else 0.0, is_causal=causal
             )
         return out.transpose(1, 2).reshape(b, n, d)
+
+    def _attend_short_causal(self, qkv: Tensor) -> Tensor:
+        """Causal attention over a few tokens (the pixel head's channels), (B, n, 3D) -> (B, n, D).
+
+        With n tokens of a few heads, SDPA's kernels spend their time on per-(row, head)
+        bookkeeping. Here all n x n query-key products are elementwise over the width, and
+        one matmul with a 0/1 (D, H) matrix sums them within each head; the same matrix,
+        transposed, spreads the probabilities back over each head's values. Wide tensors,
+        no per-row loops: a few times faster on CPU, forward and backward.
+        """
+        d = qkv.shape[-1] // 3
+        n = qkv.shape[1]
+        q, k, v = qkv.split(d, dim=-1)
+        heads = torch.eye(self.num_heads, dtype=qkv.dtype, device=qkv.device)
+        heads = heads.repeat_interleave(self.head_dim, dim=0)  # (D, H)
+        products = (q * self.head_dim**-0.5).unsqueeze(2) * k.unsqueeze(1)  # (B, n, n, D)
+        future = torch.ones(n, n, dtype=torch.bool, device=qkv.device).triu_(1).unsqueeze(-1)
+        scores = torch.matmul(products, heads).masked_fill(future, float("-inf"))
+        probs = torch.softmax(scores, dim=2)  # over the keys: (B, n queries, n keys, H)
+        return (torch.matmul(probs, heads.t()) * v.unsqueeze(1)).sum(2)
 
     def _attend_with_dropout(self, q: Tensor, k: Tensor, v: Tensor, causal: bool) -> Tensor:
         """Attention with dropout on the probabilities, as SDPA computes it on CPU (its math
