@@ -261,8 +261,9 @@ class _CodebookCrossEntropy(torch.autograd.Function):
         x1, codebook, grad = ctx.saved_tensors
         g = grad_out.unsqueeze(-1)
         dx = torch.bmm(grad, codebook).mul_(g)
-        # d codebook = grad^T (g x) and d bias = grad^T g, in one matmul.
-        d_both = torch.bmm(grad.transpose(1, 2), x1 * g)
+        # d codebook = grad^T (g x) and d bias = grad^T g, in one matmul; as (g x1)^T grad,
+        # transposed after, which reads the big operand in its own layout (faster on CPU).
+        d_both = torch.bmm((x1 * g).transpose(1, 2), grad).transpose(1, 2)
         return dx, d_both[..., :-1], d_both[..., -1], None
 
 
