@@ -178,10 +178,13 @@ def test_codebook_cross_entropy_matches_torch_in_value_and_gradient(scale: float
         torch.testing.assert_close(a, b, atol=1e-5 * scale, rtol=1e-4)
 
 
+@pytest.mark.parametrize("shape", [(37, 21, 48), (3, 301, 100)])  # one and two mask chunks
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
-@pytest.mark.parametrize("p", [0.1, 0.5])
-def test_fast_dropout_draws_the_same_mask_as_torch(dtype: torch.dtype, p: float) -> None:
-    x = torch.randn(37, 21, 48).to(dtype).requires_grad_()
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.3])
+def test_fast_dropout_draws_the_same_mask_as_torch(
+    dtype: torch.dtype, p: float, shape: tuple[int, ...]
+) -> None:
+    x = torch.randn(*shape).to(dtype).requires_grad_()
     torch.manual_seed(3)
     want = F.dropout(x, p, training=True)
     after_want = torch.rand(4)
