@@ -16,7 +16,14 @@ import torch.nn.functional as F
 
 import fractalgen.model.pixel as pixel_mod
 from fractalgen.model import FractalGen
-from fractalgen.model.blocks import Attention, Dropout, ViTBlock
+from fractalgen.model.blocks import (
+    Attention,
+    Dropout,
+    ViTBlock,
+    apply_rope,
+    rope_2d_table,
+    rotate_pairs,
+)
 from fractalgen.model.mar import MARLevel
 from fractalgen.model.pixel import PixelHead
 
@@ -234,6 +241,20 @@ def test_short_causal_attention_equals_sdpa(tokens: int, heads: int) -> None:
     (want_grad,) = torch.autograd.grad((want * want).sum(), x)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got_grad, want_grad, atol=1e-4, rtol=1e-4)
+
+
+def test_complex_rope_equals_the_pairwise_rotation() -> None:
+    """apply_rope (complex products) gives rotate_pairs' values, also on strided views."""
+    table = rope_2d_table(4, 16, num_prefix=1)
+    views = (
+        torch.randn(2, 3, 17, 16),
+        torch.randn(2, 17, 3, 16).transpose(1, 2),  # strided
+        torch.randn(2, 3, 17, 18)[..., 1:17],  # odd storage offset
+        torch.randn(2, 3, 17, 17)[..., :16],  # odd row stride
+    )
+    for x in views:
+        want = rotate_pairs(x, table[..., 0], table[..., 1])
+        torch.testing.assert_close(apply_rope(x, table), want, atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize("training", [True, False])
