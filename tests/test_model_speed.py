@@ -264,18 +264,20 @@ def test_block_rows_equal_the_full_block_and_draw_the_same_masks(training: bool)
     torch.manual_seed(0)
     block = ViTBlock(32, 2, attn_dropout=0.2, proj_dropout=0.3).train(training)
     x = torch.randn(4, 9, 32, requires_grad=True)
-    index = torch.tensor([0, 5, 8, 9, 17, 30, 35, 12])
-    torch.manual_seed(11)
-    want = block(x).reshape(36, 32)[index]
-    after_want = torch.rand(4)
-    (want_grad,) = torch.autograd.grad(want.sum(), x)
-    torch.manual_seed(11)
-    got = block.forward_rows(x, index)
-    after_got = torch.rand(4)
-    (got_grad,) = torch.autograd.grad(got.sum(), x)
-    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(got_grad, want_grad, atol=1e-6, rtol=1e-5)
-    assert torch.equal(after_got, after_want)
+    cases = [(torch.tensor([0, 5, 8, 9, 17, 30, 35, 12]), 0), (torch.tensor([1, 4, 20, 7]), 3)]
+    for index, first in [*cases, (None, 0), (None, 2)]:
+        torch.manual_seed(11)
+        want = block(x)[:, first:].reshape(-1, 32)
+        want = want if index is None else want[index]
+        after_want = torch.rand(4)
+        (want_grad,) = torch.autograd.grad((want * want).sum(), x)
+        torch.manual_seed(11)
+        got = block.forward_rows(x, index, first)
+        after_got = torch.rand(4)
+        (got_grad,) = torch.autograd.grad((got * got).sum(), x)
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(got_grad, want_grad, atol=1e-6, rtol=1e-5)
+        assert torch.equal(after_got, after_want)
 
 
 @pytest.mark.parametrize("guiding", [False, True])

@@ -14,6 +14,7 @@ Every attention goes through ``torch.nn.functional.scaled_dot_product_attention`
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -94,23 +95,23 @@ class Dropout(nn.Dropout):
         noise = keep_mask(tuple(x.shape), keep).to(x.dtype).div_(keep)
         return x * noise
 
-    def forward_rows(self, x: Tensor, rows: int, index: Tensor) -> Tensor:
-        """Dropout of some rows of a (``rows``, F) tensor whose other rows are not computed.
+    def forward_part(
+        self, x: Tensor, shape: tuple[int, ...], pick: Callable[[Tensor], Tensor]
+    ) -> Tensor:
+        """Dropout of a part of a tensor whose other elements are not computed.
 
-        ``x`` (M, F) holds rows ``index`` (M,). The mask is drawn for all ``rows`` rows, as
-        :meth:`forward` on the whole tensor would draw it, and its rows ``index`` are
-        applied: the same result and the same RNG use as ``forward(full)[index]``.
+        ``x`` is ``pick(full)`` for a full tensor of ``shape``. The mask is drawn for the
+        whole ``shape``, as :meth:`forward` on the full tensor would draw it, and ``pick``
+        takes its part: the same result and the same RNG use as ``pick(forward(full))``.
         """
         if not self.training or self.p == 0.0:
             return x
-        shape = (rows, x.shape[-1])
         if x.device.type != "cpu" or self.inplace:
-            return x * F.dropout(x.new_ones(shape), self.p, training=True)[index]
+            return x * pick(F.dropout(x.new_ones(shape), self.p, training=True))
         keep = 1.0 - self.p
         if keep == 0.0:
             return x * 0.0
-        mask = keep_mask(shape, keep)[index]
-        return x * mask.to(x.dtype).div_(keep)
+        return x * pick(keep_mask(shape, keep)).to(x.dtype).div_(keep)
 
 
 class RMSNorm(nn.Module):
@@ -226,21 +227,32 @@ class Attention(nn.Module):
         y: Tensor = self.proj_drop(self.proj(self.attend(x, causal=causal)))
         return y
 
-    def attend(self, x: Tensor, *, causal: bool = False) -> Tensor:
-        """The attention's output before its projection: (B, N, D) from ``x`` (B, N, D)."""
+    def attend(self, x: Tensor, *, causal: bool = False, first: int = 0) -> Tensor:
+        """The attention's output before its projection, for the tokens from ``first`` on:
+        (B, N - first, D) from ``x`` (B, N, D). Every token is a key and a value; only the
+        wanted ones are queries (dropout masks are still drawn for all of them)."""
         b, n, d = x.shape
         dropout = self.training and self.attn_dropout > 0
-        if causal and n <= _SHORT and not dropout and x.device.type == "cpu":
+        cpu = x.device.type == "cpu"
+        if causal and n <= _SHORT and not dropout and cpu and first == 0:
             return self._attend_short_causal(self.qkv(x))
         qkv = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        if self.training and self.attn_dropout > 0 and x.device.type == "cpu":
-            out = self._attend_with_dropout(q, k, v, causal)
+        if dropout and cpu:
+            out = self._attend_with_dropout(q[:, :, first:], k, v, causal)
         else:
+            # SDPA's causal mask and its dropout draws assume every token is a query.
+            sliced = first > 0 and not causal and not dropout
             out = F.scaled_dot_product_attention(
-                q, k, v, dropout_p=self.attn_dropout if self.training else 0.0, is_causal=causal
+                q[:, :, first:] if sliced else q,
+                k,
+                v,
+                dropout_p=self.attn_dropout if self.training else 0.0,
+                is_causal=causal,
             )
-        return out.transpose(1, 2).reshape(b, n, d)
+            if not sliced:
+                out = out[:, :, first:]
+        return out.transpose(1, 2).reshape(b, n - first, d)
 
     def _attend_short_causal(self, qkv: Tensor) -> Tensor:
         """Causal attention over a few tokens (the pixel head's channels), (B, n, 3D) -> (B, n, D).
@@ -268,13 +280,22 @@ class Attention(nn.Module):
     def _attend_with_dropout(self, q: Tensor, k: Tensor, v: Tensor, causal: bool) -> Tensor:
         """Attention with dropout on the probabilities, as SDPA computes it on CPU (its math
         path: softmax, then ``F.dropout``), the mask drawn the same way by :class:`Dropout`:
-        the same result from the same RNG state, without SDPA's all-masked-row checks."""
+        the same result from the same RNG state, without SDPA's all-masked-row checks.
+        ``q`` may hold the last queries only (B, H, Nq <= N, hd); the mask is drawn for all
+        N queries and its last Nq rows are used."""
+        nq, n = q.shape[-2], k.shape[-2]
+        first = n - nq
         scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-2, -1))
         if causal:
-            n = scores.shape[-1]
             future = torch.ones(n, n, dtype=torch.bool, device=q.device).triu_(1)
-            scores = scores.masked_fill(future, float("-inf"))
-        out: Tensor = torch.matmul(self.attn_drop(torch.softmax(scores, dim=-1)), v)
+            scores = scores.masked_fill(future[first:], float("-inf"))
+        probs = torch.softmax(scores, dim=-1)
+        if first == 0:
+            probs = self.attn_drop(probs)
+        else:
+            shape = (*probs.shape[:-2], n, n)
+            probs = self.attn_drop.forward_part(probs, shape, lambda m: m[..., first:, :])
+        out: Tensor = torch.matmul(probs, v)
         return out
 
     def step(self, x: Tensor, cache: list[Tensor]) -> Tensor:
@@ -338,27 +359,39 @@ class ViTBlock(nn.Module):
         y: Tensor = x + self.mlp(self.norm2(x))
         return y
 
-    def forward_rows(self, x: Tensor, index: Tensor) -> Tensor:
+    def forward_rows(self, x: Tensor, index: Tensor | None, first: int = 0) -> Tensor:
         """The block's outputs at some tokens only, in training or evaluation mode.
 
-        Every token still goes through the attention (they are all keys and values); the
-        projection, the MLP and their dropouts run on the wanted tokens alone. Each dropout
-        mask is drawn for all tokens and its rows picked (:meth:`Dropout.forward_rows`), so
-        the outputs and the RNG use are those of :meth:`forward`.
+        Every token still goes through the attention as a key and a value; the queries,
+        the projection, the MLP and their dropouts run on the wanted tokens alone. Each
+        dropout mask is drawn for all tokens and its part picked
+        (:meth:`Dropout.forward_part`), so the outputs and the RNG use are those of
+        :meth:`forward`.
 
         Args:
             x: All tokens (B, N, D).
-            index: Flat token indices (M,) into the B * N tokens.
+            index: Flat indices (M,) into the B x (N - first) tokens from ``first`` on, or
+                None for all of those.
+            first: Tokens before it (the MAR conditions) are never wanted.
 
         Returns:
-            ``forward(x).reshape(B * N, D)[index]``, shape (M, D).
+            ``forward(x)[:, first:].reshape(-1, D)[index]``, shape (M, D).
         """
         b, n, d = x.shape
+        m = n - first
         attn, mlp = self.attn, self.mlp
-        out = attn.attend(self.norm1(x), causal=self.causal).reshape(b * n, d)[index]
-        h = x.reshape(b * n, d)[index] + attn.proj_drop.forward_rows(attn.proj(out), b * n, index)
-        y = mlp.drop1.forward_rows(mlp.act(mlp.fc1(self.norm2(h))), b * n, index)
-        out = h + mlp.drop2.forward_rows(mlp.fc2(y), b * n, index)
+
+        def pick(full: Tensor) -> Tensor:
+            part = full.view(b, n, -1)[:, first:].reshape(b * m, -1)
+            return part if index is None else part[index]
+
+        out = attn.attend(self.norm1(x), causal=self.causal, first=first).reshape(b * m, d)
+        if index is not None:
+            out = out[index]
+        h = pick(x) + attn.proj_drop.forward_part(attn.proj(out), (b * n, d), pick)
+        y = mlp.act(mlp.fc1(self.norm2(h)))
+        y = mlp.drop1.forward_part(y, (b * n, y.shape[-1]), pick)
+        out = h + mlp.drop2.forward_part(mlp.fc2(y), (b * n, d), pick)
         return out
 
     def forward_queries(self, x: Tensor, query: Tensor) -> Tensor:

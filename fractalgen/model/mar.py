@@ -199,18 +199,19 @@ class MARLevel(nn.Module):
             return picked
         blocks = list(self.blocks)
         ckpt = self.grad_checkpointing and self.training and torch.is_grad_enabled()
-        if rows is not None and blocks:
+        if blocks and (rows is not None or (self.training and query is None)):
+            # The last block works on the wanted patches only (all of them, or ``rows``):
+            # the condition tokens' outputs are never used.
             last = cast("ViTBlock", blocks.pop())
             for block in blocks:
                 x = checkpoint(block, x, use_reentrant=False) if ckpt else block(x)
-            tokens = self.seq_len + self.num_prefix
-            index = rows // self.seq_len * tokens + self.num_prefix + rows % self.seq_len
+            first = self.num_prefix
             if ckpt:
-                x = checkpoint(last.forward_rows, x, index, use_reentrant=False)
+                x = checkpoint(last.forward_rows, x, rows, first, use_reentrant=False)
             else:
-                x = last.forward_rows(x, index)
+                x = last.forward_rows(x, rows, first)
             chosen: Tensor = self.norm(x)
-            return chosen
+            return chosen if rows is not None else chosen.view(-1, self.seq_len, x.shape[-1])
         for block in blocks:
             x = checkpoint(block, x, use_reentrant=False) if ckpt else block(x)
         x = self.norm(x)
