@@ -227,9 +227,10 @@ class _CodebookCrossEntropy(torch.autograd.Function):
     """Cross-entropy of logits ``x @ codebook^T + bias`` per channel, with the logits fused in.
 
     The logits (C, N, 256) are the pixel head's largest tensor, so the passes over them are
-    what counts. Forward: one batched matmul (the bias as an extra column of ones in ``x``),
-    one row max and one softmax, so one ``exp`` per logit. The loss is
-    ``max - logit[target] + log(sum)``, and ``1 / sum`` is the softmax's largest entry
+    what counts. Forward: one batched matmul (the bias as an extra column of ones in ``x``)
+    and one softmax, so one ``exp`` per logit. On CPU the loss is ``-log(softmax[target])``
+    (rows whose target probability is below 1e-30 are recomputed exactly); elsewhere it is
+    ``max - logit[target] + log(sum)``, where ``1 / sum`` is the softmax's largest entry
     (``exp(0) / sum``, never below 1/256, so it never underflows). The only saved big
     tensor is ``softmax - onehot``; the backward reads it in two batched matmuls and scales
     the small operands by the incoming gradient instead of the big one. Same value and
@@ -239,21 +240,29 @@ class _CodebookCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, codebook: Tensor, bias: Tensor, target: Tensor) -> Tensor:
         x1 = torch.cat([x, x.new_ones(*x.shape[:-1], 1)], dim=-1)
-        logits = torch.bmm(x1, torch.cat([codebook, bias.unsqueeze(-1)], dim=-1).transpose(1, 2))
-        top = logits.amax(dim=-1, keepdim=True)
+        weight = torch.cat([codebook, bias.unsqueeze(-1)], dim=-1)
+        logits = torch.bmm(x1, weight.transpose(1, 2))
         index = target.unsqueeze(-1)
-        picked = logits.gather(-1, index)
         if logits.device.type == "cpu":
-            # Overwrite the logits (the CPU kernel works row by row): one big buffer less to
-            # allocate, and on CPU a fresh buffer means page faults on every step.
+            # Overwrite the logits (the CPU kernel works row by row): one big buffer less
+            # to allocate and pass over. The loss is -log(softmax[target]), exact while
+            # that probability is a normal float; rows where it is tiny are redone exactly.
             grad = torch._softmax(logits, -1, False, out=logits)
+            del logits
+            prob = grad.gather(-1, index)
+            ce = prob.log().neg_()
+            tiny = prob < _TINY_PROB
+            if bool(tiny.any()):
+                _exact_rows(ce, tiny, x1, weight, index)
         else:
+            top = logits.amax(dim=-1, keepdim=True)
+            picked = logits.gather(-1, index)
             grad = torch.softmax(logits, dim=-1)
-        del logits
-        log_sum = grad.amax(dim=-1, keepdim=True).log_().neg_()
-        grad.scatter_add_(-1, index, torch.full_like(picked, -1.0))
+            del logits
+            ce = (top - picked).add_(grad.amax(dim=-1, keepdim=True).log_().neg_())
+        grad.scatter_add_(-1, index, torch.full_like(ce, -1.0))
         ctx.save_for_backward(x1, codebook, grad)
-        return (top - picked).add_(log_sum).squeeze(-1)
+        return ce.squeeze(-1)
 
     @staticmethod
     @once_differentiable
@@ -265,6 +274,22 @@ class _CodebookCrossEntropy(torch.autograd.Function):
         # transposed after, which reads the big operand in its own layout (faster on CPU).
         d_both = torch.bmm((x1 * g).transpose(1, 2), grad).transpose(1, 2)
         return dx, d_both[..., :-1], d_both[..., -1], None
+
+
+# Below this probability -log(p) of a float32 softmax loses precision: recompute the row.
+_TINY_PROB = 1e-30
+
+
+def _exact_rows(ce: Tensor, tiny: Tensor, x1: Tensor, weight: Tensor, index: Tensor) -> None:
+    """Write ``logsumexp - logit[target]`` into ``ce`` (C, N, 1) where ``tiny`` (C, N, 1),
+    recomputing those rows' logits from ``x1`` (C, N, w + 1) and ``weight`` (C, K, w + 1)."""
+    for c in range(ce.shape[0]):
+        rows = tiny[c, :, 0].nonzero().squeeze(1)
+        if rows.numel() == 0:
+            continue
+        logits = x1[c, rows] @ weight[c].t()
+        picked = logits.gather(-1, index[c, rows])
+        ce[c, rows] = torch.logsumexp(logits, dim=-1, keepdim=True) - picked
 
 
 def codebook_cross_entropy(x: Tensor, codebook: Tensor, bias: Tensor, target: Tensor) -> Tensor:
