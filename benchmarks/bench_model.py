@@ -256,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--profile",
         action="store_true",
-        help="print a torch.profiler table of our train step and sampling to stderr",
+        help="print where our time goes to stderr: the train step per level (forward and\n"
+        "backward), then torch.profiler tables of the train step and sampling",
     )
     ap.add_argument("--json", action="store_true", help="JSON lines (the default output anyway)")
     args = ap.parse_args(argv)
@@ -358,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in runners:
         emit("params" if r.name == "ours" else "ref_params", r.n_params, "count")
     if args.profile:
-        _profile(runners[0], args.steps, args.no_sample)
+        _profile(runners[0], model, args.steps, args.no_sample)
 
     figures: list[tuple[str, str]] = [("train_step_s", "train_step")]
     if not args.no_sample:
@@ -451,10 +452,13 @@ def _reference_runner(
     )
 
 
-def _profile(runner: _Runner, steps: int, no_sample: bool) -> None:
-    """Print where our time goes (self CPU time per op) for a few steps of each figure."""
+def _profile(runner: _Runner, model: FractalGen, steps: int, no_sample: bool) -> None:
+    """Print where our time goes for a few steps of each figure: the train step per level
+    (forward and backward), then self CPU time per op of each figure."""
+    from _model_profile import profile_levels
     from torch.profiler import ProfilerActivity, profile
 
+    profile_levels(model, runner.train_step, steps)
     jobs = [("train step", runner.train_step, steps)]
     if not no_sample:
         jobs.append(("sample16", runner.sample, 2))

@@ -16,7 +16,14 @@ import torch.nn.functional as F
 
 import fractalgen.model.pixel as pixel_mod
 from fractalgen.model import FractalGen
-from fractalgen.model.blocks import Dropout
+from fractalgen.model.blocks import (
+    Attention,
+    Dropout,
+    ViTBlock,
+    apply_rope,
+    rope_2d_table,
+    rotate_pairs,
+)
 from fractalgen.model.mar import MARLevel
 from fractalgen.model.pixel import PixelHead
 
@@ -157,25 +164,34 @@ def test_cached_pixel_sampler_equals_the_full_causal_pass(
     torch.testing.assert_close(torch.stack(seen, 1), full, atol=1e-5, rtol=1e-5)
 
 
-def test_row_cross_entropy_matches_torch_in_value_and_gradient() -> None:
+@pytest.mark.parametrize("scale", [1.0, 60.0])
+def test_codebook_cross_entropy_matches_torch_in_value_and_gradient(scale: float) -> None:
+    """The fused logits + cross-entropy equal F.cross_entropy of the explicit logits, also
+    where the target's probability underflows (scale 60: logits hundreds apart)."""
     g = torch.Generator().manual_seed(0)
-    logits = (torch.randn(3, 50, 256, generator=g) * 6).requires_grad_()
+    x = torch.randn(3, 50, 8, generator=g).mul(scale).requires_grad_()
+    codebook = torch.randn(3, 256, 8, generator=g).requires_grad_()
+    bias = torch.randn(3, 256, generator=g).requires_grad_()
     target = torch.randint(0, 256, (3, 50), generator=g)
     weight = torch.rand(3, 50, generator=g)
-    ours = pixel_mod.cross_entropy_rows(logits, target)
-    (ours * weight).sum().backward()
-    assert logits.grad is not None
-    got_grad, logits.grad = logits.grad, None
-    want = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none")
-    (want.view(3, 50) * weight).sum().backward()
-    torch.testing.assert_close(ours, want.view(3, 50), atol=1e-5, rtol=1e-6)
-    torch.testing.assert_close(got_grad, logits.grad, atol=1e-6, rtol=1e-5)
+    ours = pixel_mod.codebook_cross_entropy(x, codebook, bias, target)
+    got = torch.autograd.grad((ours * weight).sum(), (x, codebook, bias))
+    logits = torch.baddbmm(bias.unsqueeze(1), x, codebook.transpose(1, 2))
+    want = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none").view(3, 50)
+    wanted = torch.autograd.grad((want * weight).sum(), (x, codebook, bias))
+    assert torch.isfinite(ours).all()
+    torch.testing.assert_close(ours, want, atol=1e-5 * scale, rtol=1e-5)
+    for a, b in zip(got, wanted, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5 * scale, rtol=1e-4)
 
 
+@pytest.mark.parametrize("shape", [(37, 21, 48), (3, 301, 100)])  # one and two mask chunks
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
-@pytest.mark.parametrize("p", [0.1, 0.5])
-def test_fast_dropout_draws_the_same_mask_as_torch(dtype: torch.dtype, p: float) -> None:
-    x = torch.randn(37, 21, 48).to(dtype).requires_grad_()
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.3])
+def test_fast_dropout_draws_the_same_mask_as_torch(
+    dtype: torch.dtype, p: float, shape: tuple[int, ...]
+) -> None:
+    x = torch.randn(*shape).to(dtype).requires_grad_()
     torch.manual_seed(3)
     want = F.dropout(x, p, training=True)
     after_want = torch.rand(4)
@@ -188,6 +204,80 @@ def test_fast_dropout_draws_the_same_mask_as_torch(dtype: torch.dtype, p: float)
     (wx,) = torch.autograd.grad(want.sum(), x)
     assert torch.equal(gx, wx)
     assert torch.equal(Dropout(p).eval()(x), x)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_dropout_draws_what_sdpa_draws(causal: bool) -> None:
+    """Training-mode attention with dropout gives SDPA's result from the same RNG state
+    and leaves the RNG where SDPA leaves it."""
+    torch.manual_seed(0)
+    attn = Attention(32, 2, attn_dropout=0.3).train()
+    x = torch.randn(5, 11, 32)
+    q, k, v = attn.qkv(x).view(5, 11, 3, 2, 16).permute(2, 0, 3, 1, 4).unbind(0)
+    torch.manual_seed(7)
+    want = F.scaled_dot_product_attention(q, k, v, dropout_p=0.3, is_causal=causal)
+    after_want = torch.rand(4)
+    torch.manual_seed(7)
+    got = attn._attend_with_dropout(q, k, v, causal)
+    after_got = torch.rand(4)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+    assert torch.equal(after_got, after_want)
+
+
+@pytest.mark.parametrize("tokens", [1, 2, 3, 4])
+@pytest.mark.parametrize("heads", [1, 2, 4])
+def test_short_causal_attention_equals_sdpa(tokens: int, heads: int) -> None:
+    """The pixel head's few-token causal attention: SDPA's values and gradients."""
+    torch.manual_seed(0)
+    attn = Attention(16, heads).eval()
+    for p in attn.parameters():
+        p.data.normal_(0, 0.5)
+    x = torch.randn(7, tokens, 16, requires_grad=True)
+    got = attn.attend(x, causal=True)
+    (got_grad,) = torch.autograd.grad((got * got).sum(), x)
+    q, k, v = attn.qkv(x).view(7, tokens, 3, heads, 16 // heads).permute(2, 0, 3, 1, 4).unbind(0)
+    want = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    want = want.transpose(1, 2).reshape(7, tokens, 16)
+    (want_grad,) = torch.autograd.grad((want * want).sum(), x)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got_grad, want_grad, atol=1e-4, rtol=1e-4)
+
+
+def test_complex_rope_equals_the_pairwise_rotation() -> None:
+    """apply_rope (complex products) gives rotate_pairs' values, also on strided views."""
+    table = rope_2d_table(4, 16, num_prefix=1)
+    views = (
+        torch.randn(2, 3, 17, 16),
+        torch.randn(2, 17, 3, 16).transpose(1, 2),  # strided
+        torch.randn(2, 3, 17, 18)[..., 1:17],  # odd storage offset
+        torch.randn(2, 3, 17, 17)[..., :16],  # odd row stride
+    )
+    for x in views:
+        want = rotate_pairs(x, table[..., 0], table[..., 1])
+        torch.testing.assert_close(apply_rope(x, table), want, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_block_rows_equal_the_full_block_and_draw_the_same_masks(training: bool) -> None:
+    """The last MAR block run on some tokens only: the same outputs (dropout included) and
+    the RNG left where the full block leaves it."""
+    torch.manual_seed(0)
+    block = ViTBlock(32, 2, attn_dropout=0.2, proj_dropout=0.3).train(training)
+    x = torch.randn(4, 9, 32, requires_grad=True)
+    cases = [(torch.tensor([0, 5, 8, 9, 17, 30, 35, 12]), 0), (torch.tensor([1, 4, 20, 7]), 3)]
+    for index, first in [*cases, (None, 0), (None, 2)]:
+        torch.manual_seed(11)
+        want = block(x)[:, first:].reshape(-1, 32)
+        want = want if index is None else want[index]
+        after_want = torch.rand(4)
+        (want_grad,) = torch.autograd.grad((want * want).sum(), x)
+        torch.manual_seed(11)
+        got = block.forward_rows(x, index, first)
+        after_got = torch.rand(4)
+        (got_grad,) = torch.autograd.grad((got * got).sum(), x)
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(got_grad, want_grad, atol=1e-6, rtol=1e-5)
+        assert torch.equal(after_got, after_want)
 
 
 @pytest.mark.parametrize("guiding", [False, True])

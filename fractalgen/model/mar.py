@@ -154,6 +154,7 @@ class MARLevel(nn.Module):
         cond: Tensor,
         pix: Tensor | None,
         query: Tensor | None = None,
+        rows: Tensor | None = None,
     ) -> Tensor:
         """Run the transformer; masked patches are replaced by the mask token.
 
@@ -166,9 +167,14 @@ class MARLevel(nn.Module):
                 block then runs its queries, projection and MLP on those tokens alone (its
                 keys and values still come from every token): the same outputs, less work.
                 Inference only (training would draw differently shaped dropout masks).
+            rows: Optional flat patch indices (M,) into the N x L patches: return only
+                their output tokens (M, d). The last block runs its projection and MLP on
+                those tokens alone, drawing its dropout masks for all tokens (see
+                ``ViTBlock.forward_rows``): the same outputs and RNG use, in training too.
 
         Returns:
-            Output tokens of the patches (N, L, d), or of the ``query`` patches (N, q, d).
+            Output tokens of the patches (N, L, d), of the ``query`` patches (N, q, d), or
+            of the ``rows`` patches (M, d).
         """
         x = self.patch_emb(normalize_channels(patches, self.pix_mean, self.pix_std))
         x = torch.where(mask.unsqueeze(-1), self.mask_token.to(x.dtype), x)
@@ -191,15 +197,29 @@ class MARLevel(nn.Module):
             last = cast("ViTBlock", self.blocks[-1])
             picked: Tensor = self.norm(last.forward_queries(x, query + self.num_prefix))
             return picked
-        for block in self.blocks:
-            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(block, x, use_reentrant=False)
+        blocks = list(self.blocks)
+        ckpt = self.grad_checkpointing and self.training and torch.is_grad_enabled()
+        if blocks and (rows is not None or (self.training and query is None)):
+            # The last block works on the wanted patches only (all of them, or ``rows``):
+            # the condition tokens' outputs are never used.
+            last = cast("ViTBlock", blocks.pop())
+            for block in blocks:
+                x = checkpoint(block, x, use_reentrant=False) if ckpt else block(x)
+            first = self.num_prefix
+            if ckpt:
+                x = checkpoint(last.forward_rows, x, rows, first, use_reentrant=False)
             else:
-                x = block(x)
+                x = last.forward_rows(x, rows, first)
+            chosen: Tensor = self.norm(x)
+            return chosen if rows is not None else chosen.view(-1, self.seq_len, x.shape[-1])
+        for block in blocks:
+            x = checkpoint(block, x, use_reentrant=False) if ckpt else block(x)
         x = self.norm(x)
         out: Tensor = x[:, self.num_prefix :]
         if query is not None:
             return out.gather(1, query.unsqueeze(-1).expand(-1, -1, out.shape[-1]))
+        if rows is not None:
+            return out.reshape(-1, out.shape[-1])[rows]
         return out
 
     def gather_conds(self, out: Tensor, rows: Tensor, pos: Tensor, count: int = 5) -> Tensor:
@@ -260,9 +280,13 @@ class MARLevel(nn.Module):
         if self.guiding_head is not None:
             pix = imgs.mean(dim=(-2, -1))
             aux = self.guiding_head(pix, cond, generator)
-        out = self.predict(patches, mask, cond, pix)
         p = self.patch_size
         child = patches[rows, pos].reshape(-1, self.in_channels, p, p)
+        if out_conds == 1:
+            # Only the masked patches' own tokens go down: the last block computes just those.
+            own = self.predict(patches, mask, cond, pix, rows=rows * seq + pos)
+            return child, own.unsqueeze(1), aux
+        out = self.predict(patches, mask, cond, pix)
         return child, self.gather_conds(out, rows, pos, out_conds), aux
 
     def sample(

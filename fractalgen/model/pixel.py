@@ -13,13 +13,14 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from fractalgen.model.blocks import ViTBlock, init_weights
 
 __all__ = [
     "PixelHead",
     "channel_stats",
-    "cross_entropy_rows",
+    "codebook_cross_entropy",
     "guide_logits",
     "normalize_channels",
     "sample_categorical",
@@ -110,14 +111,7 @@ class PixelHead(nn.Module):
     def _channel_logits(self, cond: Tensor, values: Tensor) -> Tensor:
         """:meth:`logits` laid out channel-major, (j + 1, N, 256), contiguous."""
         j = values.shape[1]
-        x = self.cond_proj(cond).unsqueeze(1)
-        if j > 0:
-            chan = torch.arange(j, device=values.device)
-            x = torch.cat([x, self.codebook[chan, values].to(x.dtype)], dim=1)
-        x = self.ln(x)
-        for block in self.blocks:
-            x = block(x)
-        x = self.norm(x)
+        x = self._features(cond, values)
         with torch.autocast(device_type=x.device.type, enabled=False):
             # One batched matmul per channel with the bias added in place: (j+1, N, 256).
             return torch.baddbmm(
@@ -125,6 +119,19 @@ class PixelHead(nn.Module):
                 x.float().transpose(0, 1),
                 self.codebook[: j + 1].float().transpose(1, 2),
             )
+
+    def _features(self, cond: Tensor, values: Tensor) -> Tensor:
+        """The final normed tokens (N, j + 1, width) that give the logits of channels 0 .. j."""
+        j = values.shape[1]
+        x = self.cond_proj(cond).unsqueeze(1)
+        if j > 0:
+            chan = torch.arange(j, device=values.device)
+            x = torch.cat([x, self.codebook[chan, values].to(x.dtype)], dim=1)
+        x = self.ln(x)
+        for block in self.blocks:
+            x = block(x)
+        out: Tensor = self.norm(x)
+        return out
 
     def forward(
         self, target: Tensor, cond: Tensor, generator: torch.Generator | None = None
@@ -147,8 +154,14 @@ class PixelHead(nn.Module):
             target.shape, device=target.device, dtype=torch.float32, generator=generator
         )
         values = (target.float() * 255 + 0.01 * noise).round().clamp_(0, 255).long()
-        logits = self._channel_logits(cond[:, 0], values[:, :-1])
-        ce = cross_entropy_rows(logits, values.t())  # (C, N)
+        x = self._features(cond[:, 0], values[:, :-1])
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            ce = codebook_cross_entropy(  # (C, N)
+                x.float().transpose(0, 1),
+                self.codebook.float(),
+                self.logit_bias.float(),
+                values.t(),
+            )
         if self.training and self.in_channels > 1:
             w = torch.ones(self.in_channels, 1, device=ce.device)
             w[0] = self.r_weight
@@ -210,34 +223,89 @@ class PixelHead(nn.Module):
         return (values.float() / 255).to(c.dtype)
 
 
-class _RowCrossEntropy(torch.autograd.Function):
-    """Per-row cross-entropy ``logsumexp(logits) - logits[target]`` with a lean backward.
+class _CodebookCrossEntropy(torch.autograd.Function):
+    """Cross-entropy of logits ``x @ codebook^T + bias`` per channel, with the logits fused in.
 
-    Same value and gradient as ``F.cross_entropy(..., reduction="none")`` up to float
-    rounding; the backward builds ``softmax - onehot`` in one buffer instead of a zero-filled
-    one-hot gradient plus the log-softmax backward (the logits are the pixel head's largest
-    tensor, so each pass over them counts).
+    The logits (C, N, 256) are the pixel head's largest tensor, so the passes over them are
+    what counts. Forward: one batched matmul (the bias as an extra column of ones in ``x``)
+    and one softmax, so one ``exp`` per logit. On CPU the loss is ``-log(softmax[target])``
+    (rows whose target probability is below 1e-30 are recomputed exactly); elsewhere it is
+    ``max - logit[target] + log(sum)``, where ``1 / sum`` is the softmax's largest entry
+    (``exp(0) / sum``, never below 1/256, so it never underflows). The only saved big
+    tensor is ``softmax - onehot``; the backward reads it in two batched matmuls and scales
+    the small operands by the incoming gradient instead of the big one. Same value and
+    gradients as ``F.cross_entropy`` of the explicit logits, up to float rounding.
     """
 
     @staticmethod
-    def forward(ctx: Any, logits: Tensor, target: Tensor) -> Tensor:
-        lse = torch.logsumexp(logits, dim=-1)
-        picked = logits.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-        ctx.save_for_backward(logits, target)
-        return lse - picked
+    def forward(ctx: Any, x: Tensor, codebook: Tensor, bias: Tensor, target: Tensor) -> Tensor:
+        x1 = torch.cat([x, x.new_ones(*x.shape[:-1], 1)], dim=-1)
+        weight = torch.cat([codebook, bias.unsqueeze(-1)], dim=-1)
+        logits = torch.bmm(x1, weight.transpose(1, 2))
+        index = target.unsqueeze(-1)
+        if logits.device.type == "cpu":
+            # Overwrite the logits (the CPU kernel works row by row): one big buffer less
+            # to allocate and pass over. The loss is -log(softmax[target]), exact while
+            # that probability is a normal float; rows where it is tiny are redone exactly.
+            grad = torch._softmax(logits, -1, False, out=logits)
+            del logits
+            prob = grad.gather(-1, index)
+            ce = prob.log().neg_()
+            tiny = prob < _TINY_PROB
+            if bool(tiny.any()):
+                _exact_rows(ce, tiny, x1, weight, index)
+        else:
+            top = logits.amax(dim=-1, keepdim=True)
+            picked = logits.gather(-1, index)
+            grad = torch.softmax(logits, dim=-1)
+            del logits
+            ce = (top - picked).add_(grad.amax(dim=-1, keepdim=True).log_().neg_())
+        grad.scatter_add_(-1, index, torch.full_like(ce, -1.0))
+        ctx.save_for_backward(x1, codebook, grad)
+        return ce.squeeze(-1)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        logits, target = ctx.saved_tensors
-        g = grad.unsqueeze(-1)
-        out = torch.softmax(logits, dim=-1).mul_(g)
-        out.scatter_add_(-1, target.unsqueeze(-1), -g)
-        return out, None
+    @once_differentiable
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:
+        x1, codebook, grad = ctx.saved_tensors
+        g = grad_out.unsqueeze(-1)
+        dx = torch.bmm(grad, codebook).mul_(g)
+        # d codebook = grad^T (g x) and d bias = grad^T g, in one matmul; as (g x1)^T grad,
+        # transposed after, which reads the big operand in its own layout (faster on CPU).
+        d_both = torch.bmm((x1 * g).transpose(1, 2), grad).transpose(1, 2)
+        return dx, d_both[..., :-1], d_both[..., -1], None
 
 
-def cross_entropy_rows(logits: Tensor, target: Tensor) -> Tensor:
-    """Cross-entropy of each row of ``logits`` (..., K) against long ``target`` (...)."""
-    out: Tensor = _RowCrossEntropy.apply(logits, target)
+# Below this probability -log(p) of a float32 softmax loses precision: recompute the row.
+_TINY_PROB = 1e-30
+
+
+def _exact_rows(ce: Tensor, tiny: Tensor, x1: Tensor, weight: Tensor, index: Tensor) -> None:
+    """Write ``logsumexp - logit[target]`` into ``ce`` (C, N, 1) where ``tiny`` (C, N, 1),
+    recomputing those rows' logits from ``x1`` (C, N, w + 1) and ``weight`` (C, K, w + 1)."""
+    for c in range(ce.shape[0]):
+        rows = tiny[c, :, 0].nonzero().squeeze(1)
+        if rows.numel() == 0:
+            continue
+        logits = x1[c, rows] @ weight[c].t()
+        picked = logits.gather(-1, index[c, rows])
+        ce[c, rows] = torch.logsumexp(logits, dim=-1, keepdim=True) - picked
+
+
+def codebook_cross_entropy(x: Tensor, codebook: Tensor, bias: Tensor, target: Tensor) -> Tensor:
+    """Per-row cross-entropy of the logits ``x @ codebook^T + bias`` against ``target``.
+
+    Args:
+        x: Features (C, N, w), one batch of rows per channel.
+        codebook: Output embeddings (C, K, w).
+        bias: Logit biases (C, K).
+        target: Long targets (C, N) in ``0 .. K - 1``.
+
+    Returns:
+        Cross-entropy (C, N) in nats, as ``F.cross_entropy(..., reduction="none")`` would
+        give on the explicit logits (which are never kept).
+    """
+    out: Tensor = _CodebookCrossEntropy.apply(x, codebook, bias, target)
     return out
 
 
