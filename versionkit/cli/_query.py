@@ -25,11 +25,12 @@ from versionkit.curate.listing import (
     MetricAt,
     best_of,
     config_columns,
+    last_of,
     sort_key,
     unknown_columns,
 )
 from versionkit.errors import ConfigError, VersionNotFoundError
-from versionkit.registry.summary import ListItem, display_status_of, list_item
+from versionkit.registry.summary import ListItem, display_status_of, list_item, metric_cell
 from versionkit.registry.views import display_status, record_json
 from versionkit.sweep.records import record_in_sweep
 
@@ -105,8 +106,7 @@ def _sort_value(row: _Row, key: str) -> Any:
     if key == "status":
         return row.status
     if key in ("best", "last"):
-        at = item.best if key == "best" else item.last
-        return None if at is None else at[0]
+        return item.best_value if key == "best" else item.last_value
     return row.columns.get(key)
 
 
@@ -179,17 +179,12 @@ def _json_rows(reg: Registry, rows: Iterator[_Row],
         assert record is not None, "--json lists records"
         n = record["version"]
         data = record_json(record, f"{checkpoints}{n}", f"{logs}{n}")
-        data.update(tags=tags.get(n, []), note=record.get("note"), best=_metric(row.item.best),
-                    last=_metric(row.item.last), columns=row.columns)
+        data.update(tags=tags.get(n, []), note=record.get("note"), best=_metric(best_of(record)),
+                    last=_metric(last_of(record)), columns=row.columns)
         yield data
 
 
-def _at(at: MetricAt | None) -> str:
-    if at is None:
-        return "-"
-    value, step = at
-    return (f"{value:.6g}" if type(value) is float else number(value)) + (
-        f"@{step}" if step is not None else "")
+_at = metric_cell
 
 
 def _cells(row: _Row, tags: dict[int, list[str]], columns: list[str]) -> list[str]:
@@ -197,7 +192,7 @@ def _cells(row: _Row, tags: dict[int, list[str]], columns: list[str]) -> list[st
     n = item.version
     return [
         str(n), row.status, when(item.created_at), item.host, item.git,
-        ",".join(tags.get(n, ())) or "-", _at(item.best), _at(item.last),
+        ",".join(tags.get(n, ())) or "-", item.best, item.last,
         *["-" if row.columns[c] is None else number(row.columns[c]) for c in columns],
         item.note,
     ]

@@ -19,7 +19,7 @@ from versionkit.curate.listing import MetricAt, best_of, last_of
 from versionkit.registry import provenance
 
 __all__ = ["SEP", "TAG", "ListItem", "decode", "display_status_of", "encode", "list_item",
-           "summary_of"]
+           "metric_cell", "summary_of"]
 
 #: Between fields; a text field holding it means "no summary, read the record".
 SEP = "\x1f"
@@ -40,12 +40,29 @@ class ListItem(NamedTuple):
     host: str  # the HOST cell
     git: str  # the GIT cell
     note: str  # the NOTE cell
-    best: MetricAt | None  # best recorded checkpoint val_loss and its step
-    last: MetricAt | None  # last logged val_loss and its step
+    best: str  # the BEST VAL_LOSS@STEP cell: best recorded checkpoint val_loss
+    last: str  # the LAST VAL_LOSS@STEP cell: last logged val_loss
+    best_value: float | None  # what --sort best orders by
+    last_value: float | None  # what --sort last orders by
 
 
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
+
+
+def metric_cell(at: MetricAt | None) -> str:
+    """``0.25@40``: a value and its step as a listing shows them (``-``: none)."""
+    if at is None:
+        return "-"
+    value, step = at
+    return (f"{value:.6g}" if type(value) is float else _number(value)) + (
+        f"@{step}" if step is not None else "")
+
+
+def _number(value: Any) -> str:
+    from versionkit.cli._common import number
+
+    return number(value)
 
 
 def list_item(number: int, record: Mapping[str, Any]) -> ListItem:
@@ -56,6 +73,7 @@ def list_item(number: int, record: Mapping[str, Any]) -> ListItem:
     note = record.get("note")
     note_text = " ".join(note.split()) if isinstance(note, str) and note else "-"
     commit = record.get("git_commit")
+    best, last = best_of(record), last_of(record)
     return ListItem(
         number,
         str(status or "unknown"),
@@ -66,8 +84,10 @@ def list_item(number: int, record: Mapping[str, Any]) -> ListItem:
         commit[:8] + ("*" if record.get("git_dirty") is True else "")
         if commit and isinstance(commit, str) else "-",
         note_text if len(note_text) <= 40 else note_text[:37] + "...",
-        best_of(record),
-        last_of(record),
+        metric_cell(best),
+        metric_cell(last),
+        None if best is None else best[0],
+        None if last is None else last[0],
     )
 
 
@@ -81,18 +101,14 @@ def display_status_of(item: ListItem) -> str:
     return item.status
 
 
-def _at(at: MetricAt | None) -> tuple[str, str]:
-    if at is None:
-        return "", ""
-    return repr(at[0]), "" if at[1] is None else str(at[1])
-
-
 def encode(item: ListItem) -> str | None:
     """The stored text of ``item`` (its version is the row's number), or ``None`` when
     a field holds ``SEP``."""
     created = "" if item.created_at is None else "=" + item.created_at
     fields = [TAG, item.status, "" if item.pid is None else str(item.pid), item.pid_host,
-              created, item.host, item.git, item.note, *_at(item.best), *_at(item.last)]
+              created, item.host, item.git, item.note, item.best, item.last,
+              "" if item.best_value is None else repr(item.best_value),
+              "" if item.last_value is None else repr(item.last_value)]
     text = SEP.join(fields)
     return text if text.count(SEP) == _FIELDS - 1 else None
 
@@ -102,18 +118,12 @@ def summary_of(number: int, record: Mapping[str, Any]) -> str | None:
     return encode(list_item(number, record))
 
 
-def _metric(value: str, step: str) -> MetricAt | None:
-    if not value:
-        return None
-    return float(value), int(step) if step else None
-
-
 def decode(number: int, text: str) -> ListItem | None:
     """The item of a stored summary, or ``None`` when it is of another format."""
     fields = text.split(SEP)
     if len(fields) != _FIELDS or fields[0] != TAG:
         return None
-    _tag, status, pid, pid_host, created, host, git, note, bv, bs, lv, ls = fields
+    _tag, status, pid, pid_host, created, host, git, note, best, last, bv, lv = fields
     return ListItem(number, status, int(pid) if pid else None, pid_host,
-                    created[1:] if created else None, host, git, note,
-                    _metric(bv, bs), _metric(lv, ls))
+                    created[1:] if created else None, host, git, note, best, last,
+                    float(bv) if bv else None, float(lv) if lv else None)
