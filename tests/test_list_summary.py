@@ -22,6 +22,7 @@ from test_list_scale import _cells_through_the_view, _odd_records
 from versionkit.backends.base import Backend
 from versionkit.backends.sql import SCHEMA_VERSION, SQLBackend, schema
 from versionkit.backends.sql import engine as engines
+from versionkit.backends.sql.uri import parse_uri
 from versionkit.cli import _query, main
 from versionkit.registry import Registry, VersionInfo, provenance
 from versionkit.registry.summary import (
@@ -199,15 +200,14 @@ def test_list_reads_summaries_not_records(
 
 
 def test_a_database_from_before_the_column_lists_the_same(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    path = tmp_path / "r.db"
-    uri = f"sqlite:///{path}"
     root = tmp_path / "exp"
     _fill(root, uri)
     expected = {tuple(f): _list(root, uri, *f, capsys=capsys) for f in _FLAGS}
     # Back to layout 2: no summary column.
-    engine = sa.create_engine(uri, poolclass=NullPool)
+    engine = sa.create_engine(parse_uri(uri)[0], poolclass=NullPool)
     with engine.begin() as conn:
         conn.exec_driver_sql("ALTER TABLE versionkit_versions DROP COLUMN summary")
         conn.exec_driver_sql("UPDATE versionkit_meta SET value = '2'")
