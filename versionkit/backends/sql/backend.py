@@ -43,7 +43,6 @@ _ADVISORY_KEY = 0x766B5F73636865  # pg_advisory_xact_lock key serialising table 
 # Rows per query when streaming records or best candidates: small first (a caller that
 # wants the latest 20, or the first existing best file, reads little), then doubling.
 _FIRST_PAGE, _PAGE = 32, 1000
-_SUMMARY_PAGE = 8192  # a summary is ~100 bytes
 _T = TypeVar("_T")
 
 
@@ -335,50 +334,11 @@ class SQLBackend(Backend):
             page = min(2 * page, _PAGE)
 
     def iter_summaries(self, *, newest_first: bool = False) -> Iterator[ListItem]:
-        """Every version's list summary, from the ``summary`` column in keyset pages
-        through the driver's cursor; a row without one (or of another format) is
-        summarised from its record."""
-        from versionkit.registry.summary import decode, list_item
+        """Every version's list summary from the ``summary`` column (see
+        :func:`versionkit.backends.sql.listing.iter_summaries`)."""
+        from versionkit.backends.sql.listing import iter_summaries
 
-        table, mark = schema.versions.name, "?" if self._dialect == "sqlite" else "%s"
-        # The record travels only for a row without a summary.
-        head = (
-            f"SELECT number, summary, CASE WHEN summary IS NULL THEN record END "
-            f"FROM {table} WHERE experiment = {mark}"
-        )
-        tail = f" ORDER BY number {'DESC' if newest_first else 'ASC'} LIMIT {mark}"
-        after: int | None = None
-        page = _FIRST_PAGE
-        while True:
-
-            def body(engine: Engine, after: int | None = after, page: int = page) -> list[Any]:
-                sql, params = head, list[Any]([self.experiment])
-                if after is not None:
-                    sql += f" AND number {'<' if newest_first else '>'} {mark}"
-                    params.append(after)
-                params.append(page)
-                with self._transaction(engine, write=False) as conn:
-                    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-                    cursor.execute(sql + tail, params)
-                    return list(cursor.fetchall())
-
-            rows = self._run("list versions", body)
-            for number, summary, text in rows:
-                item = decode(number, summary) if summary is not None else None
-                if item is None:
-                    if text is None:  # a summary of another format: read the record
-                        found = self.get(int(number))
-                        if found is None:
-                            continue
-                        yield list_item(int(number), found)
-                    else:
-                        yield list_item(int(number), self._decode(int(number), text))
-                else:
-                    yield item
-            if len(rows) < page:
-                return
-            after = int(rows[-1][0])
-            page = min(4 * page, _SUMMARY_PAGE)
+        return iter_summaries(self, newest_first=newest_first)
 
     def numbers(self) -> set[int]:
         def body(engine: Engine) -> set[int]:
