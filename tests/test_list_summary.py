@@ -222,12 +222,13 @@ def test_a_database_from_before_the_column_lists_the_same(
             "SELECT number FROM versionkit_versions WHERE summary IS NULL"
         ).scalars().all()
     assert missing == [10, 13, 16]
-    # Rows without a summary (written by hand, or a stale one) list from their records.
+    # Rows without a summary (written by hand), or with one of another format, list
+    # from their records.
     with engine.begin() as conn:
         conn.exec_driver_sql("UPDATE versionkit_versions SET summary = NULL WHERE number < 10")
         conn.exec_driver_sql(
-            "UPDATE versionkit_versions SET summary = 's0' || substr(summary, 3) "
-            "WHERE number = 12"
+            "UPDATE versionkit_versions SET summary = "
+            "'s0' || substr(replace(summary, 'running', 'bogus'), 3) WHERE number = 12"
         )
     for flags in _FLAGS:
         assert _list(root, uri, *flags, capsys=capsys) == expected[tuple(flags)], flags
