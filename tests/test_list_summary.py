@@ -9,6 +9,7 @@ refilled by ``repair``); the table reads no record on SQL.
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from pathlib import Path
@@ -256,3 +257,21 @@ def test_other_backends_summarise_their_records(backend: str, tmp_path: Path) ->
         assert items == [list_item(r["version"], r) for r in records]
         assert list(reg.iter_summaries(limit=3)) == [list_item(r["version"], r)
                                                      for r in records[::-1][:3]]
+
+
+def test_fill_summaries_walks_every_experiment_in_batches() -> None:
+    engine = sa.create_engine("sqlite://")
+    with engine.begin() as conn:
+        schema.metadata.create_all(conn)
+        good = json.dumps({"status": "completed"})
+        conn.execute(sa.insert(schema.versions), [
+            {"experiment": x, "number": n, "record": good if n % 7 else "{unreadable"}
+            for x in ("a", "b", "c") for n in range(2500)
+        ])
+        assert schema.fill_summaries(conn, "b") == 2500 - 358
+        assert schema.fill_summaries(conn) == 2 * (2500 - 358)
+        assert schema.fill_summaries(conn) == 0  # the unreadable ones stay NULL
+        v = schema.versions.c
+        summaries = conn.execute(sa.select(v.summary).where(v.summary.is_not(None))).scalars()
+        assert set(summaries) == {summary_of(0, {"status": "completed"})}
+    engine.dispose()

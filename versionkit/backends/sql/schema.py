@@ -147,28 +147,34 @@ def summary_text(number: int, text: str) -> str | None:
 
 
 def fill_summaries(conn: Connection, experiment: str | None = None) -> int:
-    """Write the summary of every row (of ``experiment``) that has none; their count."""
+    """Write the summary of every row (of ``experiment``) that has none; their count.
+
+    In batches of rows in key order, so memory holds one batch of records at a time."""
     v = versions.c
-    query = sa.select(v.experiment, v.number, v.record).where(v.summary.is_(None))
-    if experiment is not None:
-        query = query.where(v.experiment == experiment)
     update = (
         sa.update(versions)
         .where(v.experiment == sa.bindparam("p_experiment"), v.number == sa.bindparam("p_number"))
         .values(summary=sa.bindparam("p_summary"))
     )
-    batch: list[dict[str, Any]] = []
-    count = 0
-    for name, number, text in conn.execute(query).all():
-        summary = summary_text(int(number), text)
-        if summary is not None:
-            batch.append({"p_experiment": name, "p_number": number, "p_summary": summary})
-        if len(batch) >= 5000:
+    count, after = 0, None
+    while True:
+        query = sa.select(v.experiment, v.number, v.record).where(v.summary.is_(None))
+        if experiment is not None:
+            query = query.where(v.experiment == experiment)
+        if after is not None:
+            query = query.where(sa.tuple_(v.experiment, v.number) > sa.tuple_(*after))
+        rows = conn.execute(query.order_by(v.experiment, v.number).limit(2000)).all()
+        batch = [
+            {"p_experiment": name, "p_number": number, "p_summary": summary}
+            for name, number, text in rows
+            if (summary := summary_text(int(number), text)) is not None
+        ]
+        if batch:
             conn.execute(update, batch)
-            count, batch = count + len(batch), []
-    if batch:
-        conn.execute(update, batch)
-    return count + len(batch)
+            count += len(batch)
+        if len(rows) < 2000:
+            return count
+        after = (rows[-1][0], rows[-1][1])
 
 
 def _to_v3(conn: Connection) -> None:
