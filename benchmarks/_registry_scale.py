@@ -92,6 +92,7 @@ def build_sql(root: Path, uri: str, records: list[tuple[int, dict[str, Any]]]) -
     import sqlalchemy as sa
 
     from versionkit.backends.sql import SQLBackend, schema
+    from versionkit.registry.summary import summary_of
 
     backend = SQLBackend(uri, root, str(root.resolve()))
     backend.next_number()  # creates the tables
@@ -106,6 +107,7 @@ def build_sql(root: Path, uri: str, records: list[tuple[int, dict[str, Any]]]) -
                         "experiment": backend.experiment,
                         "number": v,
                         "record": json.dumps({k: x for k, x in r.items() if k != "version"}),
+                        "summary": summary_of(v, r),
                     }
                     for v, r in chunk
                 ],

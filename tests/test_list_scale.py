@@ -217,3 +217,29 @@ def test_a_stamp_the_c_library_cannot_place_shows_as_written(timezone: None) -> 
     time.tzset()
     _common._LOCAL_SHIFTS.clear()
     assert _common.when("0001-01-01T00:00:00+00:00") == "0001-01-01T00:00:00+00:00"
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Australia/Lord_Howe", "Asia/Kathmandu"])
+def test_a_plain_stamp_is_read_by_its_hour_and_says_what_astimezone_says(
+    zone: str, timezone: None
+) -> None:
+    """A stamp as ``isoformat`` writes it with an offset takes the per-hour local
+    "YYYY-MM-DD HH" (when the shift is whole hours) and keeps its minutes and seconds."""
+    if not Path("/usr/share/zoneinfo", zone).exists():
+        pytest.skip(f"no zoneinfo for {zone} here")
+    os.environ["TZ"] = zone
+    time.tzset()
+    _common._LOCAL_SHIFTS.clear()
+    rng = random.Random(zone)
+    for i in range(2000):
+        stamp_at = rng.uniform(-2e9, 4e9) if i % 2 else 1743296400 + rng.uniform(-7200, 7200)
+        zone_of_stamp = dt.timezone(dt.timedelta(minutes=rng.choice([0, 60, -300, 330, -59])))
+        d = dt.datetime.fromtimestamp(stamp_at, zone_of_stamp)
+        for spec in ("auto", "milliseconds", "seconds"):
+            stamp = d.isoformat(timespec=spec)
+            expected = dt.datetime.fromisoformat(stamp).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+            assert _common.when(stamp) == expected, stamp
+    assert any(isinstance(k, str) for k in _common._LOCAL_SHIFTS), "hours of plain stamps"
+    for odd in ("2026-02-30T10:00:00+00:00", "2026-01-01T24:00:00+00:00",
+                "2026-01-01T10:00:00+25:00", "2026-01-01T10:61:00+00:00"):
+        assert _common.when(odd) == odd  # not a time: shown as written

@@ -36,6 +36,7 @@ from versionkit.errors import (
     LockTimeout,
     VersionNotFoundError,
 )
+from versionkit.registry.summary import summary_of
 from versionkit.testing import BackendContractSuite
 from versionkit.testing_curate import CurateContract
 
@@ -377,7 +378,9 @@ def test_repair_replaces_unreadable_records_and_lifts_the_counter(store: SQLBack
         store.list()
     report = store.repair(4)
     assert report["next_number"] == 7 and report["previous_next_number"] == 3
-    assert len(report["actions"]) == 2
+    # The stub, the summary of the row written by hand without one, the counter.
+    assert len(report["actions"]) == 3
+    assert "rewrote the list summary of 1 version(s)" in report["actions"]
     stub = store.get(1)
     assert stub is not None and stub["status"] == "unknown"
     assert stub["unreadable_record"] == "[1, 2"
@@ -653,4 +656,10 @@ def test_a_version_1_database_is_upgraded_with_its_checkpoints_indexed(
     finally:
         b.close()
     with sa.create_engine(f"sqlite:///{path}", poolclass=NullPool).connect() as conn:
-        assert conn.execute(sa.select(schema.meta.c.value)).scalar_one() == "2"
+        assert conn.execute(sa.select(schema.meta.c.value)).scalar_one() == str(SCHEMA_VERSION)
+        v = schema.versions.c
+        summaries = dict(conn.execute(sa.select(v.number, v.summary).order_by(v.number)).all())
+    # Filled on the way through version 3; the unreadable record has none (it lists
+    # from its record, and repair turns it into a stub with one).
+    assert summaries[0] == summary_of(0, {"status": "completed", "checkpoints": [item]})
+    assert summaries[0] is not None and summaries[1] is None

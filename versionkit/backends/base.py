@@ -32,9 +32,12 @@ import json
 import math
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from versionkit.errors import BackendError, VersionNotFoundError
+
+if TYPE_CHECKING:
+    from versionkit.registry.summary import ListItem
 
 __all__ = [
     "MAX_NUMBER",
@@ -208,6 +211,14 @@ class Backend(abc.ABC):
         """Every record in version order; backends override it to stream in pages."""
         records = self.list()
         yield from (reversed(records) if newest_first else records)
+
+    def iter_summaries(self, *, newest_first: bool = False) -> Iterator[ListItem]:
+        """Every version's list summary (:mod:`versionkit.registry.summary`), in version
+        order; this default summarises the records, SQL reads a column kept with them."""
+        from versionkit.registry.summary import list_item
+
+        for record in self.iter_records(newest_first=newest_first):
+            yield list_item(int(record["version"]), record)
 
     def numbers(self) -> set[int]:
         """The numbers that have a record (backends override it to skip the records)."""

@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import os
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -195,32 +196,71 @@ def table(rows: list[list[str]], out: TextIO) -> None:
 #: (year, month, day, hour, UTC offset) of a stamp -> what turns it into local time
 #: (None: the local offset changes within that hour). A listing formats one stamp per
 #: version and ``astimezone`` asks the C library each time; one hour asks it twice.
-_LOCAL_SHIFTS: dict[tuple[int, int, int, int, Any], Any] = {}
+#: Also "YYYY-MM-DDTHH+hh:mm" (the hour of a plain stamp and its offset) -> that hour in
+#: local time, "YYYY-MM-DD HH" (None: the slow way), so such a stamp is not parsed.
+_LOCAL_SHIFTS: dict[Any, Any] = {}
+#: A stamp as ``datetime.isoformat`` writes it with an offset: its minutes and seconds
+#: stay as written when the shift to local time is whole hours.
+_PLAIN_STAMP = re.compile(
+    r"\d{4}-\d\d-\d\dT\d\d:[0-5]\d:[0-5]\d(?:\.\d{3}|\.\d{6})?[+-]\d\d:\d\d", re.ASCII
+)
+
+
+def _shift(d: Any) -> Any:
+    """What turns aware datetime ``d`` into local time, or None (the slow way)."""
+    import datetime as dt
+
+    offset = d.utcoffset()
+    if offset is None or not 1000 <= d.year <= 9998:
+        return None
+    key = (d.year, d.month, d.day, d.hour, offset)
+    shift = _LOCAL_SHIFTS.get(key, False)
+    if shift is False:
+        hour = d.replace(minute=0, second=0, microsecond=0)
+        local = hour.astimezone().utcoffset()
+        same = local == (hour + dt.timedelta(hours=1)).astimezone().utcoffset()
+        shift = _LOCAL_SHIFTS[key] = local - offset if same and local is not None else None
+    return shift
+
+
+def _local_hour(hour_stamp: str) -> str | None:
+    """"YYYY-MM-DD HH" of a whole-hour stamp in local time, when every stamp of that hour
+    moves by whole hours (else None)."""
+    import datetime as dt
+
+    try:
+        d = dt.datetime.fromisoformat(hour_stamp)
+    except ValueError:
+        return None
+    shift = _shift(d)
+    if shift is None or shift % dt.timedelta(hours=1):
+        return None
+    t = d + shift
+    return f"{t.year:04d}-{t.month:02d}-{t.day:02d} {t.hour:02d}"
 
 
 def when(stamp: str | None) -> str:
     """An ISO time stamp in local time, seconds precision."""
     if not stamp:
         return "-"
+    if _PLAIN_STAMP.fullmatch(stamp):
+        key = stamp[:13] + stamp[-6:]
+        head = _LOCAL_SHIFTS.get(key, False)
+        if head is False:
+            head = _LOCAL_SHIFTS[key] = _local_hour(stamp[:13] + ":00:00" + stamp[-6:])
+        if isinstance(head, str):
+            return head + stamp[13:19]
     import datetime as dt
 
     try:
         d = dt.datetime.fromisoformat(stamp)
     except ValueError:
         return stamp
-    offset = d.utcoffset()
-    if offset is not None and 1000 <= d.year <= 9998:
-        key = (d.year, d.month, d.day, d.hour, offset)
-        shift = _LOCAL_SHIFTS.get(key, False)
-        if shift is False:
-            hour = d.replace(minute=0, second=0, microsecond=0)
-            local = hour.astimezone().utcoffset()
-            same = local == (hour + dt.timedelta(hours=1)).astimezone().utcoffset()
-            shift = _LOCAL_SHIFTS[key] = local - offset if same and local is not None else None
-        if shift is not None:
-            t = d + shift
-            return (f"{t.year:04d}-{t.month:02d}-{t.day:02d} "
-                    f"{t.hour:02d}:{t.minute:02d}:{t.second:02d}")
+    shift = _shift(d)
+    if shift is not None:
+        t = d + shift
+        return (f"{t.year:04d}-{t.month:02d}-{t.day:02d} "
+                f"{t.hour:02d}:{t.minute:02d}:{t.second:02d}")
     try:
         return d.astimezone().strftime("%Y-%m-%d %H:%M:%S")
     except (OverflowError, OSError, ValueError):  # a year the C library cannot place

@@ -30,6 +30,7 @@ from versionkit.curate.listing import (
     unknown_columns,
 )
 from versionkit.errors import ConfigError, VersionNotFoundError
+from versionkit.registry.summary import ListItem, display_status_of, list_item, metric_cell
 from versionkit.registry.views import display_status, record_json
 from versionkit.sweep.records import record_in_sweep
 
@@ -77,16 +78,19 @@ def register(add: Adder) -> None:
 
 
 class _Row(NamedTuple):
-    record: Record
+    item: ListItem  # the cells that come from the record alone
     status: str  # as listed: dead for a running version whose process is gone
-    best: MetricAt | None
-    last: MetricAt | None
     columns: dict[str, Any]
+    record: Record | None  # only where the listing needs more than the summary
 
 
 def _row(record: Record, columns: list[str]) -> _Row:
-    return _Row(record, display_status(record), best_of(record), last_of(record),
-                config_columns(record, columns) if columns else {})
+    return _Row(list_item(record["version"], record), display_status(record),
+                config_columns(record, columns) if columns else {}, record)
+
+
+def _item_row(item: ListItem, _columns: list[str]) -> _Row:
+    return _Row(item, display_status_of(item), {}, None)
 
 
 def _metric(at: MetricAt | None) -> dict[str, Any] | None:
@@ -94,24 +98,26 @@ def _metric(at: MetricAt | None) -> dict[str, Any] | None:
 
 
 def _sort_value(row: _Row, key: str) -> Any:
-    record = row.record
+    item = row.item
     if key == "version":
-        return record["version"]
+        return item.version
     if key == "created":
-        created = record.get("created_at")
-        return created if isinstance(created, str) else None
+        return item.created_at
     if key == "status":
         return row.status
     if key in ("best", "last"):
-        at = row.best if key == "best" else row.last
-        return None if at is None else at[0]
+        return item.best_value if key == "best" else item.last_value
     return row.columns.get(key)
 
 
 def _list_rows(
     reg: Registry, args: argparse.Namespace, tags: dict[int, list[str]]
 ) -> Iterator[_Row]:
-    """Checks every flag first (nothing is printed before a refusal), then streams rows."""
+    """Checks every flag first (nothing is printed before a refusal), then streams rows.
+
+    The table without ``--columns`` or ``--sweep`` needs only each version's list
+    summary (on SQL one short column, not the whole record); the rest reads records.
+    """
     columns = comma_list(args.columns, "--columns") if args.columns is not None else []
     statuses = set(comma_list(args.status, "--status")) if args.status is not None else None
     if args.limit is not None and args.limit < 0:
@@ -133,28 +139,34 @@ def _list_rows(
             )
     newest_first = args.limit is not None
     filtered = statuses is not None or only is not None or args.sweep is not None
-    records = (iter([reg.get(only).record]) if only is not None else
-               reg.iter_records(limit=None if filtered else args.limit,
-                                newest_first=newest_first))
-    return _rows(records, args, columns, statuses, only)
+    limit = None if filtered else args.limit
+    if columns or args.sweep is not None or args.json:
+        records = (iter([reg.get(only).record]) if only is not None else
+                   reg.iter_records(limit=limit, newest_first=newest_first))
+        return _rows(records, _row, args, columns, statuses, only)
+    items = (iter([list_item(only, reg.get(only).record)]) if only is not None else
+             reg.iter_summaries(limit=limit, newest_first=newest_first))
+    return _rows(items, _item_row, args, columns, statuses, only)
 
 
-def _rows(records: Iterator[Record], args: argparse.Namespace, columns: list[str],
-          statuses: set[str] | None, only: int | None) -> Iterator[_Row]:
+def _rows(sources: Iterator[Any], make: Callable[[Any, list[str]], _Row],
+          args: argparse.Namespace, columns: list[str], statuses: set[str] | None,
+          only: int | None) -> Iterator[_Row]:
     count = 0
-    for record in records:
-        if only is not None and record["version"] != only:
+    for source in sources:
+        row = make(source, columns)
+        if only is not None and row.item.version != only:
             continue
-        if statuses is not None and display_status(record) not in statuses and str(
-            record.get("status") or "unknown"
-        ) not in statuses:
+        if statuses is not None and row.status not in statuses and (
+            row.item.status not in statuses
+        ):
             continue
-        if args.sweep is not None and not record_in_sweep(record, args.sweep):
+        if args.sweep is not None and not record_in_sweep(row.record or {}, args.sweep):
             continue
         if args.limit is not None and count >= args.limit:
             break
         count += 1
-        yield _row(record, columns)
+        yield row
 
 
 def _json_rows(reg: Registry, rows: Iterator[_Row],
@@ -164,39 +176,25 @@ def _json_rows(reg: Registry, rows: Iterator[_Row],
     logs = str(reg.log_dir(0))[:-1]
     for row in rows:
         record = row.record
+        assert record is not None, "--json lists records"
         n = record["version"]
         data = record_json(record, f"{checkpoints}{n}", f"{logs}{n}")
-        data.update(tags=tags.get(n, []), note=record.get("note"), best=_metric(row.best),
-                    last=_metric(row.last), columns=row.columns)
+        data.update(tags=tags.get(n, []), note=record.get("note"), best=_metric(best_of(record)),
+                    last=_metric(last_of(record)), columns=row.columns)
         yield data
 
 
-def _at(at: MetricAt | None) -> str:
-    if at is None:
-        return "-"
-    value, step = at
-    return (f"{value:.6g}" if type(value) is float else number(value)) + (
-        f"@{step}" if step is not None else "")
-
-
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
+_at = metric_cell
 
 
 def _cells(row: _Row, tags: dict[int, list[str]], columns: list[str]) -> list[str]:
-    record = row.record
-    n = record["version"]
-    note = record.get("note")
-    note_text = " ".join(note.split()) if isinstance(note, str) and note else "-"
-    commit = record.get("git_commit")
+    item = row.item
+    n = item.version
     return [
-        str(n), row.status, when(_text(record.get("created_at"))),
-        _text(record.get("host")) or "-",
-        commit[:8] + ("*" if record.get("git_dirty") is True else "")
-        if commit and isinstance(commit, str) else "-",
-        ",".join(tags.get(n, ())) or "-", _at(row.best), _at(row.last),
+        str(n), row.status, when(item.created_at), item.host, item.git,
+        ",".join(tags.get(n, ())) or "-", item.best, item.last,
         *["-" if row.columns[c] is None else number(row.columns[c]) for c in columns],
-        note_text if len(note_text) <= 40 else note_text[:37] + "...",
+        item.note,
     ]
 
 
@@ -217,7 +215,7 @@ def cmd_list(reg: Registry, args: argparse.Namespace, out: TextIO) -> int:
         rows_iter = iter(rows_all)
     if columns:
         rows_list = list(rows_iter)
-        unknown_columns((r.record for r in rows_list), columns)
+        unknown_columns((r.record or {} for r in rows_list), columns)
         rows_iter = iter(rows_list)
     if args.json:
         dump_stream(_json_rows(reg, rows_iter, tags), out)

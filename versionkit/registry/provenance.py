@@ -94,7 +94,7 @@ def pid_alive(pid: int) -> bool:
     """Whether process ``pid`` exists on this host (owned by anyone)."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # none, or a pid no process can have
         return False
     except PermissionError:  # exists, owned by someone else
         return True

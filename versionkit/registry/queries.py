@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from itertools import islice
+from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
@@ -31,10 +33,13 @@ from versionkit.registry.views import CheckpointInfo, VersionInfo
 
 if TYPE_CHECKING:
     from versionkit.config import ConfigModel
+    from versionkit.registry.summary import ListItem
 
 __all__ = ["Queries", "untracked_record"]
 
 C = TypeVar("C", bound="ConfigModel")
+_T = TypeVar("_T")
+_version = attrgetter("version")
 _List = list  # ``Queries.list`` shadows the builtin inside the class body
 _UNTRACKED_KEY = "untracked_folders"
 _UNTRACKED_CACHE_MAX = 1000
@@ -48,24 +53,39 @@ def untracked_record(n: int) -> Record:
 
 
 def _with_untracked(
-    records: Iterator[Record], folders: _List[int], newest_first: bool
-) -> Iterator[Record]:
-    """``records`` (in order) with a stand-in for each folder number that has none.
+    records: Iterator[_T],
+    folders: _List[int],
+    newest_first: bool,
+    number: Callable[[_T], int],
+    stand_in: Callable[[int], _T],
+) -> Iterator[_T]:
+    """``records`` (in order) with a ``stand_in(n)`` for each folder number that has none.
 
     ``folders`` is sorted in the same order; a plain walk along it, since this runs
     once per version of a listing.
     """
     i, end = 0, len(folders)
     for record in records:
-        n = record["version"]
+        n = number(record)
         while i < end and (folders[i] > n if newest_first else folders[i] < n):
-            yield untracked_record(folders[i])
+            yield stand_in(folders[i])
             i += 1
         if i < end and folders[i] == n:
             i += 1
         yield record
     for k in range(i, end):
-        yield untracked_record(folders[k])
+        yield stand_in(folders[k])
+
+
+def _check_limit(limit: Any) -> None:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise RegistryError(f"limit must be an integer >= 0, got {limit!r}")
+
+
+def _untracked_item(n: int) -> ListItem:
+    from versionkit.registry.summary import list_item
+
+    return list_item(n, untracked_record(n))
 
 
 def _safe(path: str) -> bool:
@@ -144,10 +164,7 @@ class Queries:
     ) -> Iterator[Record]:
         """:meth:`iter_versions` as the raw records (``{"version": N, ...}``), for
         listings that format many versions and need no typed view of each."""
-        if limit is not None and (
-            isinstance(limit, bool) or not isinstance(limit, int) or limit < 0
-        ):
-            raise RegistryError(f"limit must be an integer >= 0, got {limit!r}")
+        _check_limit(limit)
         if limit == 0:
             return
         if newest_first and status is None and limit is not None and limit <= _WALK_LIMIT:
@@ -158,7 +175,9 @@ class Queries:
         folders = sorted(self.folders.numbers(), reverse=newest_first)
         records = self.backend.iter_records(newest_first=newest_first)
         if folders:
-            records = _with_untracked(records, folders, newest_first)
+            records = _with_untracked(
+                records, folders, newest_first, itemgetter("version"), untracked_record
+            )
         count = 0
         for record in records:
             if status is not None and record.get("status", "unknown") != status:
@@ -167,6 +186,30 @@ class Queries:
             count += 1
             if limit is not None and count >= limit:
                 return
+
+    def iter_summaries(
+        self, *, limit: int | None = None, newest_first: bool = False
+    ) -> Iterator[ListItem]:
+        """:meth:`iter_records` as list summaries (:mod:`versionkit.registry.summary`):
+        what a ``versionkit list`` table shows, without decoding whole records where the
+        backend keeps summaries (SQL)."""
+        from versionkit.registry.summary import list_item
+
+        _check_limit(limit)
+        # A backend that keeps summaries reads the newest ones in a few pages; the others
+        # read the newest records one number at a time (:meth:`_walk_down`).
+        keeps = type(self.backend).iter_summaries is not Backend.iter_summaries
+        if newest_first and limit is not None and limit <= _WALK_LIMIT and not keeps:
+            for record in self.iter_records(limit=limit, newest_first=True):
+                yield list_item(int(record["version"]), record)
+            return
+        if limit == 0:
+            return
+        folders = sorted(self.folders.numbers(), reverse=newest_first)
+        items = self.backend.iter_summaries(newest_first=newest_first)
+        if folders:
+            items = _with_untracked(items, folders, newest_first, _version, _untracked_item)
+        yield from items if limit is None else islice(items, limit)
 
     def _walk_down(self, limit: int) -> Iterator[Record]:
         """The latest ``limit`` versions, read one number at a time from the top.

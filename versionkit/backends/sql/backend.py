@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import exc
@@ -32,6 +32,9 @@ from versionkit.backends.sql import schema, statements
 from versionkit.backends.sql.errors import RETRY_SQLSTATES, driver_message, sqlstate, translate
 from versionkit.backends.sql.uri import parse_uri
 from versionkit.errors import BackendError, CorruptStateError, VersionkitError, VersionNotFoundError
+
+if TYPE_CHECKING:
+    from versionkit.registry.summary import ListItem
 
 __all__ = ["SQLBackend"]
 
@@ -230,6 +233,7 @@ class SQLBackend(Backend):
         payload = dict(record)
         payload.pop("version", None)  # the number column is the truth; reads add it back
         text = encode_json(payload, "record")
+        summary = schema.summary_text(0, text)  # of the record as stored; no number in it
         items = payload.get("checkpoints")
         skip_to = 0  # set when a row already sits where the counter points
 
@@ -238,12 +242,19 @@ class SQLBackend(Backend):
             default = self.lock_timeout == engines.LOCK_TIMEOUT_S
             try:
                 if self._dialect == "postgresql" and default and not items:
-                    return self._allocate_in_one_statement(engine, max(floor, skip_to), text)
+                    return self._allocate_in_one_statement(
+                        engine, max(floor, skip_to), text, summary
+                    )
                 with self._transaction(engine, write=True) as conn:
                     number = max(self._lock_counter(conn), floor, skip_to)
                     conn.execute(
                         statements.hot().insert_version,
-                        {"p_experiment": self.experiment, "p_number": number, "p_record": text},
+                        {
+                            "p_experiment": self.experiment,
+                            "p_number": number,
+                            "p_record": text,
+                            "p_summary": summary,
+                        },
                     )
                     self._set_counter(conn, number + 1)
                     if items:
@@ -264,14 +275,21 @@ class SQLBackend(Backend):
 
         return self._run("allocate a version", body, retry=True)
 
-    def _allocate_in_one_statement(self, engine: Engine, floor: int, text: str) -> int:
+    def _allocate_in_one_statement(
+        self, engine: Engine, floor: int, text: str, summary: str | None
+    ) -> int:
         """PostgreSQL: bump the counter and insert the record in one autocommitted statement.
 
         The counter row stays locked only while the server runs the statement and
         commits, never across a client round trip: with 16 writers queueing on that
         one row, this is what sets the throughput.
         """
-        params = {"p_experiment": self.experiment, "p_floor": floor, "p_record": text}
+        params = {
+            "p_experiment": self.experiment,
+            "p_floor": floor,
+            "p_record": text,
+            "p_summary": summary,
+        }
         with engine.connect() as conn:
             conn.execution_options(isolation_level="AUTOCOMMIT")
             return int(conn.execute(statements.pg_allocate(), params).scalar_one())
@@ -315,6 +333,13 @@ class SQLBackend(Backend):
             after = int(rows[-1][0])
             page = min(2 * page, _PAGE)
 
+    def iter_summaries(self, *, newest_first: bool = False) -> Iterator[ListItem]:
+        """Every version's list summary from the ``summary`` column (see
+        :func:`versionkit.backends.sql.listing.iter_summaries`)."""
+        from versionkit.backends.sql.listing import iter_summaries
+
+        return iter_summaries(self, newest_first=newest_first)
+
     def numbers(self) -> set[int]:
         def body(engine: Engine) -> set[int]:
             with self._transaction(engine, write=False) as conn:
@@ -332,6 +357,8 @@ class SQLBackend(Backend):
     def modify(self, number: int, change: Change) -> Record:
         """Read-modify-write one record under its row lock (one transaction)."""
         self.check_number(number)
+
+        from versionkit.registry.summary import summary_of
 
         def body(engine: Engine) -> Record:
             with self._transaction(engine, write=True) as conn:
@@ -351,7 +378,10 @@ class SQLBackend(Backend):
                 conn.execute(
                     sa.update(schema.versions)
                     .where(*self._where(number))
-                    .values(record=encode_json(stored, f"update of version {number}"))
+                    .values(
+                        record=encode_json(stored, f"update of version {number}"),
+                        summary=summary_of(number, new),
+                    )
                 )
                 if new.get("checkpoints") != record.get("checkpoints"):
                     self._index_checkpoints(conn, number, new.get("checkpoints"), fresh=False)

@@ -1,4 +1,5 @@
-"""``repair`` of a SQL registry: stubs for unreadable records, the counter, the index."""
+"""``repair`` of a SQL registry: stubs for unreadable records, the counter, the index,
+the list summaries."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ from versionkit.backends.base import encode_json
 from versionkit.backends.sql import schema
 from versionkit.backends.sql.backend import SQLBackend, _check_floor
 from versionkit.errors import CorruptStateError
+from versionkit.registry.summary import summary_of
 
 __all__ = ["repair"]
 
 
 def repair(backend: SQLBackend, floor: int) -> dict[str, Any]:
-    """Replace unreadable records by stubs, lift the counter, rebuild the index.
+    """Replace unreadable records by stubs, lift the counter, rebuild the index and
+    the list summaries that are missing or do not match their record.
 
     An unreadable record becomes ``{"status": "unknown", ...}`` with the original
     text kept under ``"unreadable_record"``; the counter becomes at least one above
@@ -30,7 +33,7 @@ def repair(backend: SQLBackend, floor: int) -> dict[str, Any]:
         with backend._transaction(engine, write=True) as conn:
             previous = backend._lock_counter(conn)
             rows = conn.execute(
-                sa.select(v.number, v.record)
+                sa.select(v.number, v.record, v.summary)
                 .where(v.experiment == backend.experiment)
                 .order_by(v.number)
                 .with_for_update()
@@ -40,7 +43,8 @@ def repair(backend: SQLBackend, floor: int) -> dict[str, Any]:
                     schema.checkpoints.c.experiment == backend.experiment
                 )
             )
-            for number, text in rows:
+            summaries = 0
+            for number, text, summary in rows:
                 try:
                     record = backend._decode(int(number), text)
                 except CorruptStateError:
@@ -49,6 +53,14 @@ def repair(backend: SQLBackend, floor: int) -> dict[str, Any]:
                     backend._index_checkpoints(
                         conn, int(number), record.get("checkpoints"), fresh=True
                     )
+                    wanted = summary_of(int(number), record)
+                    if wanted != summary:  # missing (an older row), or edited by hand
+                        conn.execute(
+                            sa.update(schema.versions)
+                            .where(*backend._where(int(number)))
+                            .values(summary=wanted)
+                        )
+                        summaries += 1
                     continue
                 stub = {
                     "status": "unknown",
@@ -61,10 +73,15 @@ def repair(backend: SQLBackend, floor: int) -> dict[str, Any]:
                 conn.execute(
                     sa.update(schema.versions)
                     .where(*backend._where(int(number)))
-                    .values(record=encode_json(stub, "repair stub"))
+                    .values(
+                        record=encode_json(stub, "repair stub"),
+                        summary=summary_of(int(number), stub),
+                    )
                 )
                 actions.append(f"replaced unreadable record of version {number} by a stub")
-            highest = max((int(number) for number, _ in rows), default=-1)
+            if summaries:
+                actions.append(f"rewrote the list summary of {summaries} version(s)")
+            highest = max((int(number) for number, _, _ in rows), default=-1)
             target = max(previous, highest + 1, floor)
             if target != previous:
                 backend._set_counter(conn, target)

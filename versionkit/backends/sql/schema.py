@@ -4,13 +4,15 @@ Tables (created, or upgraded, on first use; DDL is transactional on both databas
 
     versionkit_meta             key -> value; "schema_version" is the layout's version
     versionkit_experiments      experiment -> next_number (the counter; never lowered)
-    versionkit_versions         (experiment, number) -> record (JSON text), unique key
+    versionkit_versions         (experiment, number) -> record (JSON text), unique key,
+                                and summary: the list row of the record (nullable)
     versionkit_experiment_meta  experiment -> meta (JSON text): tags and other indexes
     versionkit_checkpoints      (experiment, number, path, metric) -> value, step: the
                                 recorded checkpoint metrics, indexed for ``best``
 
 ``versionkit_checkpoints`` is derived from the records' ``checkpoints`` lists, written in
-the same transaction as the record it comes from.
+the same transaction as the record it comes from; so is ``versions.summary``
+(:mod:`versionkit.registry.summary`; NULL: the listing decodes the record instead).
 """
 
 from __future__ import annotations
@@ -34,13 +36,15 @@ __all__ = [
     "create_or_upgrade",
     "experiment_meta",
     "experiments",
+    "fill_summaries",
     "meta",
     "read_schema_version",
+    "summary_text",
     "versions",
 ]
 
 #: Version of the table layout this code writes; a database at a higher one is refused.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Every table this backend owns starts with this.
 TABLE_PREFIX = "versionkit_"
 
@@ -63,6 +67,7 @@ versions = sa.Table(
     sa.Column("experiment", sa.Text, primary_key=True),
     sa.Column("number", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("record", sa.Text, nullable=False),
+    sa.Column("summary", sa.Text, nullable=True),
 )
 experiment_meta = sa.Table(
     f"{TABLE_PREFIX}experiment_meta",
@@ -130,8 +135,56 @@ def _to_v2(conn: Connection) -> None:
         conn.execute(sa.insert(checkpoints), batch)
 
 
+def summary_text(number: int, text: str) -> str | None:
+    """The ``summary`` column of a stored record text (``None`` when unreadable)."""
+    from versionkit.registry.summary import summary_of
+
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return None
+    return summary_of(number, record) if isinstance(record, dict) else None
+
+
+def fill_summaries(conn: Connection, experiment: str | None = None) -> int:
+    """Write the summary of every row (of ``experiment``) that has none; their count.
+
+    In batches of rows in key order, so memory holds one batch of records at a time."""
+    v = versions.c
+    update = (
+        sa.update(versions)
+        .where(v.experiment == sa.bindparam("p_experiment"), v.number == sa.bindparam("p_number"))
+        .values(summary=sa.bindparam("p_summary"))
+    )
+    count, after = 0, None
+    while True:
+        query = sa.select(v.experiment, v.number, v.record).where(v.summary.is_(None))
+        if experiment is not None:
+            query = query.where(v.experiment == experiment)
+        if after is not None:
+            query = query.where(sa.tuple_(v.experiment, v.number) > sa.tuple_(*after))
+        rows = conn.execute(query.order_by(v.experiment, v.number).limit(2000)).all()
+        batch = [
+            {"p_experiment": name, "p_number": number, "p_summary": summary}
+            for name, number, text in rows
+            if (summary := summary_text(int(number), text)) is not None
+        ]
+        if batch:
+            conn.execute(update, batch)
+            count += len(batch)
+        if len(rows) < 2000:
+            return count
+        after = (rows[-1][0], rows[-1][1])
+
+
+def _to_v3(conn: Connection) -> None:
+    """Version 2 -> 3: the ``summary`` column, filled from the records."""
+    conn.execute(sa.text(f"ALTER TABLE {versions.name} ADD COLUMN summary TEXT"))
+    fill_summaries(conn)
+
+
 #: Upgrades of the table layout: ``MIGRATIONS[k](conn)`` turns version k into k + 1.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _to_v2}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _to_v2, 2: _to_v3}
 
 
 def read_schema_version(conn: Connection, where: str) -> int | None:

@@ -37,6 +37,7 @@ def hot() -> Statements:
             experiment=experiment,
             number=sa.bindparam("p_number", type_=sa.BigInteger),
             record=sa.bindparam("p_record", type_=sa.Text),
+            summary=sa.bindparam("p_summary", type_=sa.Text),
         ),
     )
 
@@ -60,10 +61,12 @@ def pg_allocate() -> sa.Insert:
         .cte("counter")
     )
     record = sa.bindparam("p_record", type_=sa.Text)
+    summary = sa.bindparam("p_summary", type_=sa.Text)
     return (
         sa.insert(versions)
         .from_select(
-            ["experiment", "number", "record"], sa.select(experiment, counter.c.number, record)
+            ["experiment", "number", "record", "summary"],
+            sa.select(experiment, counter.c.number, record, summary),
         )
         .returning(versions.c.number)
     )

@@ -1,0 +1,129 @@
+"""A version's list summary: exactly what a ``versionkit list`` table row needs.
+
+:func:`list_item` computes it from a record; this is the one definition of what a
+row shows. The SQL backend keeps :func:`encode`'s text of it in the ``summary`` column,
+written in the same statement as the record, so a listing splits one short string per
+version instead of decoding the whole record (config, checkpoints, provenance ...).
+
+The text is the fields joined by ``SEP`` behind a format tag. A record whose fields
+hold ``SEP`` gets no summary (``None``) and lists from its record, as does a row whose
+summary is missing (written before the column existed) or carries another tag.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+from versionkit.curate.listing import MetricAt, best_of, last_of
+from versionkit.registry import provenance
+
+__all__ = ["SEP", "TAG", "ListItem", "decode", "display_status_of", "encode", "list_item",
+           "metric_cell", "summary_of"]
+
+#: Between fields; a text field holding it means "no summary, read the record".
+SEP = "\x1f"
+#: The format of the text; another one (or none) reads the record instead.
+TAG = "s1"
+_FIELDS = 12  # the tag and 11 fields
+
+
+class ListItem(NamedTuple):
+    """One version as the listing sees it (cells that depend on the reader, such as the
+    local time or ``dead``, are derived at listing time from the raw values here)."""
+
+    version: int
+    status: str  # as recorded (``unknown`` when none)
+    pid: int | None  # set only when the record could be dead: running, on a named host
+    pid_host: str  # the host of that pid ("" otherwise)
+    created_at: str | None  # the stamp, when a string
+    host: str  # the HOST cell
+    git: str  # the GIT cell
+    note: str  # the NOTE cell
+    best: str  # the BEST VAL_LOSS@STEP cell: best recorded checkpoint val_loss
+    last: str  # the LAST VAL_LOSS@STEP cell: last logged val_loss
+    best_value: float | None  # what --sort best orders by
+    last_value: float | None  # what --sort last orders by
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def metric_cell(at: MetricAt | None) -> str:
+    """``0.25@40``: a value and its step as a listing shows them (``-``: none)."""
+    if at is None:
+        return "-"
+    value, step = at
+    return (f"{value:.6g}" if type(value) is float else _number(value)) + (
+        f"@{step}" if step is not None else "")
+
+
+def _number(value: Any) -> str:
+    from versionkit.cli._common import number
+
+    return number(value)
+
+
+def list_item(number: int, record: Mapping[str, Any]) -> ListItem:
+    """The list summary of version ``number``'s record."""
+    status, pid, host = record.get("status"), record.get("pid"), record.get("host")
+    pid_host = host if isinstance(host, str) else None
+    candidate = status == "running" and type(pid) is int and pid > 0 and pid_host is not None
+    note = record.get("note")
+    note_text = " ".join(note.split()) if isinstance(note, str) and note else "-"
+    commit = record.get("git_commit")
+    best, last = best_of(record), last_of(record)
+    return ListItem(
+        number,
+        str(status or "unknown"),
+        pid if candidate else None,
+        pid_host if candidate and pid_host is not None else "",
+        _text(record.get("created_at")),
+        _text(host) or "-",
+        commit[:8] + ("*" if record.get("git_dirty") is True else "")
+        if commit and isinstance(commit, str) else "-",
+        note_text if len(note_text) <= 40 else note_text[:37] + "...",
+        metric_cell(best),
+        metric_cell(last),
+        None if best is None else best[0],
+        None if last is None else last[0],
+    )
+
+
+def display_status_of(item: ListItem) -> str:
+    """``dead`` for a running version whose process on this host is gone, else the
+    recorded status: :func:`versionkit.registry.views.display_status` of the record."""
+    if item.pid is not None and item.pid_host == provenance.host() and not (
+        provenance.pid_alive(item.pid)
+    ):
+        return "dead"
+    return item.status
+
+
+def encode(item: ListItem) -> str | None:
+    """The stored text of ``item`` (its version is the row's number), or ``None`` when
+    a field holds ``SEP``."""
+    created = "" if item.created_at is None else "=" + item.created_at
+    fields = [TAG, item.status, "" if item.pid is None else str(item.pid), item.pid_host,
+              created, item.host, item.git, item.note, item.best, item.last,
+              "" if item.best_value is None else repr(item.best_value),
+              "" if item.last_value is None else repr(item.last_value)]
+    text = SEP.join(fields)
+    return text if text.count(SEP) == _FIELDS - 1 else None
+
+
+def summary_of(number: int, record: Mapping[str, Any]) -> str | None:
+    """The stored summary text of a record (``None``: the listing reads the record)."""
+    return encode(list_item(number, record))
+
+
+def decode(number: int, text: str) -> ListItem | None:
+    """The item of a stored summary, or ``None`` when it is of another format."""
+    fields = text.split(SEP)
+    if len(fields) != _FIELDS or fields[0] != TAG:
+        return None
+    _tag, status, pid, pid_host, created, host, git, note, best, last, bv, lv = fields
+    return ListItem(number, status, int(pid) if pid else None, pid_host,
+                    created[1:] if created else None, host, git, note, best, last,
+                    float(bv) if bv else None, float(lv) if lv else None)
