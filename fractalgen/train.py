@@ -57,6 +57,7 @@ MUTABLE_ON_RESUME = (
     "trainer.devices",
     "trainer.num_nodes",
     "trainer.strategy",
+    "trainer.cpu_threads",
     "data.num_workers",
     "sampling",
 )
@@ -217,6 +218,10 @@ def train(
                                                    info.num_classes),
     )
     deterministic_before = torch.are_deterministic_algorithms_enabled()
+    threads_before = torch.get_num_threads()
+    if config.trainer.cpu_threads is not None:
+        # Never more than a sweep worker's share of the cores (it set it before the trial).
+        torch.set_num_threads(min(int(config.trainer.cpu_threads), threads_before))
     try:
         with _quiet_lightning():
             trainer, module, loaders = _build(run, info, train_set, val_set, callbacks)
@@ -231,8 +236,10 @@ def train(
             run.finish("failed", error=f"{type(exc).__name__}: {exc}".rstrip(": "))
         raise
     finally:
-        # Trainer(deterministic=True) flips a process-wide switch; leave it as we found it.
+        # Trainer(deterministic=True) flips a process-wide switch; leave it as we found it,
+        # and the thread count too.
         torch.use_deterministic_algorithms(deterministic_before)
+        torch.set_num_threads(threads_before)
     best = registry.best("val_loss", "min", version=run.version)
     if best is not None and run.is_global_zero and trainer.is_global_zero:
         printer(f"✓ Best checkpoint: {run.display(best.path)}")

@@ -268,24 +268,34 @@ def test_flags_only_run_uses_schema_defaults(
 def test_bundled_configs_load(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--config", str(path), "--print_config"]) == 0
     text = capsys.readouterr().out
-    names = {"train_small": "fractalgen_small", "train_default": "fractalgen"}
+    names = {"train_small": "fractalgen_small", "train_fidelity": "fractalgen_fidelity",
+             "train_default": "fractalgen"}
     assert f"  name: {names.get(path.stem, path.stem)}\n" in text
 
 
-def test_train_small_is_the_fidelity_model() -> None:
+def test_train_fidelity_is_the_specs_reference_run_and_train_small_its_ar_variant() -> None:
     from fractalgen.config import TrainConfig
     from versionkit.config import load_yaml_config
 
-    small = load_yaml_config(
-        TrainConfig, Path(__file__).resolve().parents[1] / "config" / "train_small.yaml"
-    )
+    configs = Path(__file__).resolve().parents[1] / "config"
+    fidelity = load_yaml_config(TrainConfig, configs / "train_fidelity.yaml")
+    assert fidelity.experiment.name == "fractalgen_fidelity"
+    m = fidelity.model
+    assert m.img_size_list == [8, 2, 1] and m.generator_type_list == ["mar", "mar"]
+    assert m.embed_dim_list == [64, 32, 16] and m.num_blocks_list == [2, 1, 1]
+    assert m.num_heads_list == [4, 2, 2] and m.num_conds == 5 and m.label_drop_prob == 0.1
+    assert fidelity.optim.lr == 1e-3 and fidelity.optim.warmup_steps == 100
+    assert fidelity.trainer.max_steps == 3000 and fidelity.data.train_batch_size == 64
+
+    small = load_yaml_config(TrainConfig, configs / "train_small.yaml")
     assert small.experiment.name == "fractalgen_small" and small.data.dataset == "digits"
-    assert small.model.img_size_list == [8, 2, 1] and small.model.generator_type_list == [
-        "mar",
-        "mar",
-    ]
-    assert small.model.embed_dim_list == [64, 32, 16] and small.model.num_blocks_list == [2, 1, 1]
-    assert small.trainer.accelerator == "cpu" and small.data.train_batch_size == 64
+    # the same sizes and recipe, with AR levels and more null-class training (README)
+    assert small.model.generator_type_list == ["ar", "ar"] and small.model.label_drop_prob == 0.3
+    same = {"generator_type_list", "label_drop_prob"}
+    assert {k: v for k, v in small.model.model_dump().items() if k not in same} == {
+        k: v for k, v in m.model_dump().items() if k not in same}
+    assert small.optim == fidelity.optim and small.trainer == fidelity.trainer
+    assert small.trainer.accelerator == "cpu"
 
 
 @settings(max_examples=60, deadline=None)
@@ -444,3 +454,31 @@ def test_ddp_ranks_draw_their_own_random_numbers() -> None:
         assert torch.equal(draws(1, 0), untouched)  # one process: the stream is as seeded
     finally:
         module._trainer = None
+
+
+def test_cpu_threads_hold_during_the_run_and_are_restored_after(workdir: Path) -> None:
+    """``trainer.cpu_threads`` sets PyTorch's threads for the run (never above what the
+    process had, e.g. a sweep worker's share) and puts the count back afterwards."""
+    import pytorch_lightning as pl
+
+    from fractalgen.config import parse_train_args
+    from fractalgen.train import train
+
+    seen: list[int] = []
+
+    class Threads(pl.Callback):  # type: ignore[misc]
+        def on_train_batch_start(self, *args: Any) -> None:
+            seen.append(torch.get_num_threads())
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for asked, expected in (("1", 1), ("64", 2)):
+            seen.clear()
+            loaded = parse_train_args(["--config", "config/tiny.yaml", "--cpu_threads", asked])
+            result = train(loaded, callbacks=[Threads()], printer=lambda _line: None)
+            assert result.status == "completed"
+            assert seen and set(seen) == {expected}
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
