@@ -90,9 +90,9 @@ def test_print_config_output_feeds_back_identically(tmp_path: Path) -> None:
     assert second.config.trainer.max_steps == 7 and second.config.optim.lr == 1e-3
 
 
-BUNDLED = {"train_small.yaml", "train_default.yaml", "fractalmar_in64.yaml",
-           "fractalar_in64.yaml", "fractalmar_base_in256.yaml", "fractalmar_large_in256.yaml",
-           "fractalmar_huge_in256.yaml"}
+BUNDLED = {"train_small.yaml", "train_fidelity.yaml", "train_default.yaml",
+           "fractalmar_in64.yaml", "fractalar_in64.yaml", "fractalmar_base_in256.yaml",
+           "fractalmar_large_in256.yaml", "fractalmar_huge_in256.yaml"}
 
 
 def test_bundled_configs_are_valid_and_round_trip() -> None:
