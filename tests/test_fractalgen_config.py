@@ -44,7 +44,7 @@ def test_design_shape_and_defaults() -> None:
                               "grad_clip": 3.0, "ema_decay": None}
     assert list(plain["trainer"]) == [
         "max_steps", "val_every_n_steps", "save_top_k", "log_every_n_steps", "accelerator",
-        "devices", "num_nodes", "strategy", "precision", "limit_val_batches"]
+        "devices", "num_nodes", "strategy", "precision", "limit_val_batches", "cpu_threads"]
     assert plain["sampling"] == {"num_iter_list": [4, 4], "cfg": 1.0, "cfg_schedule": "linear",
                                  "temperature": 1.0, "filter_threshold": 1e-4, "num_images": 16}
     assert isinstance(config.experiment.output_root, Path)
