@@ -151,16 +151,22 @@ def timezone() -> Iterator[None]:
     _common._LOCAL_SHIFTS.clear()
 
 
-@pytest.mark.parametrize(
-    "zone", ["UTC", "Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "Asia/Kathmandu"]
-)
-def test_local_time_of_a_stamp_is_what_astimezone_says(zone: str, timezone: None) -> None:
+def _in_zone(zone: str) -> random.Random:
+    """Switch this process to ``zone`` (skip where it has no zoneinfo), forget the cached
+    shifts, and give a random stream of its own."""
     if not Path("/usr/share/zoneinfo", zone).exists():
         pytest.skip(f"no zoneinfo for {zone} here")
     os.environ["TZ"] = zone
     time.tzset()
     _common._LOCAL_SHIFTS.clear()
-    rng = random.Random(zone)
+    return random.Random(zone)
+
+
+@pytest.mark.parametrize(
+    "zone", ["UTC", "Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "Asia/Kathmandu"]
+)
+def test_local_time_of_a_stamp_is_what_astimezone_says(zone: str, timezone: None) -> None:
+    rng = _in_zone(zone)
     transitions = [1711846800, 1730595600, 1743296400, 1761440400, 1712415600]
     for i in range(3000):
         if i % 2:
@@ -225,12 +231,7 @@ def test_a_plain_stamp_is_read_by_its_hour_and_says_what_astimezone_says(
 ) -> None:
     """A stamp as ``isoformat`` writes it with an offset takes the per-hour local
     "YYYY-MM-DD HH" (when the shift is whole hours) and keeps its minutes and seconds."""
-    if not Path("/usr/share/zoneinfo", zone).exists():
-        pytest.skip(f"no zoneinfo for {zone} here")
-    os.environ["TZ"] = zone
-    time.tzset()
-    _common._LOCAL_SHIFTS.clear()
-    rng = random.Random(zone)
+    rng = _in_zone(zone)
     for i in range(2000):
         stamp_at = rng.uniform(-2e9, 4e9) if i % 2 else 1743296400 + rng.uniform(-7200, 7200)
         zone_of_stamp = dt.timezone(dt.timedelta(minutes=rng.choice([0, 60, -300, 330, -59])))
