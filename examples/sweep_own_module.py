@@ -97,6 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--storage", help="journal (default), sqlite:///F or postgresql://")
     parser.add_argument("--max_steps", type=int, default=100, help="training steps a trial")
     args = parser.parse_args(argv)
+    for name in ("trials", "jobs", "max_steps"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name}: expected an integer >= 1, given {getattr(args, name)}")
     try:
         root = Path(args.root)
         flags = [f"--root={root}", f"--train.max_steps={args.max_steps}",
