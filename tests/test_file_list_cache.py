@@ -139,6 +139,8 @@ def test_a_changed_record_lists_its_new_content(
     assert "dddd" in _list(root, capsys=capsys)
     # A removed record leaves the listing and the cache; a new one joins both.
     path.unlink()
+    _list(root, capsys=capsys)
+    assert 9 not in _list_cache.load(_cache(root))
     with Registry(root) as reg:
         reg.allocate(config={"b": 2})
     out = _list(root, capsys=capsys)
@@ -173,7 +175,7 @@ def test_a_bad_cache_lists_the_records_silently(
     elif case == "bad lines":
         cache.write_bytes(b"\n".join([
             lines[0], b"3\tx\t1\t2\t3\ts1", b"4\t1\t2", b"", b"\t\t\t\t\t",
-            b"5\t1\t2\t3\t4\ts1\x1fcompleted", *lines[1:4], b"\xff\t\xff",
+            b"5\t1\t2\t3\t4\ts1\x1fcompleted", *lines[1:4], b"x\ty",
         ]))
     elif case == "stale":  # the right keys, summaries of another format or none
         cache.write_bytes(b"\n".join(
