@@ -90,8 +90,9 @@ def _save(path: Path, entries: dict[int, _Entry]) -> None:
         write_atomic(path, f"{HEADER}\n{body}".encode(), sync=False)
 
 
-def _stat_records(backend: FileBackend) -> list[tuple[int, os.stat_result]]:
-    found: list[tuple[int, os.stat_result]] = []
+def _stat_records(backend: FileBackend, stat: bool) -> list[tuple[int, os.stat_result | None]]:
+    """The record numbers and, with ``stat``, each record file's stat."""
+    found: list[tuple[int, os.stat_result | None]] = []
     try:
         with os.scandir(backend.records_dir) as entries:
             for entry in entries:
@@ -99,14 +100,14 @@ def _stat_records(backend: FileBackend) -> list[tuple[int, os.stat_result]]:
                 if n is None:
                     continue
                 try:
-                    found.append((n, entry.stat()))
+                    found.append((n, entry.stat() if stat else None))
                 except FileNotFoundError:  # removed since the folder was listed
                     continue
     except FileNotFoundError:
         return []
     except OSError as exc:
         raise BackendError(f"cannot list {backend.records_dir}: {exc.strerror or exc}") from exc
-    found.sort(key=itemgetter(0), reverse=False)
+    found.sort(key=itemgetter(0))
     return found
 
 
@@ -116,7 +117,7 @@ def iter_summaries(backend: FileBackend, *, newest_first: bool = False) -> Itera
     start = time.time_ns()
     path = backend.state_dir / LIST_CACHE
     cache = load(path)
-    records = _stat_records(backend)
+    records = _stat_records(backend, stat=bool(cache))  # no cache: every record is read
     if newest_first:
         records.reverse()
     folder = os.path.join(backend.records_dir, "")
@@ -124,7 +125,7 @@ def iter_summaries(backend: FileBackend, *, newest_first: bool = False) -> Itera
     added = 0
     for n, st in records:
         entry = cache.get(n)
-        if entry is not None and entry[0] == _key(st):
+        if entry is not None and st is not None and entry[0] == _key(st):
             item = decode(n, entry[1])
             if item is not None:
                 kept[n] = entry
