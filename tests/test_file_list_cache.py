@@ -242,3 +242,17 @@ def test_a_record_changed_just_now_is_not_cached(
     expected = _expected(root, capsys, monkeypatch)
     _cache(root).unlink()
     assert _list(root, capsys=capsys) == expected[()]
+
+
+def test_summaries_with_tabs_and_line_breaks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "exp"
+    with Registry(root) as reg:
+        for host in ("a\tb", "c\nd", "e\r\x1cf\u2028g", "plain"):
+            reg.backend.allocate(0, {"status": "completed", "host": host})
+    expected = _expected(root, capsys, monkeypatch)
+    assert _list(root, capsys=capsys) == expected[()]
+    assert sorted(_list_cache.load(_cache(root))) == [0, 2, 3], "a line break is not cached"
+    for flags in _ALL_FLAGS:
+        assert _list(root, *flags, capsys=capsys) == expected[tuple(flags)], flags

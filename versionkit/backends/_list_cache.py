@@ -16,7 +16,8 @@ record would need the inode number reused, the same size and the same ctime tick
 times come from a coarse clock (a kernel tick on ext4 and tmpfs, whole seconds on some
 file systems), so, as git does for "racily clean" entries, a summary is cached only when
 its record's ctime is at least :data:`RACY_NS` older than the listing: a later change
-then has a later ctime. (A system clock stepped back by more than that is not covered.)
+then has a later ctime. (Not covered: a clock stepped back by more than that, or a file
+server whose clock runs that far behind this host's.)
 
 The file: a header line (format and summary tag; another header: the whole file is
 ignored), then one line per version, ``N<TAB>mtime_ns<TAB>ctime_ns<TAB>size<TAB>ino
