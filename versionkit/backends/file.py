@@ -9,6 +9,8 @@ Layout::
     <root>/.versionkit/best.json          the best-checkpoint index (a cache, see below)
     <root>/.versionkit/lock               the filelock taken by every write
     <root>/.versionkit/lock.holder        "host pid time" of the current (or last) holder
+    <root>/.versionkit/list.cache         list summaries by record stat: a reader's cache,
+                                          written without the lock (see _list_cache)
 
 Every write happens under the lock and every state file is replaced atomically (temp
 file in the same folder, ``os.replace``, which replaces a symlink rather than writing
