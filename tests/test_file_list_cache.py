@@ -52,7 +52,7 @@ def _record_reads(monkeypatch: pytest.MonkeyPatch, root: Path) -> list[int]:
     """Counts every record file read, by version number."""
     reads: list[int] = []
     records = os.path.join(root, STATE_DIR, "versions")
-    real_bytes, real_stat = filemod._read_bytes, filemod._read_stat
+    real_bytes, real_stat = filemod._read_bytes, _list_cache._read_stat
 
     def note(path: Path | str) -> None:
         if os.path.dirname(os.path.abspath(path)) == os.path.abspath(records):
@@ -63,13 +63,13 @@ def _record_reads(monkeypatch: pytest.MonkeyPatch, root: Path) -> list[int]:
         note(path)
         return data
 
-    def read_stat(path: Path | str) -> tuple[bytes, os.stat_result]:
+    def read_stat(path: str) -> tuple[bytes, os.stat_result]:
         got = real_stat(path)
         note(path)
         return got
 
     monkeypatch.setattr(filemod, "_read_bytes", read_bytes)
-    monkeypatch.setattr(filemod, "_read_stat", read_stat)
+    monkeypatch.setattr(_list_cache, "_read_stat", read_stat)
     return reads
 
 

@@ -36,7 +36,8 @@ from operator import itemgetter
 from pathlib import Path
 
 from versionkit._atomic import write_atomic
-from versionkit.backends.file import FileBackend, _record_number
+from versionkit.backends.base import Record
+from versionkit.backends.file import FileBackend, _read_fd, _record_number
 from versionkit.errors import BackendError
 from versionkit.layout import LIST_CACHE
 from versionkit.registry.summary import TAG, ListItem, decode, encode, list_item
@@ -91,6 +92,29 @@ def _save(path: Path, entries: dict[int, _Entry]) -> None:
         write_atomic(path, f"{HEADER}\n{body}".encode(), sync=False)
 
 
+def _read_stat(path: str) -> tuple[bytes, os.stat_result]:
+    """The whole file and the stat of the very file read (taken before reading it)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        return _read_fd(fd), st
+    finally:
+        os.close(fd)
+
+
+def _read_record(backend: FileBackend, path: str, n: int) -> tuple[Record, os.stat_result] | None:
+    """Record ``n`` and the stat of the file it was read from (``None``: no record); the
+    errors of :meth:`FileBackend.get`."""
+    try:
+        data, st = _read_stat(path)
+    except OSError as exc:
+        backend._unreadable(path, exc)
+        return None
+    record = backend._parse_json(path, data)
+    backend._check_version(path, n, record)
+    return record, st
+
+
 def _stat_records(backend: FileBackend, stat: bool) -> list[tuple[int, os.stat_result | None]]:
     """The record numbers and, with ``stat``, each record file's stat."""
     found: list[tuple[int, os.stat_result | None]] = []
@@ -132,7 +156,7 @@ def iter_summaries(backend: FileBackend, *, newest_first: bool = False) -> Itera
                 kept[n] = entry
                 yield item
                 continue
-        got = backend._read_record_stat(f"{folder}{n}.json", n)
+        got = _read_record(backend, f"{folder}{n}.json", n)
         if got is None:  # removed since the folder was listed
             continue
         record, read = got

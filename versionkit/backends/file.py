@@ -95,16 +95,6 @@ def _read_bytes(path: Path | str) -> bytes:
         os.close(fd)
 
 
-def _read_stat(path: Path | str) -> tuple[bytes, os.stat_result]:
-    """The whole file and the stat of the very file read (taken before reading it)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        st = os.fstat(fd)
-        return _read_fd(fd), st
-    finally:
-        os.close(fd)
-
-
 class FileBackend(Backend):
     """Registry state in JSON files under the experiment root, writes under a file lock.
 
@@ -338,17 +328,6 @@ class FileBackend(Backend):
     def _check_version(self, path: str, number: int, record: Record) -> None:
         if record.get("version") != number:
             raise self._corrupt(path, f"it holds version {record.get('version')!r}, not {number}")
-
-    def _read_record_stat(self, path: str, number: int) -> tuple[Record, os.stat_result] | None:
-        """The record and the stat of the file it was read from (``None``: no record)."""
-        try:
-            data, st = _read_stat(path)
-        except OSError as exc:
-            self._unreadable(path, exc)
-            return None
-        record = self._parse_json(path, data)
-        self._check_version(path, number, record)
-        return record, st
 
     def get(self, number: int) -> Record | None:
         return self._read_record(self._record_path(number), number)
