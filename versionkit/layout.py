@@ -24,6 +24,7 @@ __all__ = [
     "CHECKPOINT_SUFFIX",
     "CONFIG_FILE",
     "LAST_CHECKPOINT",
+    "LIST_CACHE",
     "LOGS",
     "RENDEZVOUS",
     "SOURCE_CONFIG_FILE",
@@ -45,6 +46,9 @@ CONFIG_FILE = "config.yaml"
 SOURCE_CONFIG_FILE = "config.source.yaml"
 LAST_CHECKPOINT = "last.ckpt"
 CHECKPOINT_SUFFIX = ".ckpt"
+#: Inside the state folder: the file backend's list cache (each record's list summary,
+#: checked against a stat of the record; deleting it only costs the next listing time).
+LIST_CACHE = "list.cache"
 #: Inside the state folder: rank 0's hand-over files for the other ranks of a run.
 RENDEZVOUS = "rendezvous"
 #: ModelCheckpoint's file name pattern (``auto_insert_metric_name=False``), as the seed shows.

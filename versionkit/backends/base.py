@@ -116,6 +116,10 @@ class Backend(abc.ABC):
 
     #: URI schemes this class serves, e.g. ``("sqlite", "postgresql")``.
     schemes: ClassVar[tuple[str, ...]] = ()
+    #: Whether :meth:`iter_summaries` reads the newest versions first in a few pages
+    #: (SQL): a short newest-first listing then asks it rather than walking the records
+    #: down one number at a time.
+    pages_summaries: ClassVar[bool] = False
 
     def __init__(self, uri: str, root: Path, experiment: str) -> None:
         self.uri = uri

@@ -9,6 +9,8 @@ Layout::
     <root>/.versionkit/best.json          the best-checkpoint index (a cache, see below)
     <root>/.versionkit/lock               the filelock taken by every write
     <root>/.versionkit/lock.holder        "host pid time" of the current (or last) holder
+    <root>/.versionkit/list.cache         list summaries by record stat: a reader's cache,
+                                          written without the lock (see _list_cache)
 
 Every write happens under the lock and every state file is replaced atomically (temp
 file in the same folder, ``os.replace``, which replaces a symlink rather than writing
@@ -33,7 +35,7 @@ import socket
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import filelock
 
@@ -43,6 +45,9 @@ from versionkit.backends._best_index import BestIndex
 from versionkit.backends.base import Backend, Change, Record, encode_json
 from versionkit.errors import BackendError, CorruptStateError, LockTimeout, VersionNotFoundError
 from versionkit.layout import STATE_DIR
+
+if TYPE_CHECKING:
+    from versionkit.registry.summary import ListItem
 
 __all__ = ["STATE_DIR", "FileBackend"]
 
@@ -74,16 +79,20 @@ def _record_number(name: str) -> int | None:
     return None
 
 
+def _read_fd(fd: int) -> bytes:
+    chunks = [os.read(fd, 65536)]
+    while chunks[-1]:
+        chunks.append(os.read(fd, 65536))
+    return b"".join(chunks)
+
+
 def _read_bytes(path: Path | str) -> bytes:
     """The whole file, with bare syscalls: a listing reads one record file per version."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        chunks = [os.read(fd, 65536)]
-        while chunks[-1]:
-            chunks.append(os.read(fd, 65536))
+        return _read_fd(fd)
     finally:
         os.close(fd)
-    return b"".join(chunks)
 
 
 class FileBackend(Backend):
@@ -137,12 +146,20 @@ class FileBackend(Backend):
     def _read_json(self, path: Path | str) -> dict[str, Any] | None:
         try:
             data = _read_bytes(path)
-        except FileNotFoundError:
-            return None
-        except IsADirectoryError as exc:
-            raise self._corrupt(path, "it is a folder") from exc
         except OSError as exc:
-            raise BackendError(f"cannot read {path}: {exc.strerror or exc}") from exc
+            self._unreadable(path, exc)
+            return None
+        return self._parse_json(path, data)
+
+    def _unreadable(self, path: Path | str, exc: OSError) -> None:
+        """Returns for a missing file (no record), else raises the error to show."""
+        if isinstance(exc, FileNotFoundError):
+            return None
+        if isinstance(exc, IsADirectoryError):
+            raise self._corrupt(path, "it is a folder") from exc
+        raise BackendError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+    def _parse_json(self, path: Path | str, data: bytes) -> dict[str, Any]:
         try:
             value = json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as exc:
@@ -304,9 +321,13 @@ class FileBackend(Backend):
 
     def _read_record(self, path: str, number: int) -> Record | None:
         record = self._read_json(path)
-        if record is not None and record.get("version") != number:
-            raise self._corrupt(path, f"it holds version {record.get('version')!r}, not {number}")
+        if record is not None:
+            self._check_version(path, number, record)
         return record
+
+    def _check_version(self, path: str, number: int, record: Record) -> None:
+        if record.get("version") != number:
+            raise self._corrupt(path, f"it holds version {record.get('version')!r}, not {number}")
 
     def get(self, number: int) -> Record | None:
         return self._read_record(self._record_path(number), number)
@@ -323,6 +344,13 @@ class FileBackend(Backend):
             record = self._read_record(f"{folder}{number}.json", number)
             if record is not None:
                 yield record
+
+    def iter_summaries(self, *, newest_first: bool = False) -> Iterator[ListItem]:
+        """Every version's list summary, from the list cache where a record's stat
+        matches it (:mod:`versionkit.backends._list_cache`), else from the record."""
+        from versionkit.backends._list_cache import iter_summaries
+
+        return iter_summaries(self, newest_first=newest_first)
 
     def numbers(self) -> set[int]:
         return set(self._record_numbers())

@@ -196,9 +196,9 @@ class Queries:
         from versionkit.registry.summary import list_item
 
         _check_limit(limit)
-        # A backend that keeps summaries reads the newest ones in a few pages; the others
-        # read the newest records one number at a time (:meth:`_walk_down`).
-        keeps = type(self.backend).iter_summaries is not Backend.iter_summaries
+        # A backend that keeps summaries in pages reads the newest ones in a few pages;
+        # the others read the newest records one number at a time (:meth:`_walk_down`).
+        keeps = self.backend.pages_summaries
         if newest_first and limit is not None and limit <= _WALK_LIMIT and not keeps:
             for record in self.iter_records(limit=limit, newest_first=True):
                 yield list_item(int(record["version"]), record)

@@ -68,6 +68,7 @@ class SQLBackend(Backend):
     """
 
     schemes: ClassVar[tuple[str, ...]] = ("sqlite", "postgresql", "postgres")
+    pages_summaries: ClassVar[bool] = True
 
     def __init__(
         self, uri: str, root: Path, experiment: str, *, lock_timeout: float = engines.LOCK_TIMEOUT_S
