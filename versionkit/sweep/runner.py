@@ -273,8 +273,8 @@ def worker_context(sweep: Sweep, start_method: str | None = None) -> Any:
     ``forkserver`` (the default where it exists): one server process, started at once
     and importing while the parent opens the study, imports ``sweep.preload`` and the
     objective's and ``parse``'s modules once; every worker is forked from it with torch
-    and Lightning already imported. Spawned workers would each import them again, about
-    5 s of a 2-core machine per worker. The server is this process's multiprocessing
+    and Lightning already imported. Spawned workers would each import them again (2.5 to
+    5 s of CPU per worker on a 2-core machine). The server is this process's multiprocessing
     forkserver: its preload list is set by the first sweep that starts it.
     """
     method = start_method or next(
