@@ -23,6 +23,7 @@ import sqlalchemy as sa
 
 from versionkit.backends.sql import SQLBackend
 from versionkit.backends.sql import engine as sqlmod
+from versionkit.testing import run_in_processes
 
 REPO = Path(__file__).resolve().parents[1]
 PROCESSES = 16
@@ -30,19 +31,7 @@ PROCESSES = 16
 
 def _fork_all(target: Any, args: tuple[Any, ...], count: int) -> list[Any]:
     """Run ``target(*args, index, start, out)`` in ``count`` forked processes at once."""
-    ctx = multiprocessing.get_context("fork")
-    start, out = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=target, args=(*args, i, start, out)) for i in range(count)]
-    for p in procs:
-        p.start()
-    start.set()
-    results = [out.get(timeout=120) for _ in procs]
-    for p in procs:
-        p.join(60)
-        assert p.exitcode == 0
-    errors = [r for r in results if r[0] != "ok"]
-    assert not errors, errors
-    return [r[1] for r in results]
+    return run_in_processes(target, [(*args, i) for i in range(count)])
 
 
 def _allocate_and_merge(

@@ -417,7 +417,7 @@ def _count_meta_in_child(
 
 def run_in_processes(target: Callable[..., None], arg_lists: list[tuple[Any, ...]]) -> list[Any]:
     """Fork one process per ``arg_lists`` entry, release them together, and return what
-    each put on the queue.
+    each put on the queue (every process must exit 0).
 
     ``target(*args, start, out)`` waits on ``start`` and puts ``("ok", value)`` or
     ``("error", text)`` on ``out``; any error fails the calling test.
@@ -437,6 +437,7 @@ def run_in_processes(target: Callable[..., None], arg_lists: list[tuple[Any, ...
     results = [out.get(timeout=120) for _ in procs]
     for p in procs:
         p.join(60)
+        assert p.exitcode == 0, f"a writer process ended with exit code {p.exitcode}"
     errors = [r[1] for r in results if r[0] != "ok"]
     assert not errors, errors
     return [r[1] for r in results]
