@@ -46,6 +46,19 @@ def listings(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     yield seen
 
 
+def _count_gets(reg: Registry, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The version numbers ``reg``'s backend is asked for with ``get``, from now on."""
+    reads: list[int] = []
+    real_get = reg.backend.get
+
+    def get(number: int) -> Any:
+        reads.append(number)
+        return real_get(number)
+
+    monkeypatch.setattr(reg.backend, "get", get)
+    return reads
+
+
 @pytest.mark.parametrize("backend", ["file", "sqlite"])
 def test_allocate_lists_no_folder_once_the_counter_is_ahead(
     tmp_path: Path, backend: str, listings: list[str]
@@ -123,14 +136,7 @@ def test_file_best_reads_the_index_not_every_record(
         reg.allocate()
         path = touch(reg.checkpoint_dir(n) / "a.ckpt")
         reg.add_checkpoint(n, path, step=n, metrics={"val_loss": abs(n - 17) / 10})
-    reads: list[int] = []
-    real_get = reg.backend.get
-
-    def get(number: int) -> Any:
-        reads.append(number)
-        return real_get(number)
-
-    monkeypatch.setattr(reg.backend, "get", get)
+    reads = _count_gets(reg, monkeypatch)
     monkeypatch.setattr(reg.backend, "list", lambda: pytest.fail("best listed every record"))
     best = reg.best()
     assert best is not None and best.version == 17
@@ -232,14 +238,7 @@ def test_the_latest_few_read_a_few_records_not_all(
     reg.checkpoint_dir(9).rmdir()
     reg.log_dir(9).rmdir()  # 9: deleted entirely; 10: folders left, so untracked
     touch(reg.log_dir(15) / "events")  # another tool's, above the counter
-    reads: list[int] = []
-    real_get = reg.backend.get
-
-    def get(number: int) -> Any:
-        reads.append(number)
-        return real_get(number)
-
-    monkeypatch.setattr(reg.backend, "get", get)
+    reads = _count_gets(reg, monkeypatch)
     monkeypatch.setattr(reg.backend, "iter_records", lambda **kw: pytest.fail("listed records"))
     got = [(v.version, v.status) for v in reg.iter_versions(limit=4, newest_first=True)]
     assert got == [(15, "untracked"), (11, "running"), (10, "untracked"), (8, "running")]
