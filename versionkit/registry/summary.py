@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from versionkit.curate.listing import MetricAt, best_of, last_of
-from versionkit.registry import provenance
+from versionkit.registry.views import dead_candidate, process_gone
 
 __all__ = ["SEP", "TAG", "ListItem", "decode", "display_status_of", "encode", "list_item",
            "metric_cell", "summary_of"]
@@ -67,9 +67,8 @@ def _number(value: Any) -> str:
 
 def list_item(number: int, record: Mapping[str, Any]) -> ListItem:
     """The list summary of version ``number``'s record."""
-    status, pid, host = record.get("status"), record.get("pid"), record.get("host")
-    pid_host = host if isinstance(host, str) else None
-    candidate = status == "running" and type(pid) is int and pid > 0 and pid_host is not None
+    status, host = record.get("status"), record.get("host")
+    candidate = dead_candidate(record)
     note = record.get("note")
     note_text = " ".join(note.split()) if isinstance(note, str) and note else "-"
     commit = record.get("git_commit")
@@ -77,8 +76,8 @@ def list_item(number: int, record: Mapping[str, Any]) -> ListItem:
     return ListItem(
         number,
         str(status or "unknown"),
-        pid if candidate else None,
-        pid_host if candidate and pid_host is not None else "",
+        None if candidate is None else candidate[0],
+        "" if candidate is None else candidate[1],
         _text(record.get("created_at")),
         _text(host) or "-",
         commit[:8] + ("*" if record.get("git_dirty") is True else "")
@@ -94,9 +93,7 @@ def list_item(number: int, record: Mapping[str, Any]) -> ListItem:
 def display_status_of(item: ListItem) -> str:
     """``dead`` for a running version whose process on this host is gone, else the
     recorded status: :func:`versionkit.registry.views.display_status` of the record."""
-    if item.pid is not None and item.pid_host == provenance.host() and not (
-        provenance.pid_alive(item.pid)
-    ):
+    if item.pid is not None and process_gone(item.pid, item.pid_host):
         return "dead"
     return item.status
 

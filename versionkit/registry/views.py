@@ -12,16 +12,26 @@ from versionkit.registry import provenance
 __all__ = ["CheckpointInfo", "VersionInfo", "display_status", "record_json"]
 
 
-def _is_dead(record: Mapping[str, Any]) -> bool:
-    """Recorded as running on this host, but its process no longer exists."""
+def dead_candidate(record: Mapping[str, Any]) -> tuple[int, str] | None:
+    """``(pid, host)`` of a record that could be dead (recorded as running, with a pid and
+    a host), else None: what a listing keeps of it to decide ``dead`` later."""
     if record.get("status") != "running":
-        return False
+        return None
     pid, host = record.get("pid"), record.get("host")
     if type(pid) is not int or pid <= 0 or not isinstance(host, str):
-        return False
-    if host != provenance.host():
-        return False
-    return not provenance.pid_alive(pid)
+        return None
+    return pid, host
+
+
+def process_gone(pid: int, host: str) -> bool:
+    """The process ``pid`` was on this host and no longer exists."""
+    return host == provenance.host() and not provenance.pid_alive(pid)
+
+
+def _is_dead(record: Mapping[str, Any]) -> bool:
+    """Recorded as running on this host, but its process no longer exists."""
+    candidate = dead_candidate(record)
+    return candidate is not None and process_gone(*candidate)
 
 
 def display_status(record: Mapping[str, Any]) -> str:
