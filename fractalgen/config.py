@@ -385,6 +385,19 @@ class SamplingConfig(ConfigSection):
     temperature: float = Field(
         1.0, gt=0.0, description="Divides the pixel logits (lower: sharper samples)."
     )
+    opening_steps: int = Field(
+        0,
+        ge=0,
+        le=65536,
+        description="The top level's first this many steps (AR: patches in raster order; "
+        "MAR: unmasking steps) sample at opening_temperature instead of temperature: the "
+        "first patches decide which digit or object is drawn, so a higher temperature there "
+        "keeps every mode and a lower one after it keeps strokes sharp. 0: never (the "
+        "reference).",
+    )
+    opening_temperature: float = Field(
+        1.0, gt=0.0, description="Temperature of the top level's first opening_steps steps."
+    )
     filter_threshold: float = Field(
         1e-4,
         ge=0.0,
@@ -395,6 +408,17 @@ class SamplingConfig(ConfigSection):
         "with cfg != 1.",
     )
     num_images: PositiveInt = Field(16, description="Images in the validation grid.")
+
+    def opening_overrides(
+        self, steps: int | None = None, temperature: float | None = None
+    ) -> dict[str, Any]:
+        """``FractalGen.sample``'s opening keywords: these, else the section's values."""
+        return {
+            "opening_steps": int(self.opening_steps if steps is None else steps),
+            "opening_temperature": float(
+                self.opening_temperature if temperature is None else temperature
+            ),
+        }
 
     @field_validator("num_images")
     @classmethod

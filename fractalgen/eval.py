@@ -83,6 +83,19 @@ def _parser() -> argparse.ArgumentParser:
         help="sampling temperature (logits are divided by it); default: the config's",
     )
     p.add_argument(
+        "--opening_steps",
+        type=int,
+        default=None,
+        help="the top level's first N steps sample at --opening_temperature "
+        "(default: the config's sampling.opening_steps)",
+    )
+    p.add_argument(
+        "--opening_temperature",
+        type=float,
+        default=None,
+        help="temperature of those opening steps (default: the config's)",
+    )
+    p.add_argument(
         "--num_iter",
         default=None,
         help="generation steps per level above the pixel head, e.g. 4,4 (default: the "
@@ -140,10 +153,14 @@ def _settings(args: argparse.Namespace) -> EvalSettings:
     ):
         if value < low:
             raise EvalError(f"{flag} {value}: must be at least {low}", 2)
-    if args.temperature is not None and not (
-        math.isfinite(args.temperature) and args.temperature > 0
+    for flag, value in (
+        ("--temperature", args.temperature),
+        ("--opening_temperature", args.opening_temperature),
     ):
-        raise EvalError(f"--temperature {args.temperature}: must be above 0 (it divides logits)", 2)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise EvalError(f"{flag} {value}: must be above 0 (it divides logits)", 2)
+    if args.opening_steps is not None and args.opening_steps < 0:
+        raise EvalError(f"--opening_steps {args.opening_steps}: must be at least 0", 2)
     num_iter = None
     if args.num_iter is not None:
         try:
@@ -157,6 +174,8 @@ def _settings(args: argparse.Namespace) -> EvalSettings:
         samples=args.samples,
         cfgs=_floats(args.cfg, "--cfg"),
         temperature=args.temperature,
+        opening_steps=args.opening_steps,
+        opening_temperature=args.opening_temperature,
         num_iter=num_iter,
         seed=args.seed,
         batch_size=args.batch_size,

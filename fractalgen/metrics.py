@@ -41,6 +41,8 @@ class EvalSettings:
     samples: int = 200
     cfgs: list[float] = field(default_factory=lambda: [1.0, 3.0])
     temperature: float | None = None
+    opening_steps: int | None = None
+    opening_temperature: float | None = None
     num_iter: list[int] | None = None
     seed: int = 0
     batch_size: int = 100
@@ -151,6 +153,7 @@ def _sample(
             temperature=temperature,
             generator=generator,
             filter_threshold=float(sampling.filter_threshold),
+            **sampling.opening_overrides(settings.opening_steps, settings.opening_temperature),
         )
         out.append(imgs.cpu().numpy())
         progress()
@@ -202,6 +205,7 @@ def evaluate(
             "cfg": settings.cfgs,
             "cfg_schedule": str(sampling.cfg_schedule),
             "temperature": temperature,
+            **sampling.opening_overrides(settings.opening_steps, settings.opening_temperature),
             "num_iter": num_iter,
             "filter_threshold": float(sampling.filter_threshold),
             "seed": settings.seed,
@@ -307,14 +311,21 @@ def _judge_digits(
 # ----------------------------------------------------------------------- output
 
 
+def _opening(settings: dict[str, Any]) -> str:
+    steps = int(settings.get("opening_steps", 0))
+    if steps == 0:
+        return ""
+    return f" (the first {steps} top-level steps at {settings['opening_temperature']:g})"
+
+
 def format_table(result: dict[str, Any]) -> str:
     """The human-readable report of ``evaluate``'s result."""
     s = result["settings"]
     lines = [
         f"checkpoint   {result['checkpoint']} (version {result['version']}, step "
         f"{result['step']}, {s['weights']} weights)",
-        f"sampling     temperature {s['temperature']:g}, num_iter {s['num_iter']}, "
-        f"cfg_schedule {s['cfg_schedule']}, seed {s['seed']}",
+        f"sampling     temperature {s['temperature']:g}{_opening(s)}, num_iter "
+        f"{s['num_iter']}, cfg_schedule {s['cfg_schedule']}, seed {s['seed']}",
     ]
     nll = result["nll_bpd"]
     if nll is not None:

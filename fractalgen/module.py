@@ -320,6 +320,7 @@ class FractalGenModule(pl.LightningModule):
                         temperature=sampling.temperature,
                         generator=generator,
                         filter_threshold=float(sampling.filter_threshold),
+                        **sampling.opening_overrides(),
                     ).cpu()
                 )
         model.train(was_training)

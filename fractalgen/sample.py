@@ -106,6 +106,20 @@ def _parser() -> argparse.ArgumentParser:
         "Default: the config's",
     )
     p.add_argument(
+        "--opening_steps",
+        type=int,
+        default=None,
+        help="sample the top level's first N steps (AR: patches; MAR: unmasking steps) at "
+        "--opening_temperature: they decide which digit is drawn (default: the config's "
+        "sampling.opening_steps; 0: never)",
+    )
+    p.add_argument(
+        "--opening_temperature",
+        type=limits.finite_float,
+        default=None,
+        help="temperature of those opening steps (default: the config's)",
+    )
+    p.add_argument(
         "--num_iter",
         default=None,
         help="generation steps per level above the pixel head, e.g. 4,4 "
@@ -304,10 +318,14 @@ def _run(args: argparse.Namespace) -> int:
         raise SampleError(f"--num_images {args.num_images}: must be at least 1", 2)
     if args.batch_size < 1:
         raise SampleError(f"--batch_size {args.batch_size}: must be at least 1", 2)
-    if args.temperature is not None and not args.temperature > 0:
-        raise SampleError(
-            f"--temperature {args.temperature}: must be above 0 (it divides logits)", 2
-        )
+    for flag, value in (
+        ("--temperature", args.temperature),
+        ("--opening_temperature", args.opening_temperature),
+    ):
+        if value is not None and not value > 0:
+            raise SampleError(f"{flag} {value}: must be above 0 (it divides logits)", 2)
+    if args.opening_steps is not None and args.opening_steps < 0:
+        raise SampleError(f"--opening_steps {args.opening_steps}: must be at least 0", 2)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SampleError("--device cuda: no CUDA device is available here", 2)
     device = (
@@ -332,6 +350,7 @@ def _run(args: argparse.Namespace) -> int:
     cfg = float(args.cfg if args.cfg is not None else sampling.cfg)
     schedule = str(args.cfg_schedule or sampling.cfg_schedule)
     temperature = float(args.temperature if args.temperature is not None else sampling.temperature)
+    opening = sampling.opening_overrides(args.opening_steps, args.opening_temperature)
 
     labels: list[int] | None = None
     if args.mode == "class":
@@ -363,6 +382,7 @@ def _run(args: argparse.Namespace) -> int:
             temperature=temperature,
             generator=generator,
             filter_threshold=float(sampling.filter_threshold),
+            **opening,
         )
         images.append(imgs.cpu())
     stacked = torch.cat(images).numpy()

@@ -155,6 +155,8 @@ def test_image_folders_get_the_nll_only(tmp_path: Path, capsys: pytest.CaptureFi
         (["--checkpoint", "{root}", "--cfg", "two"], 2, "--cfg two: expected numbers"),
         (["--checkpoint", "{root}", "--cfg", "nan"], 2, "--cfg nan"),
         (["--checkpoint", "{root}", "--temperature", "0"], 2, "--temperature 0"),
+        (["--checkpoint", "{root}", "--opening_temperature", "-1"], 2, "--opening_temperature -1"),
+        (["--checkpoint", "{root}", "--opening_steps", "-2"], 2, "--opening_steps -2"),
         (["--checkpoint", "{root}", "--num_iter", "4,4,4"], 2, "--num_iter 4,4,4"),
         (["--checkpoint", "{text}"], 2, "is not a readable checkpoint"),
         (["--checkpoint", "{empty}"], 3, "has no versions yet"),

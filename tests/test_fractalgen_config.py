@@ -46,7 +46,9 @@ def test_design_shape_and_defaults() -> None:
         "max_steps", "val_every_n_steps", "save_top_k", "log_every_n_steps", "accelerator",
         "devices", "num_nodes", "strategy", "precision", "limit_val_batches", "cpu_threads"]
     assert plain["sampling"] == {"num_iter_list": [4, 4], "cfg": 1.0, "cfg_schedule": "linear",
-                                 "temperature": 1.0, "filter_threshold": 1e-4, "num_images": 16}
+                                 "temperature": 1.0, "opening_steps": 0,
+                                 "opening_temperature": 1.0, "filter_threshold": 1e-4,
+                                 "num_images": 16}
     assert isinstance(config.experiment.output_root, Path)
     assert config.optim.betas == (0.9, 0.95)
 

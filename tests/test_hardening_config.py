@@ -25,6 +25,18 @@ def error(argv: list[str]) -> str:
 
 
 @pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--opening_temperature", "0"], "sampling.opening_temperature: expected greater than 0"),
+        (["--opening_steps", "-1"], "sampling.opening_steps: expected greater than or equal to 0"),
+        (["--opening_steps", "1.5"], "sampling.opening_steps: expected "),
+    ],
+)
+def test_opening_fields_refuse_what_sampling_would(argv: list[str], expected: str) -> None:
+    assert error(argv).startswith(expected)
+
+
+@pytest.mark.parametrize(
     ("argv", "field"),
     [
         (["--lr", "1e999"], "optim.lr"),
@@ -34,6 +46,7 @@ def error(argv: list[str]) -> str:
         (["--r_weight", ".inf"], "model.r_weight"),
         (["--sampling.cfg", ".inf"], "sampling.cfg"),
         (["--sampling.temperature", ".inf"], "sampling.temperature"),
+        (["--sampling.opening_temperature", ".inf"], "sampling.opening_temperature"),
         (["--grad_clip", ".inf"], "optim.grad_clip"),
         (["--betas", "0.9,.nan"], "optim.betas[1]"),
         (["--limit_val_batches", ".nan"], "trainer.limit_val_batches"),

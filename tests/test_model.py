@@ -407,7 +407,7 @@ def test_mar_sampling_follows_the_cosine_schedule(schedule: str) -> None:
     ).eval()
     calls: list[tuple[int, float]] = []
 
-    def next_level(c: torch.Tensor, cfg: float) -> torch.Tensor:
+    def next_level(c: torch.Tensor, cfg: float, temperature: float) -> torch.Tensor:
         calls.append((c.shape[0], cfg))
         return torch.full((c.shape[0] // 2, 1, 1, 1), len(calls) / 255)
 
@@ -445,7 +445,7 @@ def test_ar_sampling_ramps_guidance_linearly_one_patch_per_step() -> None:
     ).eval()
     calls: list[tuple[int, float]] = []
 
-    def next_level(c: torch.Tensor, cfg: float) -> torch.Tensor:
+    def next_level(c: torch.Tensor, cfg: float, temperature: float) -> torch.Tensor:
         calls.append((c.shape[0], cfg))
         return torch.zeros(c.shape[0] // 2, 1, 1, 1)
 
@@ -461,6 +461,74 @@ def test_ar_sampling_ramps_guidance_linearly_one_patch_per_step() -> None:
             next_level=next_level,
         )
     assert calls == [(4, 1 + 4 * (i + 1) / 4) for i in range(4)]
+
+
+@pytest.mark.parametrize("kind", ["ar", "mar"])
+def test_opening_steps_hand_their_temperature_down_then_the_temperature(kind: str) -> None:
+    torch.manual_seed(0)
+    cls = ARLevel if kind == "ar" else MARLevel
+    level = cls(
+        seq_len=4, patch_size=1, in_channels=1, cond_dim=8, embed_dim=16, num_blocks=1, num_heads=2
+    ).eval()
+    temps: list[float] = []
+
+    def next_level(c: torch.Tensor, cfg: float, temperature: float) -> torch.Tensor:
+        temps.append(temperature)
+        return torch.zeros(c.shape[0], 1, 1, 1)
+
+    for opening in (0, 1, 3, 9):
+        temps.clear()
+        with torch.no_grad():
+            level.sample(
+                torch.randn(2, 5, 8),
+                num_iter=4,
+                cfg=1.0,
+                cfg_schedule="constant",
+                guided=False,
+                temperature=0.5,
+                generator=None,
+                next_level=next_level,
+                opening_steps=opening,
+                opening_temperature=1.25,
+            )
+        # One call per step (4 patches; MAR: 4 unmasking steps): the first `opening` open.
+        assert temps == [1.25 if step < opening else 0.5 for step in range(4)], opening
+
+
+def test_opening_temperature_reaches_only_the_top_levels_first_patches() -> None:
+    torch.manual_seed(0)
+    model = small("ar", 1, 10)  # AR/AR: 4 top patches of 4x4 pixels, drawn pixel by pixel
+    seen: list[float] = []
+    head_sample = model.pixel_head.sample
+
+    def spy(cond: torch.Tensor, **kw: Any) -> torch.Tensor:
+        seen.append(kw["temperature"])
+        return head_sample(cond, **kw)
+
+    model.pixel_head.sample = spy  # type: ignore[method-assign]
+    model.sample(2, None, num_iter_list=(4, 4), temperature=0.5, opening_steps=2,
+                 opening_temperature=2.0)
+    top = model.levels[0].seq_len
+    per_patch = len(seen) // top
+    assert per_patch > 1
+    assert seen == [2.0] * (2 * per_patch) + [0.5] * ((top - 2) * per_patch)
+
+
+@pytest.mark.parametrize("kind", ["ar", "mar"])
+def test_opening_changes_nothing_when_off_or_at_the_same_temperature(kind: str) -> None:
+    torch.manual_seed(0)
+    model = small(kind, 1, 10)
+    labels = torch.tensor([3, 7])
+
+    def draw(**kw: Any) -> torch.Tensor:
+        g = torch.Generator().manual_seed(5)
+        return model.sample(2, labels, num_iter_list=(4, 4), cfg=2.0, temperature=0.8,
+                            generator=g, **kw)
+
+    plain = draw()
+    assert torch.equal(draw(opening_steps=0, opening_temperature=3.0), plain)
+    assert torch.equal(draw(opening_steps=99, opening_temperature=0.8), plain)
+    assert not torch.equal(draw(opening_steps=2, opening_temperature=50.0), plain)
 
 
 def test_mar_neighbour_conditions_are_zero_at_borders() -> None:
@@ -570,7 +638,7 @@ def test_ar_cached_conditions_match_the_full_causal_pass() -> None:
     patches = patchify(x, 1)
     seen: list[torch.Tensor] = []
 
-    def next_level(c: torch.Tensor, cfg: float) -> torch.Tensor:
+    def next_level(c: torch.Tensor, cfg: float, temperature: float) -> torch.Tensor:
         seen.append(c[:, 0])
         return patches[:, len(seen) - 1].reshape(2, 3, 1, 1)  # teacher forcing
 
@@ -764,6 +832,11 @@ def test_bad_inputs_raise_clear_value_errors() -> None:
         model.sample(1, num_iter_list=(4,))
     with pytest.raises(ValueError, match="temperature"):
         model.sample(1, num_iter_list=(4, 4), temperature=0)
+    with pytest.raises(ValueError, match="opening_temperature must be > 0"):
+        model.sample(1, num_iter_list=(4, 4), opening_steps=1, opening_temperature=0)
+    for steps in (-1, True, 1.5):
+        with pytest.raises(ValueError, match="opening_steps must be an integer >= 0"):
+            model.sample(1, num_iter_list=(4, 4), opening_steps=steps)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="cfg_schedule"):
         model.sample(1, num_iter_list=(4, 4), cfg_schedule="cosine")
     conditional = tiny("mar", 3, 10)

@@ -245,6 +245,8 @@ def test_sampling_imports_no_lightning(trained: Path, tmp_path: Path) -> None:
         (["--mode", "unconditional", "--classes", "1"], "only applies to --mode class"),
         (["--num_iter", "1,2,3"], "expected 2 positive integer"),
         (["--temperature", "0"], "must be above 0"),
+        (["--opening_temperature", "0"], "--opening_temperature 0.0: must be above 0"),
+        (["--opening_steps", "-1"], "--opening_steps -1: must be at least 0"),
     ],
 )
 def test_bad_arguments_exit_2(

@@ -115,6 +115,9 @@ class ARLevel(nn.Module):
             cond: Conditions (N, k, cond_dim); the first is used.
             generator: Unused (the AR level draws nothing); kept for the level contract.
             out_conds: Unused: an AR level hands down one condition per patch.
+            opening_steps: The first this many patches are sampled at
+                ``opening_temperature`` instead.
+            opening_temperature: See ``opening_steps``.
 
         Returns:
             Patches (N L, C, p, p), their conditions (N L, 1, d), and no auxiliary loss.
@@ -141,6 +144,8 @@ class ARLevel(nn.Module):
         next_level: NextLevel,
         filter_threshold: float = 0.0,
         out_conds: int = 1,
+        opening_steps: int = 0,
+        opening_temperature: float = 1.0,
     ) -> Tensor:
         """Generate patches in raster order, one per step (``num_iter`` is ignored).
 
@@ -151,16 +156,20 @@ class ARLevel(nn.Module):
             cfg_schedule: ``"linear"`` ramps guidance as ``1 + (cfg - 1)(i + 1) / L``;
                 ``"constant"`` uses ``cfg`` throughout.
             guided: Whether the batch is doubled for classifier-free guidance.
-            temperature: Passed down (divides the pixel logits).
+            temperature: Passed down (divides the pixel logits), from step
+                ``opening_steps`` on.
             generator: Passed down.
             next_level: Samples the patches of the next level.
             filter_threshold: Unused here (an AR level has no guiding pixel).
             out_conds: Unused: an AR level hands down one condition per patch.
+            opening_steps: The first this many patches are sampled at
+                ``opening_temperature`` instead.
+            opening_temperature: See ``opening_steps``.
 
         Returns:
             Images (N, C, H, W) in [0, 1].
         """
-        del num_iter, temperature, generator, filter_threshold, out_conds
+        del num_iter, generator, filter_threshold, out_conds
         n2 = cond.shape[0]
         n = n2 // 2 if guided else n2
         dim = self.in_channels * self.patch_size**2
@@ -195,6 +204,7 @@ class ARLevel(nn.Module):
                 cfg_iter = 1 + (cfg - 1) * (step + 1) / self.seq_len
             else:
                 cfg_iter = cfg
-            sampled = next_level(h.unsqueeze(1), cfg_iter)
+            temp = opening_temperature if step < opening_steps else temperature
+            sampled = next_level(h.unsqueeze(1), cfg_iter, temp)
             patches[:, step] = sampled.reshape(n, dim).to(patches.dtype)
         return unpatchify(patches, self.patch_size, self.in_channels)

@@ -9,9 +9,10 @@ from torch import Tensor
 
 __all__ = ["NextLevel", "host_uniform", "patchify", "unpatchify"]
 
-# Samples the next level: (conditions (M, k, d), guidance scale) -> patches (M', C, p, p) in
-# [0, 1], where M' = M / 2 when the batch carries classifier-free guidance, else M.
-NextLevel = Callable[[Tensor, float], Tensor]
+# Samples the next level: (conditions (M, k, d), guidance scale, temperature) -> patches
+# (M', C, p, p) in [0, 1], where M' = M / 2 when the batch carries classifier-free guidance,
+# else M. The temperature divides the pixel logits of everything sampled below.
+NextLevel = Callable[[Tensor, float, float], Tensor]
 
 
 def patchify(imgs: Tensor, patch: int) -> Tensor:

@@ -263,6 +263,8 @@ class FractalGen(nn.Module):
         temperature: float = 1.0,
         filter_threshold: float = 1e-4,
         generator: torch.Generator | None = None,
+        opening_steps: int = 0,
+        opening_temperature: float = 1.0,
     ) -> Tensor:
         """Generate images (runs in evaluation mode; the module's mode is restored).
 
@@ -283,12 +285,23 @@ class FractalGen(nn.Module):
                 filter; its evaluation commands use 1e-4, the default). 0 disables it; it
                 must lie in [0, 1].
             generator: Optional RNG on the model's device, for reproducible samples.
+            opening_steps: The top level's first this many steps (AR: patches in raster
+                order; MAR: unmasking steps) sample their pixels at ``opening_temperature``
+                instead of ``temperature``. 0 (the default, and the reference) never.
+            opening_temperature: See ``opening_steps``; must be > 0.
 
         Returns:
             uint8 images (batch_size, C, H, W) with values 0..255.
         """
         iters = sampling.check_sample_args(
-            len(self.levels), batch_size, num_iter_list, cfg_schedule, temperature, filter_threshold
+            len(self.levels),
+            batch_size,
+            num_iter_list,
+            cfg_schedule,
+            temperature,
+            filter_threshold,
+            opening_steps,
+            opening_temperature,
         )
         self._check_generator(generator)
         if labels is not None:
@@ -307,6 +320,8 @@ class FractalGen(nn.Module):
             temperature=temperature,
             filter_threshold=filter_threshold,
             generator=generator,
+            opening_steps=opening_steps,
+            opening_temperature=opening_temperature,
         )
         was_training = self.training
         self.eval()
@@ -315,7 +330,7 @@ class FractalGen(nn.Module):
             with torch.inference_mode():
                 cond = cond0.unsqueeze(1).expand(-1, self._top_conds, -1)
                 imgs = sampling.run_levels(list(self.levels), self.pixel_head, plan)(
-                    cond, float(cfg)
+                    cond, float(cfg), float(temperature)
                 )
                 out = (imgs.float() * 255).round().clamp(0, 255).to(torch.uint8)
         finally:

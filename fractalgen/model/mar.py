@@ -302,6 +302,8 @@ class MARLevel(nn.Module):
         next_level: NextLevel,
         filter_threshold: float = 0.0,
         out_conds: int = _NUM_OUT_CONDS,
+        opening_steps: int = 0,
+        opening_temperature: float = 1.0,
     ) -> Tensor:
         """Generate by iterative unmasking on a cosine schedule (at least one patch a step).
 
@@ -317,6 +319,10 @@ class MARLevel(nn.Module):
             next_level: Samples the patches of the next level.
             filter_threshold: Guidance filter of the guiding pixel (see ``guide_logits``).
             out_conds: How many of the five conditions the next level reads.
+            opening_steps: The first this many unmasking steps (and the guiding pixel,
+                drawn before them) are sampled at ``opening_temperature`` instead of
+                ``temperature``.
+            opening_temperature: See ``opening_steps``.
 
         Returns:
             Images (N, C, H, W) in [0, 1].
@@ -332,7 +338,7 @@ class MARLevel(nn.Module):
                 cond,
                 cfg=cfg,
                 guided=guided,
-                temperature=temperature,
+                temperature=opening_temperature if opening_steps > 0 else temperature,
                 filter_threshold=filter_threshold,
                 generator=generator,
             )
@@ -365,7 +371,8 @@ class MARLevel(nn.Module):
                 rows = torch.arange(n2, device=dev).repeat_interleave(pred.shape[1])
                 conds = self.gather_conds(out, rows, pred2.reshape(-1), out_conds)
             cfg_iter = 1 + (cfg - 1) * (seq - mask_len) / seq if cfg_schedule == "linear" else cfg
-            sampled = next_level(conds, cfg_iter).reshape(n, -1, dim).to(patches.dtype)
+            temp = opening_temperature if step < opening_steps else temperature
+            sampled = next_level(conds, cfg_iter, temp).reshape(n, -1, dim).to(patches.dtype)
             patches.scatter_(1, pred.unsqueeze(-1).expand(-1, -1, dim), sampled)
             mask.scatter_(1, pred, False)
             masked = keep_masked

@@ -45,6 +45,8 @@ def check_sample_args(
     cfg_schedule: str,
     temperature: float,
     filter_threshold: float,
+    opening_steps: int = 0,
+    opening_temperature: float = 1.0,
 ) -> list[int]:
     """Validate ``FractalGen.sample``'s settings; returns the steps per level.
 
@@ -65,6 +67,12 @@ def check_sample_args(
         raise _error(f"temperature must be > 0 (logits are divided by it), got {temperature}")
     if not 0.0 <= filter_threshold <= 1.0:
         raise _error(f"filter_threshold must be in [0, 1], got {filter_threshold}")
+    if isinstance(opening_steps, bool) or not isinstance(opening_steps, int) or opening_steps < 0:
+        raise _error(f"opening_steps must be an integer >= 0, got {opening_steps!r}")
+    if not opening_temperature > 0:
+        raise _error(
+            f"opening_temperature must be > 0 (logits are divided by it), got {opening_temperature}"
+        )
     return iters
 
 
@@ -103,6 +111,8 @@ class SamplingPlan:
         temperature: Divides the pixel logits.
         filter_threshold: The guidance filter of the pixel heads.
         generator: Optional RNG on the model's device.
+        opening_steps: The top level's first this many steps use ``opening_temperature``.
+        opening_temperature: See ``opening_steps``.
     """
 
     iters: list[int]
@@ -112,18 +122,22 @@ class SamplingPlan:
     temperature: float
     filter_threshold: float
     generator: torch.Generator | None
+    opening_steps: int = 0
+    opening_temperature: float = 1.0
 
 
 def run_levels(levels: list[nn.Module], pixel_head: PixelHead, plan: SamplingPlan) -> NextLevel:
-    """The sampler of the top level: (conditions, guidance scale) -> images in [0, 1]."""
+    """The sampler of the top level: (conditions, guidance scale, temperature) -> images
+    in [0, 1]. Each level hands its temperature down; only the top level opens with
+    ``plan.opening_temperature``."""
     channels = pixel_head.in_channels
 
-    def pixel(c: Tensor, cfg_i: float) -> Tensor:
+    def pixel(c: Tensor, cfg_i: float, temp: float) -> Tensor:
         px = pixel_head.sample(
             c,
             cfg=cfg_i,
             guided=plan.guided,
-            temperature=plan.temperature,
+            temperature=temp,
             filter_threshold=plan.filter_threshold,
             generator=plan.generator,
         )
@@ -135,18 +149,20 @@ def run_levels(levels: list[nn.Module], pixel_head: PixelHead, plan: SamplingPla
         below = make(i + 1)
         level: ARLevel | MARLevel = levels[i]  # type: ignore[assignment]
 
-        def run(c: Tensor, cfg_i: float) -> Tensor:
+        def run(c: Tensor, cfg_i: float, temp: float) -> Tensor:
             out: Tensor = level.sample(
                 c,
                 num_iter=plan.iters[i],
                 cfg=cfg_i,
                 cfg_schedule=plan.cfg_schedule if i == 0 else "constant",
                 guided=plan.guided,
-                temperature=plan.temperature,
+                temperature=temp,
                 generator=plan.generator,
                 next_level=below,
                 filter_threshold=plan.filter_threshold,
                 out_conds=plan.out_conds[i],
+                opening_steps=plan.opening_steps if i == 0 else 0,
+                opening_temperature=plan.opening_temperature,
             )
             return out
 
