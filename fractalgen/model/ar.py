@@ -115,9 +115,6 @@ class ARLevel(nn.Module):
             cond: Conditions (N, k, cond_dim); the first is used.
             generator: Unused (the AR level draws nothing); kept for the level contract.
             out_conds: Unused: an AR level hands down one condition per patch.
-            opening_steps: The first this many patches are sampled at
-                ``opening_temperature`` instead.
-            opening_temperature: See ``opening_steps``.
 
         Returns:
             Patches (N L, C, p, p), their conditions (N L, 1, d), and no auxiliary loss.
