@@ -24,7 +24,7 @@ from versionkit.errors import DiskFullError
 from versionkit.layout import LIST_CACHE, STATE_DIR
 from versionkit.registry import Registry
 
-_ALL_FLAGS = [*_FLAGS, ["--limit", "5000"]]  # newest first through iter_summaries
+_ALL_FLAGS = [*_FLAGS, ["--limit", "5000"]]  # newest first through iter_summary_fields
 
 
 @pytest.fixture(autouse=True)
@@ -45,6 +45,7 @@ def _expected(root: Path, capsys: pytest.CaptureFixture[str],
     """Every row summarised from its whole record, no cache involved."""
     with monkeypatch.context() as m:
         m.setattr(FileBackend, "iter_summaries", Backend.iter_summaries)
+        m.setattr(FileBackend, "iter_summary_fields", Backend.iter_summary_fields)
         return {tuple(f): _list(root, *f, capsys=capsys) for f in _ALL_FLAGS}
 
 
@@ -185,7 +186,7 @@ def test_a_bad_cache_lists_the_records_silently(
         data = _BAD_CACHES[["empty", "binary", "old", "tag", "header"].index(case)]
         if case in ("old", "tag", "header"):  # the right keys, but lines that would lie
             wrong = b"s1\x1fWRONG" + b"\x1f" * 10
-            assert _list_cache.decode(0, wrong.decode()) is not None
+            assert _list_cache.split(wrong.decode()) is not None
             data = b"\n".join([data] + [b"\t".join([*ln.split(b"\t")[:5], wrong])
                                         for ln in lines[1:-1]]) + b"\n"
         cache.write_bytes(data)

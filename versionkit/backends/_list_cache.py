@@ -40,9 +40,9 @@ from versionkit.backends.base import Record
 from versionkit.backends.file import FileBackend, _read_fd, _record_number
 from versionkit.errors import BackendError
 from versionkit.layout import LIST_CACHE
-from versionkit.registry.summary import TAG, ListItem, decode, encode, list_item
+from versionkit.registry.summary import SEP, TAG, fields, list_item, split
 
-__all__ = ["HEADER", "RACY_NS", "iter_summaries", "load"]
+__all__ = ["HEADER", "RACY_NS", "iter_summary_fields", "load"]
 
 #: The first line; a file that starts with anything else is ignored.
 HEADER = f"versionkit list cache 1 {TAG}"
@@ -136,9 +136,11 @@ def _stat_records(backend: FileBackend, stat: bool) -> list[tuple[int, os.stat_r
     return found
 
 
-def iter_summaries(backend: FileBackend, *, newest_first: bool = False) -> Iterator[ListItem]:
-    """Every version's list summary in version order: cached where the record file's
-    stat matches, else read from the record (and the cache rewritten at the end)."""
+def iter_summary_fields(
+    backend: FileBackend, *, newest_first: bool = False
+) -> Iterator[tuple[int, list[str]]]:
+    """Every version's list summary fields in version order: cached where the record
+    file's stat matches, else read from the record (and the cache rewritten at the end)."""
     start = time.time_ns()
     path = backend.state_dir / LIST_CACHE
     cache = load(path)
@@ -151,23 +153,24 @@ def iter_summaries(backend: FileBackend, *, newest_first: bool = False) -> Itera
     for n, st in records:
         entry = cache.get(n)
         if entry is not None and st is not None and entry[0] == _key(st):
-            item = decode(n, entry[1])
-            if item is not None:
+            got = split(entry[1])
+            if got is not None:
                 kept[n] = entry
-                yield item
+                yield n, got
                 continue
-        got = _read_record(backend, f"{folder}{n}.json", n)
-        if got is None:  # removed since the folder was listed
+        read = _read_record(backend, f"{folder}{n}.json", n)
+        if read is None:  # removed since the folder was listed
             continue
-        record, read = got
-        item = list_item(n, record)
-        text = encode(item)
+        record, st = read
+        got = fields(list_item(n, record))
+        text = SEP.join(got)
         # No summary (a field holds the separator), a line break in it, or a record too
         # recent to trust its stat: listed from the record every time, as SQL does.
-        if text is not None and "\n" not in text and read.st_ctime_ns < start - RACY_NS:
-            kept[n] = (_key(read), text)
+        if (text.count(SEP) == len(got) - 1 and "\n" not in text
+                and st.st_ctime_ns < start - RACY_NS):
+            kept[n] = (_key(st), text)
             added += 1
-        yield item
+        yield n, got
     if added or len(kept) != len(cache):
         if newest_first:
             kept = dict(sorted(kept.items()))

@@ -47,7 +47,7 @@ from versionkit.errors import BackendError, CorruptStateError, LockTimeout, Vers
 from versionkit.layout import STATE_DIR
 
 if TYPE_CHECKING:
-    from versionkit.registry.summary import ListItem
+    from versionkit.registry.summary import Fields, ListItem
 
 __all__ = ["STATE_DIR", "FileBackend"]
 
@@ -348,9 +348,16 @@ class FileBackend(Backend):
     def iter_summaries(self, *, newest_first: bool = False) -> Iterator[ListItem]:
         """Every version's list summary, from the list cache where a record's stat
         matches it (:mod:`versionkit.backends._list_cache`), else from the record."""
-        from versionkit.backends._list_cache import iter_summaries
+        from versionkit.registry.summary import item_of
 
-        return iter_summaries(self, newest_first=newest_first)
+        for n, got in self.iter_summary_fields(newest_first=newest_first):
+            yield item_of(n, got)
+
+    def iter_summary_fields(self, *, newest_first: bool = False) -> Iterator[tuple[int, Fields]]:
+        """:meth:`iter_summaries` as the fields of each summary."""
+        from versionkit.backends._list_cache import iter_summary_fields
+
+        return iter_summary_fields(self, newest_first=newest_first)
 
     def numbers(self) -> set[int]:
         return set(self._record_numbers())

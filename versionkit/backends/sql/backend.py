@@ -34,7 +34,7 @@ from versionkit.backends.sql.uri import parse_uri
 from versionkit.errors import BackendError, CorruptStateError, VersionkitError, VersionNotFoundError
 
 if TYPE_CHECKING:
-    from versionkit.registry.summary import ListItem
+    from versionkit.registry.summary import Fields, ListItem
 
 __all__ = ["SQLBackend"]
 
@@ -336,10 +336,17 @@ class SQLBackend(Backend):
 
     def iter_summaries(self, *, newest_first: bool = False) -> Iterator[ListItem]:
         """Every version's list summary from the ``summary`` column (see
-        :func:`versionkit.backends.sql.listing.iter_summaries`)."""
-        from versionkit.backends.sql.listing import iter_summaries
+        :func:`versionkit.backends.sql.listing.iter_summary_fields`)."""
+        from versionkit.registry.summary import item_of
 
-        return iter_summaries(self, newest_first=newest_first)
+        for n, got in self.iter_summary_fields(newest_first=newest_first):
+            yield item_of(n, got)
+
+    def iter_summary_fields(self, *, newest_first: bool = False) -> Iterator[tuple[int, Fields]]:
+        """:meth:`iter_summaries` as the fields of each summary."""
+        from versionkit.backends.sql.listing import iter_summary_fields
+
+        return iter_summary_fields(self, newest_first=newest_first)
 
     def numbers(self) -> set[int]:
         def body(engine: Engine) -> set[int]:

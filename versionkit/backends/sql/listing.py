@@ -9,17 +9,19 @@ from sqlalchemy.engine import Engine
 
 from versionkit.backends.sql import schema
 from versionkit.backends.sql.backend import SQLBackend
-from versionkit.registry.summary import ListItem, decode, list_item
+from versionkit.registry.summary import fields, list_item, split
 
-__all__ = ["iter_summaries"]
+__all__ = ["iter_summary_fields"]
 
 #: Rows per query: few first (``--limit 20`` reads one page), then a few thousand
 #: (a summary is ~100 bytes).
 FIRST_PAGE, PAGE = 32, 8192
 
 
-def iter_summaries(backend: SQLBackend, *, newest_first: bool = False) -> Iterator[ListItem]:
-    """Every version's list summary, from the ``summary`` column in keyset pages
+def iter_summary_fields(
+    backend: SQLBackend, *, newest_first: bool = False
+) -> Iterator[tuple[int, list[str]]]:
+    """Every version's list summary fields, from the ``summary`` column in keyset pages
     through the driver's cursor; a row without one (or of another format) is
     summarised from its record."""
     table, mark = schema.versions.name, "?" if backend._dialect == "sqlite" else "%s"
@@ -46,17 +48,17 @@ def iter_summaries(backend: SQLBackend, *, newest_first: bool = False) -> Iterat
 
         rows = backend._run("list versions", body)
         for number, summary, text in rows:
-            item = decode(number, summary) if summary is not None else None
-            if item is None:
+            got = split(summary) if summary is not None else None
+            if got is None:
+                n = int(number)
                 if text is None:  # a summary of another format: read the record
-                    found = backend.get(int(number))
+                    found = backend.get(n)
                     if found is None:
                         continue
-                    yield list_item(int(number), found)
+                    got = fields(list_item(n, found))
                 else:
-                    yield list_item(int(number), backend._decode(int(number), text))
-            else:
-                yield item
+                    got = fields(list_item(n, backend._decode(n, text)))
+            yield number, got
         if len(rows) < page:
             return
         after = int(rows[-1][0])
