@@ -37,8 +37,6 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import filelock
-
 from versionkit._atomic import fsync_dir, write_atomic
 from versionkit._faults import pause_point
 from versionkit.backends._best_index import BestIndex
@@ -47,6 +45,8 @@ from versionkit.errors import BackendError, CorruptStateError, LockTimeout, Vers
 from versionkit.layout import STATE_DIR
 
 if TYPE_CHECKING:
+    import filelock
+
     from versionkit.registry.summary import Fields, ListItem
 
 __all__ = ["STATE_DIR", "FileBackend"]
@@ -193,6 +193,8 @@ class FileBackend(Backend):
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
+        import filelock  # here: reads (versionkit list) take no lock, and it costs ~12 ms
+
         self._ensure_dirs()
         if self._filelock is None:
             self._filelock = filelock.FileLock(str(self.lock_path), timeout=self.lock_timeout)
