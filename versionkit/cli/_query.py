@@ -44,9 +44,9 @@ from versionkit.registry.summary import (
     F_STATUS,
     Fields,
     ListItem,
-    fields,
     list_item,
     metric_cell,
+    record_fields,
 )
 from versionkit.registry.views import display_status, process_gone, record_json
 from versionkit.sweep.records import record_in_sweep
@@ -205,7 +205,7 @@ def _summary_rows(reg: Registry, args: argparse.Namespace, flags: _Flags) -> Ite
     or ``--sweep``: on SQL one short column, not the whole record)."""
     only, statuses, limit = flags.only, flags.statuses, args.limit
     if only is not None:
-        sources = iter([(only, fields(list_item(only, reg.get(only).record)))])
+        sources = iter([(only, record_fields(reg.get(only).record))])
     else:
         sources = reg.iter_summary_fields(limit=None if statuses is not None else limit,
                                           newest_first=limit is not None)

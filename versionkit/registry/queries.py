@@ -87,9 +87,9 @@ _UNTRACKED_FIELDS: _List[str] = []
 
 def _untracked_row(n: int) -> tuple[int, _List[str]]:
     if not _UNTRACKED_FIELDS:
-        from versionkit.registry.summary import fields, list_item
+        from versionkit.registry.summary import record_fields
 
-        _UNTRACKED_FIELDS[:] = fields(list_item(0, untracked_record(0)))
+        _UNTRACKED_FIELDS[:] = record_fields(untracked_record(0))
     return n, _UNTRACKED_FIELDS.copy()
 
 
@@ -208,7 +208,7 @@ class Queries:
     ) -> Iterator[tuple[int, _List[str]]]:
         """:meth:`iter_summaries` as ``(number, fields)``
         (:func:`versionkit.registry.summary.fields`), the form ``versionkit list`` formats."""
-        from versionkit.registry.summary import fields, list_item
+        from versionkit.registry.summary import record_fields
 
         _check_limit(limit)
         # A backend that keeps summaries in pages reads the newest ones in a few pages;
@@ -217,7 +217,7 @@ class Queries:
         if newest_first and limit is not None and limit <= _WALK_LIMIT and not keeps:
             for record in self.iter_records(limit=limit, newest_first=True):
                 n = int(record["version"])
-                yield n, fields(list_item(n, record))
+                yield n, record_fields(record)
             return
         if limit == 0:
             return

@@ -23,7 +23,7 @@ from versionkit.curate.listing import MetricAt, best_of, last_of
 from versionkit.registry.views import dead_candidate, process_gone
 
 __all__ = ["SEP", "TAG", "Fields", "ListItem", "decode", "display_status_of", "encode", "fields",
-           "item_of", "list_item", "metric_cell", "split", "summary_of"]
+           "item_of", "list_item", "metric_cell", "record_fields", "split", "summary_of"]
 
 #: Between fields; a text field holding it means "no summary, read the record".
 SEP = "\x1f"
@@ -58,10 +58,6 @@ class ListItem(NamedTuple):
     last_value: float | None  # what --sort last orders by
 
 
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
-
-
 def metric_cell(at: MetricAt | None) -> str:
     """``0.25@40``: a value and its step as a listing shows them (``-``: none)."""
     if at is None:
@@ -77,29 +73,35 @@ def _number(value: Any) -> str:
     return number(value)
 
 
-def list_item(number: int, record: Mapping[str, Any]) -> ListItem:
-    """The list summary of version ``number``'s record."""
-    status, host = record.get("status"), record.get("host")
+def record_fields(record: Mapping[str, Any]) -> Fields:
+    """The list summary of a record, as :func:`fields` (the one definition of what a
+    listing shows of a record; :func:`list_item` is this as a :class:`ListItem`)."""
+    get = record.get
+    status, host, created, commit, note = (
+        get("status"), get("host"), get("created_at"), get("git_commit"), get("note"))
     candidate = dead_candidate(record)
-    note = record.get("note")
     note_text = " ".join(note.split()) if isinstance(note, str) and note else "-"
-    commit = record.get("git_commit")
     best, last = best_of(record), last_of(record)
-    return ListItem(
-        number,
+    return [
+        TAG,
         str(status or "unknown"),
-        None if candidate is None else candidate[0],
+        "" if candidate is None else str(candidate[0]),
         "" if candidate is None else candidate[1],
-        _text(record.get("created_at")),
-        _text(host) or "-",
-        commit[:8] + ("*" if record.get("git_dirty") is True else "")
+        "=" + created if isinstance(created, str) else "",
+        host if isinstance(host, str) and host else "-",
+        commit[:8] + ("*" if get("git_dirty") is True else "")
         if commit and isinstance(commit, str) else "-",
         note_text if len(note_text) <= 40 else note_text[:37] + "...",
         metric_cell(best),
         metric_cell(last),
-        None if best is None else best[0],
-        None if last is None else last[0],
-    )
+        "" if best is None else repr(best[0]),
+        "" if last is None else repr(last[0]),
+    ]
+
+
+def list_item(number: int, record: Mapping[str, Any]) -> ListItem:
+    """The list summary of version ``number``'s record."""
+    return item_of(number, record_fields(record))
 
 
 def display_status_of(item: ListItem) -> str:
@@ -128,7 +130,8 @@ def encode(item: ListItem) -> str | None:
 
 def summary_of(number: int, record: Mapping[str, Any]) -> str | None:
     """The stored summary text of a record (``None``: the listing reads the record)."""
-    return encode(list_item(number, record))
+    text = SEP.join(record_fields(record))
+    return text if text.count(SEP) == _FIELDS - 1 else None
 
 
 def split(text: str) -> list[str] | None:

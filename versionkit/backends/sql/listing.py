@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from versionkit.backends.sql import direct
 from versionkit.backends.sql.names import VERSIONS_TABLE
-from versionkit.registry.summary import Fields, fields, list_item, split
+from versionkit.registry.summary import Fields, record_fields, split
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -80,7 +80,7 @@ def iter_summary_fields(
                     found = backend.get(n)
                     if found is None:
                         continue
-                    got = fields(list_item(n, found))
+                    got = record_fields(found)
                 else:
-                    got = fields(list_item(n, backend._decode(n, text)))
+                    got = record_fields(backend._decode(n, text))
             yield number, got
