@@ -63,8 +63,9 @@ def metric_cell(at: MetricAt | None) -> str:
     if at is None:
         return "-"
     value, step = at
-    return (f"{value:.6g}" if type(value) is float else _number(value)) + (
-        f"@{step}" if step is not None else "")
+    if type(value) is float:  # the common case, in one formatting step
+        return f"{value:.6g}" if step is None else f"{value:.6g}@{step}"
+    return _number(value) + (f"@{step}" if step is not None else "")
 
 
 def _number(value: Any) -> str:
