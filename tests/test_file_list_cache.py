@@ -329,3 +329,20 @@ def test_records_decode_as_json_loads_decodes_them(text: str, before: str, after
     except ValueError as exc:
         got = ("error", str(exc))
     assert repr(got) == repr(expected)
+
+
+def test_the_record_numbers_are_the_names_the_backend_counts(tmp_path: Path) -> None:
+    """One regular expression per batch of names says what ``file._record_number`` says."""
+    names = ["0.json", "007.json", "00.json", "12.json", "12.json.tmp", ".12.json", "x.json",
+             "1e3.json", "-1.json", "\u0663.json", "9999999999999999999.json",
+             "10000000000000000000.json", "5.JSON", "6.json ", "7", "json",
+             *[f"{n}.json" for n in range(100, 100 + 2 * _list_cache._BATCH)]]
+    for name in names:
+        (tmp_path / name).write_text("{}")
+    fd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        got = _list_cache._numbers(fd)
+    finally:
+        os.close(fd)
+    expected = sorted(n for n in map(filemod._record_number, names) if n is not None)
+    assert got == expected and {0, 12, 9999999999999999999} <= set(got)
