@@ -156,7 +156,7 @@ def _read_record(
     except OSError as exc:
         backend._unreadable(os.path.join(backend.records_dir, name), exc)
         return None
-    path = os.path.join(backend.records_dir, name)
+    path = f"{backend.records_dir}{os.sep}{name}"  # for messages; as os.path.join spells it
     record = backend._parse_json(path, data)
     backend._check_version(path, n, record)
     return record, st
