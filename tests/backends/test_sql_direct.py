@@ -271,3 +271,17 @@ def test_a_backend_that_used_its_engine_reads_through_it_and_a_closed_one_not_at
         fresh.backend.get_meta()
     with pytest.raises(BackendError, match="was closed"):
         list(fresh.iter_summaries())
+
+
+def test_a_driver_that_breaks_after_the_uri_was_taken_gets_the_usual_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("psycopg")
+    (tmp_path / "exp").mkdir()
+    uri = f"postgresql://postgres@127.0.0.1:{free_port()}/test"
+    backend = SQLBackend(uri, tmp_path / "exp", "exp")
+    assert backend._direct is not None
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if it could not be imported now
+    with pytest.raises(BackendError, match=r"needs the Python package 'psycopg'"):
+        backend.get_meta()
+    backend.close()

@@ -610,6 +610,7 @@ class SQLBackend(Backend):
         """Dispose this URL's pooled connections in this process; later calls fail."""
         if not self._closed:
             self._closed = True
+            # A backend that never parsed its URL for SQLAlchemy never used an engine.
             engines = sys.modules.get("versionkit.backends.sql.engine")
-            if engines is not None:  # else this process has no engine to dispose
-                engines.dispose_engine(self._url.render_as_string(hide_password=False))
+            if engines is not None and self._sa_url is not None:
+                engines.dispose_engine(self._sa_url.render_as_string(hide_password=False))

@@ -188,7 +188,10 @@ def _open_sqlite(path: Path) -> Connection | None:
 
 
 def _open_postgres(args: dict[str, Any], where: str, password: str | None) -> Connection:
-    import psycopg
+    try:
+        import psycopg
+    except ImportError:  # installed but broken: SQLAlchemy's path says so
+        raise Unusable("psycopg") from None
 
     try:
         raw = psycopg.connect(autocommit=True, **args)
