@@ -252,7 +252,7 @@ def test_an_unreachable_server_is_tried_once_with_the_usual_message(
     assert "s3cr3t-pw" not in err and len(attempts) == 1
 
 
-def test_a_backend_that_used_its_engine_reads_through_it_and_a_closed_one_not_at_all(
+def test_only_a_listing_reads_directly_until_its_backend_uses_its_engine(
     uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     root = tmp_path / "exp"
@@ -260,12 +260,18 @@ def test_a_backend_that_used_its_engine_reads_through_it_and_a_closed_one_not_at
     calls = _counting(monkeypatch)
     reg = Registry(root, uri)
     assert len(list(reg.iter_summaries())) == 4
-    assert calls == {"direct": 1, "engine": 0}
+    assert calls == {"direct": 0, "engine": 1}, "only when asked"
+    reg.close()
+    reg = Registry(root, uri)
+    reg.backend.read_directly = True  # type: ignore[attr-defined]
+    assert len(list(reg.iter_summaries())) == 4
+    assert calls == {"direct": 1, "engine": 1}
     reg.allocate()
     assert len(list(reg.iter_summaries())) == 5
-    assert calls == {"direct": 1, "engine": 1}
+    assert calls == {"direct": 1, "engine": 2}
     reg.close()
     fresh = Registry(root, uri)
+    fresh.backend.read_directly = True  # type: ignore[attr-defined]
     fresh.close()
     with pytest.raises(BackendError, match="was closed"):
         fresh.backend.get_meta()
@@ -280,8 +286,34 @@ def test_a_driver_that_breaks_after_the_uri_was_taken_gets_the_usual_message(
     (tmp_path / "exp").mkdir()
     uri = f"postgresql://postgres@127.0.0.1:{free_port()}/test"
     backend = SQLBackend(uri, tmp_path / "exp", "exp")
+    backend.read_directly = True
     assert backend._direct is not None
     monkeypatch.setitem(sys.modules, "psycopg", None)  # as if it could not be imported now
     with pytest.raises(BackendError, match=r"needs the Python package 'psycopg'"):
         backend.get_meta()
     backend.close()
+
+
+def test_commands_that_read_more_than_summaries_open_no_direct_connection(
+    uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root = tmp_path / "exp"
+    _fill(root, uri, 3)
+    opened: list[str] = []
+    real = direct.connect
+
+    def connect(where: direct.Target, describe: str) -> Any:
+        opened.append(where.dialect)
+        return real(where, describe)
+
+    monkeypatch.setattr(direct, "connect", connect)
+    for argv in (["list", "--json"], ["list", "--columns", "i"], ["list", "--tag", "nope"],
+                 ["show", "@1"], ["best"], ["status", "@1"]):
+        command, *rest = argv
+        target = f"{root}{rest.pop(0)}" if rest and rest[0].startswith("@") else str(root)
+        main([command, target, "--backend", uri, *rest])
+        capsys.readouterr()
+    assert opened == []
+    assert _list(root, uri, capsys=capsys).count("\n") == 5
+    assert len(opened) == 2  # the metadata (tags), then the summaries

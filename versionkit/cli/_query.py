@@ -284,6 +284,11 @@ def cmd_list(reg: Registry, args: argparse.Namespace, out: TextIO) -> int:
     """``versionkit list``."""
     if args.root_ref is not None:
         raise UsageError("list takes an experiment root, not ROOT@version")
+    if not (args.json or args.columns is not None or args.sweep is not None
+            or args.tag is not None) and hasattr(reg.backend, "read_directly"):
+        # The table reads the metadata and the summaries alone: on SQL, through the
+        # driver, without importing SQLAlchemy (see backends.sql.direct).
+        reg.backend.read_directly = True
     tags = tags_by_version(reg)
     flags = _list_flags(reg, args, tags)
     columns = flags.columns

@@ -88,6 +88,11 @@ class SQLBackend(Backend):
         #: Seconds a write waits for another writer's lock before ``LockTimeout``
         #: (``Registry(lock_timeout=...)`` sets it); negative: wait forever.
         self.lock_timeout = lock_timeout
+        #: Whether the experiment metadata and the list summaries may be read through the
+        #: driver alone (:mod:`.direct`), without importing SQLAlchemy, while this backend
+        #: has not used its engine. For a process that reads nothing else (``versionkit
+        #: list``, which sets it): another one would open a second connection for nothing.
+        self.read_directly = False
 
     def describe(self) -> str:
         return f"SQL registry {redact_uri(self.uri)}"
@@ -122,11 +127,11 @@ class SQLBackend(Backend):
     def _direct_reader(self) -> Iterator[direct.Connection | None]:
         """A connection through the driver alone, or ``None``: read through the engine.
 
-        Only a backend that has not used its engine reads this way (one that writes
-        keeps one pool of connections); a URI, database or failure that the direct way
-        does not take switches this backend to the engine for good."""
+        Only with :attr:`read_directly`, and only while this backend has not used its
+        engine (one that writes keeps one pool of connections); a URI, database or
+        failure that the direct way does not take switches it to the engine for good."""
         self._check_open()
-        where = self._direct
+        where = self._direct if self.read_directly else None
         if where is None:
             yield None
             return
