@@ -10,8 +10,10 @@ then the median of 5); and the peak Python memory of ``best`` and of streaming t
 whole list. Each figure comes with its ratio to the smallest size's. What is timed is
 the public API and the CLI.
 
-At the end, ``allocate`` again on every size and backend in turn (30 rounds), so that
-the sizes' medians come from the same minutes (``allocate_interleaved``).
+At the end, a whole ``versionkit list`` process on an experiment with no version, per
+backend (``list_cli_empty``: the fixed part of every listing), then ``allocate`` again on
+every size and backend in turn (30 rounds), so that the sizes' medians come from the same
+minutes (``allocate_interleaved``).
 
 Building the experiments is not timed and goes around the API (the bulk path below,
 for benchmarks only): records, counter and best index written directly for the file
@@ -257,7 +259,38 @@ def run(
                     ratio_to_smallest=round(ratio, 2),
                     build_s=round(build_s, 1),
                 )
+    list_empty(backends, tmp, uri_for, emit)
     allocate_interleaved(built, emit)
+
+
+def list_empty(
+    backends: list[str],
+    tmp: Path,
+    uri_for: Callable[[str, Path], str | None],
+    emit: Callable[..., None],
+    runs: int = 5,
+) -> None:
+    """A whole ``versionkit list`` process on an experiment without versions (median of
+    ``runs``): what a listing costs before its first version (start-up, imports, the
+    connection)."""
+    for name in backends:
+        uri = uri_for(name, tmp / f"empty_{name}")
+        if uri is None:
+            continue
+        (tmp / f"empty_{name}").mkdir(exist_ok=True)
+        root = tmp / f"empty_{name}" / "exp"
+        root.mkdir()
+        Registry(root, uri).close()
+        _cli_list(root, uri, lines=1)  # SQL: the tables exist from here on
+        emit(
+            f"{name} list_cli_empty",
+            _median(lambda root=root, uri=uri: _cli_list(root, uri, lines=1), runs),
+            "s",
+            None,
+            versions=0,
+            backend=name,
+            runs=runs,
+        )
 
 
 def allocate_interleaved(

@@ -265,7 +265,8 @@ def test_whole_process_list_stays_light(tmp_path: Path) -> None:
         import sys
         from versionkit.cli import main
         rc = main(["list", {str(reg.root)!r}])
-        heavy = [m for m in ("torch", "pydantic", "yaml", "sqlalchemy") if m in sys.modules]
+        heavy = [m for m in ("torch", "pydantic", "yaml", "sqlalchemy", "filelock",
+                             "importlib.metadata") if m in sys.modules]
         print("RESULT", rc, heavy)
         """
     )

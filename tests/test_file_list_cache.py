@@ -7,12 +7,15 @@ wrong rows or prints anything.
 from __future__ import annotations
 
 import errno
+import json
 import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from test_list_summary import _FLAGS, _fill
 
 from versionkit.backends import _list_cache
@@ -24,7 +27,7 @@ from versionkit.errors import DiskFullError
 from versionkit.layout import LIST_CACHE, STATE_DIR
 from versionkit.registry import Registry
 
-_ALL_FLAGS = [*_FLAGS, ["--limit", "5000"]]  # newest first through iter_summaries
+_ALL_FLAGS = [*_FLAGS, ["--limit", "5000"]]  # newest first through iter_summary_fields
 
 
 @pytest.fixture(autouse=True)
@@ -45,6 +48,7 @@ def _expected(root: Path, capsys: pytest.CaptureFixture[str],
     """Every row summarised from its whole record, no cache involved."""
     with monkeypatch.context() as m:
         m.setattr(FileBackend, "iter_summaries", Backend.iter_summaries)
+        m.setattr(FileBackend, "iter_summary_fields", Backend.iter_summary_fields)
         return {tuple(f): _list(root, *f, capsys=capsys) for f in _ALL_FLAGS}
 
 
@@ -52,24 +56,21 @@ def _record_reads(monkeypatch: pytest.MonkeyPatch, root: Path) -> list[int]:
     """Counts every record file read, by version number."""
     reads: list[int] = []
     records = os.path.join(root, STATE_DIR, "versions")
-    real_bytes, real_stat = filemod._read_bytes, _list_cache._read_stat
-
-    def note(path: Path | str) -> None:
-        if os.path.dirname(os.path.abspath(path)) == os.path.abspath(records):
-            reads.append(int(os.path.basename(path)[:-5]))
+    real_bytes, real_read = filemod._read_bytes, _list_cache._read_record
 
     def read_bytes(path: Path | str) -> bytes:
         data = real_bytes(path)
-        note(path)
+        if os.path.dirname(os.path.abspath(path)) == os.path.abspath(records):
+            reads.append(int(os.path.basename(path)[:-5]))
         return data
 
-    def read_stat(path: str) -> tuple[bytes, os.stat_result]:
-        got = real_stat(path)
-        note(path)
+    def read_record(backend: FileBackend, folder: int, n: int) -> Any:
+        got = real_read(backend, folder, n)
+        reads.append(n)
         return got
 
     monkeypatch.setattr(filemod, "_read_bytes", read_bytes)
-    monkeypatch.setattr(_list_cache, "_read_stat", read_stat)
+    monkeypatch.setattr(_list_cache, "_read_record", read_record)
     return reads
 
 
@@ -150,14 +151,25 @@ def test_a_changed_record_lists_its_new_content(
     assert _list(root, capsys=capsys) == expected[()]
 
 
-_BAD_CACHES: list[bytes] = [
-    b"", b"\xff\xfe garbage \x00\x01", b"versionkit list cache 0 s1",
-    b"versionkit list cache 1 s0", b"not a header",
-]
+def _columns(data: bytes) -> tuple[list[bytes], list[bytes], list[bytes]]:
+    """The numbers, keys and summaries of a cache file."""
+    lines = data.split(b"\n")
+    n = int(lines[1])
+    assert lines[0] == _list_cache.HEADER.encode() and len(lines) == 3 * n + 3
+    return lines[2 : 2 + n], lines[2 + n : 2 + 2 * n], lines[2 + 2 * n : 2 + 3 * n]
 
 
-@pytest.mark.parametrize("case", ["empty", "binary", "old", "tag", "header", "truncated",
-                                  "bad lines", "stale", "folder"])
+def _file(header: bytes, numbers: list[bytes], keys: list[bytes],
+          summaries: list[bytes], count: int | None = None) -> bytes:
+    n = len(numbers) if count is None else count
+    return b"\n".join([header, b"%d" % n, *numbers, *keys, *summaries, b""])
+
+
+_WRONG = b"s1\x1fWRONG" + b"\x1f" * 10  # a summary that would show a wrong row
+
+
+@pytest.mark.parametrize("case", ["empty", "binary", "header", "version 1", "tag", "truncated",
+                                  "count", "extra line", "number", "stale", "folder"])
 def test_a_bad_cache_lists_the_records_silently(
     root: Path, case: str, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -166,28 +178,31 @@ def test_a_bad_cache_lists_the_records_silently(
     _list(root, capsys=capsys)
     cache = _cache(root)
     good = cache.read_bytes()
-    lines = good.split(b"\n")
+    numbers, keys, summaries = _columns(good)
+    assert _list_cache.split(_WRONG.decode()) is not None
+    header, wrong = _list_cache.HEADER.encode(), [_WRONG] * len(numbers)
+    # The right keys everywhere, so that only the check named by the case keeps the
+    # wrong summaries (or misplaced ones) out of the listing.
+    data = {
+        "empty": b"",
+        "binary": b"\xff\xfe garbage \x00\x01",
+        "header": _file(b"not a header", numbers, keys, wrong),
+        "version 1": b"\n".join(  # the layout before, of another summary format
+            [b"versionkit list cache 1 s0"]
+            + [b"\t".join([n, *k.split(b":"), _WRONG]) for n, k in zip(numbers, keys, strict=True)]
+        ) + b"\n",
+        "tag": _file(b"versionkit list cache 2 s0", numbers, keys, wrong),
+        "truncated": good[: len(good) // 2 + 7],
+        "count": _file(header, numbers, keys, [*summaries[1:], _WRONG], len(numbers) - 1),
+        "extra line": _file(header, numbers, keys, [b"s1", *summaries]),
+        "number": _file(header, [b"x", *numbers[1:]], keys, summaries),
+        "stale": _file(header, numbers, keys, [b"s0\x1fx"] * len(numbers)),
+        "folder": b"",
+    }[case]
     if case == "folder":
         cache.unlink()
         cache.mkdir()
-    elif case == "truncated":
-        cache.write_bytes(good[: len(good) // 2 + 7])
-    elif case == "bad lines":
-        cache.write_bytes(b"\n".join([
-            lines[0], b"3\tx\t1\t2\t3\ts1", b"4\t1\t2", b"", b"\t\t\t\t\t",
-            b"5\t1\t2\t3\t4\ts1\x1fcompleted", *lines[1:4], b"x\ty",
-        ]))
-    elif case == "stale":  # the right keys, summaries of another format or none
-        cache.write_bytes(b"\n".join(
-            [lines[0]] + [b"\t".join([*ln.split(b"\t")[:5], b"s0\x1fx"]) for ln in lines[1:-1]]
-        ))
     else:
-        data = _BAD_CACHES[["empty", "binary", "old", "tag", "header"].index(case)]
-        if case in ("old", "tag", "header"):  # the right keys, but lines that would lie
-            wrong = b"s1\x1fWRONG" + b"\x1f" * 10
-            assert _list_cache.decode(0, wrong.decode()) is not None
-            data = b"\n".join([data] + [b"\t".join([*ln.split(b"\t")[:5], wrong])
-                                        for ln in lines[1:-1]]) + b"\n"
         cache.write_bytes(data)
     for flags in _ALL_FLAGS:
         assert _list(root, *flags, capsys=capsys) == expected[tuple(flags)], (case, flags)
@@ -197,6 +212,28 @@ def test_a_bad_cache_lists_the_records_silently(
         reads = _record_reads(monkeypatch, root)
         _list(root, capsys=capsys)
         assert sorted(reads) == [10, 13, 16], "rewritten whole"
+
+
+def test_the_cache_of_the_versionkit_before_is_read_and_rewritten(
+    root: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    expected = _expected(root, capsys, monkeypatch)
+    _list(root, capsys=capsys)
+    cache = _cache(root)
+    numbers, keys, summaries = _columns(cache.read_bytes())
+    cache.write_bytes(b"\n".join(  # one line per entry, as the versionkit before wrote it
+        [b"versionkit list cache 1 s1", b"4\t1\t2", b"x\ty"]
+        + [b"\t".join([n, *k.split(b":"), s])
+           for n, k, s in zip(numbers, keys, summaries, strict=True)]
+    ) + b"\n")
+    before = _list_cache.load(cache)
+    assert len(before) == 17 and before == {int(n): (k.decode(), s.decode()) for n, k, s in
+                                            zip(numbers, keys, summaries, strict=True)}
+    reads = _record_reads(monkeypatch, root)
+    assert _list(root, capsys=capsys) == expected[()]
+    assert sorted(reads) == [10, 13, 16], "only the records without a summary"
+    assert cache.read_bytes().startswith(_list_cache.HEADER.encode() + b"\n")
+    assert _list_cache.load(cache) == before
 
 
 def test_a_cache_that_cannot_be_written_costs_time_only(
@@ -256,3 +293,56 @@ def test_summaries_with_tabs_and_line_breaks(
     assert sorted(_list_cache.load(_cache(root))) == [0, 2, 3], "a line break is not cached"
     for flags in _ALL_FLAGS:
         assert _list(root, *flags, capsys=capsys) == expected[tuple(flags)], flags
+
+
+def test_a_record_is_read_whole_however_its_size_changed_since_its_stat(tmp_path: Path) -> None:
+    path = tmp_path / "r.json"
+    data = b'{"a": "' + b"x" * 70000 + b'"}'
+    path.write_bytes(data)
+    for size in (len(data), 0, 5, len(data) - 1, len(data) + 1, 2 * len(data)):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            assert _list_cache._read_sized(fd, size) == data, size
+        finally:
+            os.close(fd)
+
+
+_JSON_TEXTS = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner,
+                                                                 max_size=3),
+    max_leaves=8,
+).map(json.dumps)
+
+
+@given(text=_JSON_TEXTS, before=st.sampled_from(["", " ", "\n", "\ufeff", "x", "\t\r"]),
+       after=st.sampled_from(["", " ", "\n \t\r", "x", "}", "1", " 2", "\u2028", "\x00"]))
+def test_records_decode_as_json_loads_decodes_them(text: str, before: str, after: str) -> None:
+    """The listing's decoder gives what ``json.loads`` gives, or fails as it fails."""
+    whole = before + text + after
+    try:
+        expected: Any = ("value", json.loads(whole))
+    except ValueError as exc:
+        expected = ("error", str(exc))
+    try:
+        got: Any = ("value", filemod._loads(whole))
+    except ValueError as exc:
+        got = ("error", str(exc))
+    assert repr(got) == repr(expected)
+
+
+def test_the_record_numbers_are_the_names_the_backend_counts(tmp_path: Path) -> None:
+    """One regular expression per batch of names says what ``file._record_number`` says."""
+    names = ["0.json", "007.json", "00.json", "12.json", "12.json.tmp", ".12.json", "x.json",
+             "1e3.json", "-1.json", "\u0663.json", "9999999999999999999.json",
+             "10000000000000000000.json", "5.JSON", "6.json ", "7", "json",
+             *[f"{n}.json" for n in range(100, 100 + 2 * _list_cache._BATCH)]]
+    for name in names:
+        (tmp_path / name).write_text("{}")
+    fd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        got = _list_cache._numbers(fd)
+    finally:
+        os.close(fd)
+    expected = sorted(n for n in map(filemod._record_number, names) if n is not None)
+    assert got == expected and {0, 12, 9999999999999999999} <= set(got)

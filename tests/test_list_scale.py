@@ -244,3 +244,43 @@ def test_a_plain_stamp_is_read_by_its_hour_and_says_what_astimezone_says(
     for odd in ("2026-02-30T10:00:00+00:00", "2026-01-01T24:00:00+00:00",
                 "2026-01-01T10:00:00+25:00", "2026-01-01T10:61:00+00:00"):
         assert _common.when(odd) == odd  # not a time: shown as written
+
+
+def test_table_rows_added_in_chunks_are_the_rows_added_one_by_one() -> None:
+    rng = random.Random(5)
+    alphabet = ["a", "bb", "", "\x00", "é", " ", "\x1f", "-", "ccc  "]
+    rows = [[rng.choice(alphabet) * rng.randint(0, 3) for _ in range(4)]
+            for _ in range(3 * _common._CHUNK + 17)]
+    one, chunked = _common.Table(["W", "X", "Y", "Z"]), _common.Table(["W", "X", "Y", "Z"])
+    for row in rows:
+        one.add(row)
+    chunked.add_rows(iter(rows))
+    assert chunked.rows == one.rows and chunked.widths == one.widths
+    assert any("\ufffd" in row for row in chunked.rows), "NUL in a cell shows as U+FFFD"
+    with pytest.raises(ValueError):
+        _common.Table(["W", "X"]).add_rows([["1", "2", "3"]])  # one cell too many
+
+
+def test_folder_numbers_are_the_names_a_folder_scan_counts(tmp_path: Path) -> None:
+    """``version_N`` with N 1 to 19 ASCII digits, nothing else, in batches of names."""
+    from versionkit.layout import Layout
+    from versionkit.registry import folders
+
+    layout = Layout(tmp_path)
+    names = ["version_0", "version_007", "version_", "version_x1", "xversion_3", "version_4\n",
+             "version_\u0663", "version_5 ", "version_9999999999999999999",
+             "version_10000000000000000000", "version_-1", "Version_8", "version_6.bak",
+             *[f"version_{n}" for n in range(100, 100 + 3 * folders._BATCH)]]
+    for i, name in enumerate(names):
+        (layout.checkpoints if i % 2 else layout.logs).mkdir(exist_ok=True)
+        ((layout.checkpoints if i % 2 else layout.logs) / name).mkdir()
+    (layout.logs / "version_12").write_text("a file counts too")
+
+    def counted(name: str) -> int | None:  # the rule, name by name
+        digits = name[len("version_"):]
+        ok = name.startswith("version_") and digits.isdigit() and digits.isascii()
+        return int(digits) if ok and len(digits) <= 19 else None
+
+    expected = {n for name in [*names, "version_12"] if (n := counted(name)) is not None}
+    assert folders.Folders(layout).numbers() == expected
+    assert {0, 7, 12, 9999999999999999999} <= expected and 10**19 not in expected

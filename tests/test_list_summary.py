@@ -32,7 +32,10 @@ from versionkit.registry.summary import (
     decode,
     display_status_of,
     encode,
+    fields,
+    item_of,
     list_item,
+    split,
     summary_of,
 )
 from versionkit.registry.views import display_status
@@ -64,19 +67,23 @@ def test_the_summary_row_is_the_record_row(tmp_path: Path) -> None:
         item = list_item(n, record)
         text = encode(item)
         assert display_status_of(item) == display_status(record), record
+        assert item_of(n, fields(item)) == item, record
+        # The table formats the fields: of the stored text, or of the record without one.
+        got = fields(item)
         if text is None:
             assert any(isinstance(v, str) and SEP in v for v in record.values()), record
-            continue
-        assert text.startswith(TAG + SEP)
-        stored = decode(n, text)
-        assert stored == item, record
+        else:
+            assert text.startswith(TAG + SEP)
+            assert decode(n, text) == item, record
+            assert split(text) == got, record
         tags = {n: ["best", "x"]} if n % 2 else {}
         info = VersionInfo.from_record(record, tmp_path, tmp_path)
-        from_summary = _query._cells(_query._item_row(stored, []), tags, [])
+        summary = (n, _query._listed_status(got), got)
+        from_summary = list(next(_query._summary_cells(iter([summary]), tags)))
         from_record = _query._cells(_query._row(dict(record), []), tags, [])
         assert from_summary == from_record == _cells_through_the_view(info, tags.get(n, []))
         for key in ("version", "created", "status", "best", "last"):
-            assert _query._sort_value(_query._item_row(stored, []), key) == _query._sort_value(
+            assert _query._summary_sort_value(summary, key) == _query._sort_value(
                 _query._row(dict(record), []), key
             ), (key, record)
     assert [encode(list_item(r["version"], r)) is None for r in _more_odd_records()].count(
@@ -179,6 +186,7 @@ def test_list_reads_summaries_not_records(
     # backends that keep no summaries).
     with monkeypatch.context() as m:
         m.setattr(SQLBackend, "iter_summaries", Backend.iter_summaries)
+        m.setattr(SQLBackend, "iter_summary_fields", Backend.iter_summary_fields)
         expected = {tuple(f): _list(root, uri, *f, capsys=capsys) for f in _FLAGS}
     assert "dead" in expected[()] and "untracked" in expected[()]
     decoded: list[int] = []

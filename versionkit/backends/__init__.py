@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import importlib
 import os
-from importlib.metadata import entry_points
 from pathlib import Path
 
 from versionkit.backends.base import Backend, Record, redact_uri
@@ -53,6 +52,9 @@ def register_backend(scheme: str, cls: type[Backend], *, clobber: bool = False) 
 
 
 def _entry_points() -> dict[str, str]:
+    # Imported here: importlib.metadata costs ~18 ms, and the built-in schemes need none.
+    from importlib.metadata import entry_points
+
     return {ep.name.lower(): ep.value for ep in entry_points(group="versionkit.backends")}
 
 

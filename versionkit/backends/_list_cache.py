@@ -3,9 +3,9 @@
 ``<root>/.versionkit/list.cache`` (:data:`versionkit.layout.LIST_CACHE`) maps each
 record file to the stat it had when it was read and its list summary
 (:mod:`versionkit.registry.summary`), like git's index. A listing stats every record
-file (from the folder listing it makes anyway) and uses the cached summary only where
-the stat matches; any other record is read and summarised. So a stale, corrupt or
-missing cache costs time, never a wrong row: nothing else trusts it, ``repair`` need
+file (named by the folder listing it makes anyway) and uses the cached summary only
+where the stat matches; any other record is read and summarised. So a stale, corrupt
+or missing cache costs time, never a wrong row: nothing else trusts it, ``repair`` need
 not know it, and deleting it is harmless.
 
 Why the stat is a safe key: records are only ever replaced by a rename of a new file
@@ -19,58 +19,96 @@ its record's ctime is at least :data:`RACY_NS` older than the listing: a later c
 then has a later ctime. (Not covered: a clock stepped back by more than that, or a file
 server whose clock runs that far behind this host's.)
 
-The file: a header line (format and summary tag; another header: the whole file is
-ignored), then one line per version, ``N<TAB>mtime_ns<TAB>ctime_ns<TAB>size<TAB>ino
-<TAB>summary``; a bad line is ignored. After a listing that found misses the file is
-rewritten (temp file + rename) as best effort, without the registry lock: a read-only
-folder, a full disk or a concurrent listing never makes ``list`` fail or print.
+The file, in columns so that loading it and writing it are a few calls on whole
+strings rather than Python code per version: a header line (format and summary tag;
+another header: the whole file is ignored), the count N of entries, then N version
+numbers, N keys (``mtime_ns:ctime_ns:size:ino``) and N summaries, one a line, the k-th
+of each column being one entry. A file whose line count is not that is ignored whole
+(a short write, an edit); so is one whose numbers do not parse. The layout before (one
+line per entry) is read too, and rewritten. After a listing that found misses the file
+is rewritten (temp file + rename) as best effort, without the registry lock: a
+read-only folder, a full disk or a concurrent listing never makes ``list`` fail or
+print.
+
+The records are read relative to their folder's descriptor, each file once (its stat
+taken on the open file), and the record numbers come from one regular expression per
+batch of names, so what a listing costs per version is a stat (a read when it misses).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import time
 from collections.abc import Iterator
-from operator import itemgetter
+from itertools import islice
 from pathlib import Path
 
 from versionkit._atomic import write_atomic
 from versionkit.backends.base import Record
-from versionkit.backends.file import FileBackend, _read_fd, _record_number
+from versionkit.backends.file import FileBackend
 from versionkit.errors import BackendError
 from versionkit.layout import LIST_CACHE
-from versionkit.registry.summary import TAG, ListItem, decode, encode, list_item
+from versionkit.registry.summary import SEP, TAG, Fields, record_fields, split
 
-__all__ = ["HEADER", "RACY_NS", "iter_summaries", "load"]
+__all__ = ["HEADER", "RACY_NS", "iter_summary_fields", "load"]
 
 #: The first line; a file that starts with anything else is ignored.
-HEADER = f"versionkit list cache 1 {TAG}"
+HEADER = f"versionkit list cache 2 {TAG}"
+_HEADER_1 = f"versionkit list cache 1 {TAG}"  # the layout before (see _load_1)
 #: A record changed less than this before a listing is not cached by it (see above).
 RACY_NS = 3_000_000_000
 
-_Key = tuple[int, int, int, int]  # mtime_ns, ctime_ns, size, inode
-_Entry = tuple[_Key, str]
+_Entry = tuple[str, str]  # the key, the summary
+_NUL = "\0"
+#: ``N.json`` as the file backend writes it (``file._record_number``: 1 to 19 ASCII
+#: digits, no leading zero) between NULs.
+_RECORD = re.compile(r"\0(0|[1-9][0-9]{0,18})\.json(?=\0)")
+_BATCH = 4096
 
 
-def _key(st: os.stat_result) -> _Key:
-    return st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino
+def _key(st: os.stat_result) -> str:
+    return f"{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_size}:{st.st_ino}"
 
 
 def load(path: Path) -> dict[int, _Entry]:
-    """The cached entries by version number; ``{}`` when the file is missing, unreadable
-    or of another format."""
+    """The cached entries by version number; ``{}`` when the file is missing, unreadable,
+    of another format or not whole."""
+    return _load(path)[0]
+
+
+def _load(path: Path) -> tuple[dict[int, _Entry], bool]:
+    """:func:`load`, and whether the file is in the layout before (to be rewritten)."""
     try:
         with open(path, "rb") as f:
-            data = f.read()
-        text = data.decode("utf-8")
+            text = f.read().decode("utf-8")
     except (OSError, UnicodeDecodeError):
-        return {}
-    lines = text.split("\n")
-    if lines[0] != HEADER:
-        return {}
+        return {}, False
+    head, _, rest = text.partition("\n")
+    if head == _HEADER_1:
+        return _load_1(rest), True
+    count, _, rest = rest.partition("\n")
+    if head != HEADER or not (count.isdigit() and count.isascii()):
+        return {}, False
+    n = int(count)
+    lines = rest.split("\n")
+    if len(lines) != 3 * n + 1 or lines[-1]:
+        return {}, False
+    try:
+        numbers = list(map(int, lines[:n]))
+    except ValueError:
+        return {}, False
+    entries = zip(lines[n : 2 * n], lines[2 * n : 3 * n], strict=True)
+    return dict(zip(numbers, entries, strict=True)), False
+
+
+def _load_1(text: str) -> dict[int, _Entry]:
+    """The entries of a cache the versionkit before wrote (one line each,
+    ``N<TAB>mtime_ns<TAB>ctime_ns<TAB>size<TAB>ino<TAB>summary``; a bad line is
+    skipped), so that its first listing after an upgrade needs no record read."""
     cache: dict[int, _Entry] = {}
-    for line in lines[1:]:
+    for line in text.split("\n"):
         parts = line.split("\t", 5)
         if len(parts) != 6:
             continue
@@ -78,97 +116,127 @@ def load(path: Path) -> dict[int, _Entry]:
             n, mtime, ctime, size, ino = map(int, parts[:5])
         except ValueError:
             continue
-        cache[n] = ((mtime, ctime, size, ino), parts[5])
+        cache[n] = (f"{mtime}:{ctime}:{size}:{ino}", parts[5])
     return cache
 
 
-def _save(path: Path, entries: dict[int, _Entry]) -> None:
+def _save(path: Path, numbers: list[int], keys: list[str], summaries: list[str]) -> None:
     """Best effort: any failure leaves the old file (or none) and says nothing."""
-    body = "".join(
-        f"{n}\t{k[0]}\t{k[1]}\t{k[2]}\t{k[3]}\t{text}\n" for n, (k, text) in entries.items()
-    )
+    body = "\n".join([HEADER, str(len(numbers)), *map(str, numbers), *keys, *summaries, ""])
     with contextlib.suppress(OSError):  # DiskFullError is an OSError too
         # No fsync: a crash may leave a short or empty file, which only costs time.
-        write_atomic(path, f"{HEADER}\n{body}".encode(), sync=False)
+        write_atomic(path, body.encode(), sync=False)
 
 
-def _read_stat(path: str) -> tuple[bytes, os.stat_result]:
-    """The whole file and the stat of the very file read (taken before reading it)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+def _read_sized(fd: int, size: int) -> bytes:
+    """The whole file, ``size`` long when it has not changed since its stat: then one
+    read, without the read that finds the end."""
+    data = os.read(fd, size + 1)
+    if len(data) == size:
+        return data
+    chunks = [data]
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _read_record(
+    backend: FileBackend, folder: int, n: int
+) -> tuple[Record, os.stat_result] | None:
+    """Record ``n`` and the stat of the very file read (``None``: no record); the errors
+    of :meth:`FileBackend.get`."""
+    name = f"{n}.json"
     try:
-        st = os.fstat(fd)
-        return _read_fd(fd), st
-    finally:
-        os.close(fd)
-
-
-def _read_record(backend: FileBackend, path: str, n: int) -> tuple[Record, os.stat_result] | None:
-    """Record ``n`` and the stat of the file it was read from (``None``: no record); the
-    errors of :meth:`FileBackend.get`."""
-    try:
-        data, st = _read_stat(path)
+        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=folder)
+        try:
+            st = os.fstat(fd)
+            data = _read_sized(fd, st.st_size)
+        finally:
+            os.close(fd)
     except OSError as exc:
-        backend._unreadable(path, exc)
+        backend._unreadable(os.path.join(backend.records_dir, name), exc)
         return None
+    path = f"{backend.records_dir}{os.sep}{name}"  # for messages; as os.path.join spells it
     record = backend._parse_json(path, data)
     backend._check_version(path, n, record)
     return record, st
 
 
-def _stat_records(backend: FileBackend, stat: bool) -> list[tuple[int, os.stat_result | None]]:
-    """The record numbers and, with ``stat``, each record file's stat."""
-    found: list[tuple[int, os.stat_result | None]] = []
-    try:
-        with os.scandir(backend.records_dir) as entries:
-            for entry in entries:
-                n = _record_number(entry.name)
-                if n is None:
-                    continue
-                try:
-                    found.append((n, entry.stat() if stat else None))
-                except FileNotFoundError:  # removed since the folder was listed
-                    continue
-    except FileNotFoundError:
-        return []
-    except OSError as exc:
-        raise BackendError(f"cannot list {backend.records_dir}: {exc.strerror or exc}") from exc
-    found.sort(key=itemgetter(0))
+def _numbers(folder: int) -> list[int]:
+    """The record numbers in the folder (open as ``folder``), in increasing order."""
+    found: list[int] = []
+    with os.scandir(folder) as entries:
+        while names := [entry.name for entry in islice(entries, _BATCH)]:
+            found += map(int, _RECORD.findall(_NUL + _NUL.join(names) + _NUL))
+    found.sort()
     return found
 
 
-def iter_summaries(backend: FileBackend, *, newest_first: bool = False) -> Iterator[ListItem]:
-    """Every version's list summary in version order: cached where the record file's
-    stat matches, else read from the record (and the cache rewritten at the end)."""
+def iter_summary_fields(
+    backend: FileBackend, *, newest_first: bool = False
+) -> Iterator[tuple[int, Fields]]:
+    """Every version's list summary fields in version order: cached where the record
+    file's stat matches, else read from the record (and the cache rewritten at the end)."""
     start = time.time_ns()
     path = backend.state_dir / LIST_CACHE
-    cache = load(path)
-    records = _stat_records(backend, stat=bool(cache))  # no cache: every record is read
-    if newest_first:
-        records.reverse()
-    folder = os.path.join(backend.records_dir, "")
-    kept: dict[int, _Entry] = {}
+    cache, old_layout = _load(path)
+    try:
+        folder = os.open(backend.records_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        folder = -1
+    except OSError as exc:
+        raise BackendError(f"cannot list {backend.records_dir}: {exc.strerror or exc}") from exc
+    numbers_out: list[int] = []
+    keys_out: list[str] = []
+    summaries_out: list[str] = []
     added = 0
-    for n, st in records:
-        entry = cache.get(n)
-        if entry is not None and st is not None and entry[0] == _key(st):
-            item = decode(n, entry[1])
-            if item is not None:
-                kept[n] = entry
-                yield item
-                continue
-        got = _read_record(backend, f"{folder}{n}.json", n)
-        if got is None:  # removed since the folder was listed
-            continue
-        record, read = got
-        item = list_item(n, record)
-        text = encode(item)
-        # No summary (a field holds the separator), a line break in it, or a record too
-        # recent to trust its stat: listed from the record every time, as SQL does.
-        if text is not None and "\n" not in text and read.st_ctime_ns < start - RACY_NS:
-            kept[n] = (_key(read), text)
-            added += 1
-        yield item
-    if added or len(kept) != len(cache):
+    try:
+        try:
+            numbers = _numbers(folder) if folder >= 0 else []
+        except OSError as exc:
+            raise BackendError(
+                f"cannot list {backend.records_dir}: {exc.strerror or exc}"
+            ) from exc
         if newest_first:
-            kept = dict(sorted(kept.items()))
-        _save(path, kept)
+            numbers.reverse()
+        stat = os.stat
+        for n in numbers:
+            entry = cache.get(n)
+            if entry is not None:
+                try:
+                    st = stat(f"{n}.json", dir_fd=folder)
+                except FileNotFoundError:  # removed since the folder was listed
+                    continue
+                except OSError:
+                    st = None  # reading it says what is wrong
+                if st is not None and _key(st) == entry[0]:
+                    got = split(entry[1])
+                    if got is not None:
+                        numbers_out.append(n)
+                        keys_out.append(entry[0])
+                        summaries_out.append(entry[1])
+                        yield n, got
+                        continue
+            read = _read_record(backend, folder, n)
+            if read is None:  # removed since the folder was listed
+                continue
+            record, st = read
+            got = record_fields(record)
+            text = SEP.join(got)
+            # No summary (a field holds the separator), a line break in it, or a record
+            # too recent to trust its stat: listed from the record every time, as SQL does.
+            if (text.count(SEP) == len(got) - 1 and "\n" not in text
+                    and st.st_ctime_ns < start - RACY_NS):
+                numbers_out.append(n)
+                keys_out.append(_key(st))
+                summaries_out.append(text)
+                added += 1
+            yield n, got
+    finally:
+        if folder >= 0:
+            os.close(folder)
+    if added or old_layout or len(numbers_out) != len(cache):
+        if newest_first:
+            for column in (numbers_out, keys_out, summaries_out):
+                column.reverse()
+        _save(path, numbers_out, keys_out, summaries_out)

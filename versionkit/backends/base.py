@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from versionkit.errors import BackendError, VersionNotFoundError
 
 if TYPE_CHECKING:
-    from versionkit.registry.summary import ListItem
+    from versionkit.registry.summary import Fields, ListItem
 
 __all__ = [
     "MAX_NUMBER",
@@ -223,6 +223,17 @@ class Backend(abc.ABC):
 
         for record in self.iter_records(newest_first=newest_first):
             yield list_item(int(record["version"]), record)
+
+    def iter_summary_fields(self, *, newest_first: bool = False) -> Iterator[tuple[int, Fields]]:
+        """:meth:`iter_summaries` as ``(number, fields)``
+        (:func:`versionkit.registry.summary.fields`): what ``versionkit list`` formats,
+        without a ``ListItem`` per version. This default takes :meth:`iter_summaries`;
+        backends that keep summaries as text override it (and derive
+        :meth:`iter_summaries` from it)."""
+        from versionkit.registry.summary import fields
+
+        for item in self.iter_summaries(newest_first=newest_first):
+            yield item.version, fields(item)
 
     def numbers(self) -> set[int]:
         """The numbers that have a record (backends override it to skip the records)."""

@@ -7,7 +7,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -151,6 +151,14 @@ def dump_stream(items: Iterable[Any], out: TextIO) -> None:
 
 #: Joins a table row's cells while the table waits for its widths (no cell has it).
 _SEP = "\x00"
+_CHUNK = 1024  # rows whose widths Table.add_rows takes at once
+
+
+def _line(cells: Sequence[str]) -> str:
+    line = _SEP.join(cells)
+    if line.count(_SEP) != len(cells) - 1:
+        line = _SEP.join(cell.replace(_SEP, "\ufffd") for cell in cells)
+    return line
 
 
 class Table:
@@ -167,13 +175,30 @@ class Table:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def add(self, cells: list[str]) -> None:
+    def add(self, cells: Sequence[str]) -> None:
         """Add one row (as many cells as the header; NUL in a cell shows as U+FFFD)."""
         self.widths = list(map(max, self.widths, map(len, cells)))
-        line = _SEP.join(cells)
-        if line.count(_SEP) != len(cells) - 1:
-            line = _SEP.join(cell.replace(_SEP, "\ufffd") for cell in cells)
-        self.rows.append(line)
+        self.rows.append(_line(cells))
+
+    def add_rows(self, rows: Iterable[Sequence[str]]) -> None:
+        """:meth:`add` every row, a chunk of rows at a time: the widths of a chunk's
+        columns are taken column by column, and a chunk is checked for NUL at once."""
+        chunk: list[Sequence[str]] = []
+        for cells in rows:
+            chunk.append(cells)
+            if len(chunk) == _CHUNK:
+                self._add_chunk(chunk)
+                chunk = []
+        if chunk:
+            self._add_chunk(chunk)
+
+    def _add_chunk(self, chunk: list[Sequence[str]]) -> None:
+        self.widths = [max(w, max(map(len, column)))
+                       for w, column in zip(self.widths, zip(*chunk, strict=True), strict=True)]
+        lines = list(map(_SEP.join, chunk))
+        if "".join(lines).count(_SEP) != (len(self.widths) - 1) * len(lines):
+            lines = list(map(_line, chunk))
+        self.rows += lines
 
     def write(self, out: TextIO) -> None:
         """Write every row, padded to the columns' widths (a thousand lines a write)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, NamedTuple, TextIO
+from typing import TYPE_CHECKING, Any, NamedTuple, TextIO, TypeVar
 
 from versionkit.cli._common import (
     Table,
@@ -30,8 +30,25 @@ from versionkit.curate.listing import (
     unknown_columns,
 )
 from versionkit.errors import ConfigError, VersionNotFoundError
-from versionkit.registry.summary import ListItem, display_status_of, list_item, metric_cell
-from versionkit.registry.views import display_status, record_json
+from versionkit.registry.summary import (
+    F_BEST,
+    F_BEST_VALUE,
+    F_CREATED,
+    F_GIT,
+    F_HOST,
+    F_LAST,
+    F_LAST_VALUE,
+    F_NOTE,
+    F_PID,
+    F_PID_HOST,
+    F_STATUS,
+    Fields,
+    ListItem,
+    list_item,
+    metric_cell,
+    record_fields,
+)
+from versionkit.registry.views import display_status, process_gone, record_json
 from versionkit.sweep.records import record_in_sweep
 
 if TYPE_CHECKING:
@@ -74,23 +91,20 @@ def register(add: Adder) -> None:
 #
 # A listing formats every version, so it works on the raw records (no typed view per
 # version) and derives each cell once: this is the part of ``versionkit list`` that
-# grows with the history.
+# grows with the history. The table without ``--columns`` or ``--sweep`` goes further:
+# it formats each version's list summary fields (registry.summary) as they come.
 
 
 class _Row(NamedTuple):
     item: ListItem  # the cells that come from the record alone
     status: str  # as listed: dead for a running version whose process is gone
     columns: dict[str, Any]
-    record: Record | None  # only where the listing needs more than the summary
+    record: Record
 
 
 def _row(record: Record, columns: list[str]) -> _Row:
     return _Row(list_item(record["version"], record), display_status(record),
                 config_columns(record, columns) if columns else {}, record)
-
-
-def _item_row(item: ListItem, _columns: list[str]) -> _Row:
-    return _Row(item, display_status_of(item), {}, None)
 
 
 def _metric(at: MetricAt | None) -> dict[str, Any] | None:
@@ -110,14 +124,15 @@ def _sort_value(row: _Row, key: str) -> Any:
     return row.columns.get(key)
 
 
-def _list_rows(
-    reg: Registry, args: argparse.Namespace, tags: dict[int, list[str]]
-) -> Iterator[_Row]:
-    """Checks every flag first (nothing is printed before a refusal), then streams rows.
+class _Flags(NamedTuple):
+    columns: list[str]
+    statuses: set[str] | None
+    only: int | None  # the version --tag names
 
-    The table without ``--columns`` or ``--sweep`` needs only each version's list
-    summary (on SQL one short column, not the whole record); the rest reads records.
-    """
+
+def _list_flags(reg: Registry, args: argparse.Namespace,
+                tags: dict[int, list[str]]) -> _Flags:
+    """Checks every flag first: nothing is printed before a refusal."""
     columns = comma_list(args.columns, "--columns") if args.columns is not None else []
     statuses = set(comma_list(args.status, "--status")) if args.status is not None else None
     if args.limit is not None and args.limit < 0:
@@ -137,36 +152,104 @@ def _list_rows(
             raise ConfigError(
                 f"--sort {sort!r}: expected one of {', '.join(_SORTS)} or a --columns key"
             )
-    newest_first = args.limit is not None
+    return _Flags(columns, statuses, only)
+
+
+_T = TypeVar("_T")
+
+
+def _sorted(rows: Iterator[_T], sort: str | None, value: Callable[[_T, str], Any]) -> Iterator[_T]:
+    """``--sort KEY`` (``-KEY``: reversed, versions without a value still last)."""
+    if sort is None:
+        return rows
+    key = sort.lstrip("-")
+    ordered = sorted(rows, key=lambda r: sort_key(value(r, key)))
+    if sort.startswith("-"):
+        ordered = [r for r in ordered if value(r, key) is not None][::-1] + [
+            r for r in ordered if value(r, key) is None
+        ]
+    return iter(ordered)
+
+
+def _record_rows(reg: Registry, args: argparse.Namespace, flags: _Flags) -> Iterator[_Row]:
+    """The versions listed, each from its whole record (``--json``, ``--columns``,
+    ``--sweep``)."""
+    only, statuses = flags.only, flags.statuses
     filtered = statuses is not None or only is not None or args.sweep is not None
-    limit = None if filtered else args.limit
-    if columns or args.sweep is not None or args.json:
-        records = (iter([reg.get(only).record]) if only is not None else
-                   reg.iter_records(limit=limit, newest_first=newest_first))
-        return _rows(records, _row, args, columns, statuses, only)
-    items = (iter([list_item(only, reg.get(only).record)]) if only is not None else
-             reg.iter_summaries(limit=limit, newest_first=newest_first))
-    return _rows(items, _item_row, args, columns, statuses, only)
-
-
-def _rows(sources: Iterator[Any], make: Callable[[Any, list[str]], _Row],
-          args: argparse.Namespace, columns: list[str], statuses: set[str] | None,
-          only: int | None) -> Iterator[_Row]:
+    records = (iter([reg.get(only).record]) if only is not None else
+               reg.iter_records(limit=None if filtered else args.limit,
+                                newest_first=args.limit is not None))
     count = 0
-    for source in sources:
-        row = make(source, columns)
+    for record in records:
+        row = _row(record, flags.columns)
         if only is not None and row.item.version != only:
             continue
         if statuses is not None and row.status not in statuses and (
             row.item.status not in statuses
         ):
             continue
-        if args.sweep is not None and not record_in_sweep(row.record or {}, args.sweep):
+        if args.sweep is not None and not record_in_sweep(record, args.sweep):
             continue
         if args.limit is not None and count >= args.limit:
             break
         count += 1
         yield row
+
+
+#: A version of the summary table: (number, status as listed, summary fields).
+_Summary = tuple[int, str, Fields]
+
+
+def _summary_rows(reg: Registry, args: argparse.Namespace, flags: _Flags) -> Iterator[_Summary]:
+    """The versions listed, each from its list summary (the table without ``--columns``
+    or ``--sweep``: on SQL one short column, not the whole record)."""
+    only, statuses, limit = flags.only, flags.statuses, args.limit
+    if only is not None:
+        sources = iter([(only, record_fields(reg.get(only).record))])
+    else:
+        sources = reg.iter_summary_fields(limit=None if statuses is not None else limit,
+                                          newest_first=limit is not None)
+    count = 0
+    for n, got in sources:
+        status = recorded = got[F_STATUS]
+        if got[F_PID]:
+            status = _listed_status(got)
+        if statuses is not None and status not in statuses and recorded not in statuses:
+            continue
+        if limit is not None and count >= limit:
+            break
+        count += 1
+        yield n, status, got
+
+
+def _listed_status(got: Fields) -> str:
+    """``dead`` for a running version whose process on this host is gone, else the
+    recorded status (:func:`versionkit.registry.summary.display_status_of`)."""
+    pid = got[F_PID]
+    if pid and process_gone(int(pid), got[F_PID_HOST]):
+        return "dead"
+    return got[F_STATUS]
+
+
+def _summary_sort_value(row: _Summary, key: str) -> Any:
+    n, status, got = row
+    if key == "version":
+        return n
+    if key == "created":
+        return got[F_CREATED][1:] if got[F_CREATED] else None
+    if key == "status":
+        return status
+    value = got[F_BEST_VALUE if key == "best" else F_LAST_VALUE]
+    return float(value) if value else None
+
+
+def _summary_cells(rows: Iterator[_Summary],
+                   tags: dict[int, list[str]]) -> Iterator[tuple[str, ...]]:
+    for n, status, got in rows:
+        created, named = got[F_CREATED], tags.get(n)
+        yield (str(n), status, when(created[1:]) if created else "-", got[F_HOST], got[F_GIT],
+               (",".join(named) or "-") if named else "-", got[F_BEST], got[F_LAST],
+               got[F_NOTE])
 
 
 def _json_rows(reg: Registry, rows: Iterator[_Row],
@@ -176,7 +259,6 @@ def _json_rows(reg: Registry, rows: Iterator[_Row],
     logs = str(reg.log_dir(0))[:-1]
     for row in rows:
         record = row.record
-        assert record is not None, "--json lists records"
         n = record["version"]
         data = record_json(record, f"{checkpoints}{n}", f"{logs}{n}")
         data.update(tags=tags.get(n, []), note=record.get("note"), best=_metric(best_of(record)),
@@ -202,29 +284,30 @@ def cmd_list(reg: Registry, args: argparse.Namespace, out: TextIO) -> int:
     """``versionkit list``."""
     if args.root_ref is not None:
         raise UsageError("list takes an experiment root, not ROOT@version")
-    columns = comma_list(args.columns, "--columns") if args.columns is not None else []
+    if not (args.json or args.columns is not None or args.sweep is not None
+            or args.tag is not None) and hasattr(reg.backend, "read_directly"):
+        # The table reads the metadata and the summaries alone: on SQL, through the
+        # driver, without importing SQLAlchemy (see backends.sql.direct).
+        reg.backend.read_directly = True
     tags = tags_by_version(reg)
-    rows_iter = _list_rows(reg, args, tags)
-    if args.sort is not None:
-        key = args.sort.lstrip("-")
-        rows_all = sorted(rows_iter, key=lambda r: sort_key(_sort_value(r, key)))
-        if args.sort.startswith("-"):
-            rows_all = [r for r in rows_all if _sort_value(r, key) is not None][::-1] + [
-                r for r in rows_all if _sort_value(r, key) is None
-            ]
-        rows_iter = iter(rows_all)
-    if columns:
-        rows_list = list(rows_iter)
-        unknown_columns((r.record or {} for r in rows_list), columns)
-        rows_iter = iter(rows_list)
-    if args.json:
-        dump_stream(_json_rows(reg, rows_iter, tags), out)
-        return 0
+    flags = _list_flags(reg, args, tags)
+    columns = flags.columns
     header = ["VERSION", "STATUS", "CREATED", "HOST", "GIT", "TAGS", "BEST VAL_LOSS@STEP",
               "LAST VAL_LOSS@STEP", *[c.upper() for c in columns], "NOTE"]
     lines = Table(header)
-    for r in rows_iter:
-        lines.add(_cells(r, tags, columns))
+    if args.json or columns or args.sweep is not None:
+        rows = _sorted(_record_rows(reg, args, flags), args.sort, _sort_value)
+        if columns:
+            rows_list = list(rows)
+            unknown_columns((r.record for r in rows_list), columns)
+            rows = iter(rows_list)
+        if args.json:
+            dump_stream(_json_rows(reg, rows, tags), out)
+            return 0
+        lines.add_rows(_cells(r, tags, columns) for r in rows)
+    else:
+        summaries = _sorted(_summary_rows(reg, args, flags), args.sort, _summary_sort_value)
+        lines.add_rows(_summary_cells(summaries, tags))
     if len(lines) == 1:
         if args.sweep is not None:
             out.write(f"no versions of sweep {args.sweep} in {reg.root}\n")

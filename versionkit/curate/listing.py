@@ -67,13 +67,14 @@ def best_of(
 def last_of(record: Mapping[str, Any], metric: str = "val_loss") -> MetricAt | None:
     """The latest logged value of ``metric`` and the step it was logged at."""
     metrics = record.get("metrics")
-    if not isinstance(metrics, Mapping):
+    if type(metrics) is not dict and not isinstance(metrics, Mapping):  # dict: no ABC check
         return None
     value = _finite(metrics.get(metric))
     if value is None:
         return None
     step = record.get("metrics_step")
-    return value, step if isinstance(step, int) and not isinstance(step, bool) else None
+    return value, step if type(step) is int or (
+        isinstance(step, int) and not isinstance(step, bool)) else None
 
 
 def config_columns(record: Mapping[str, Any], keys: Sequence[str]) -> dict[str, Any]:

@@ -12,6 +12,8 @@ the counter is never below that highest folder once a full scan has been done.
 from __future__ import annotations
 
 import os
+import re
+from itertools import islice
 from pathlib import Path
 
 from versionkit.backends.base import MAX_NUMBER
@@ -21,6 +23,10 @@ from versionkit.layout import CHECKPOINTS, LOGS, VERSION_PREFIX, Layout, version
 __all__ = ["Folders"]
 
 _MAX_DIGITS = 19  # 2**62 has 19 digits; longer names are refused, never parsed
+#: ``version_N`` (N: 1 to 19 ASCII digits) between NULs: a name ``numbers`` counts.
+_NUL = "\0"
+_NUMBERED = re.compile(f"{_NUL}{re.escape(VERSION_PREFIX)}([0-9]{{1,{_MAX_DIGITS}}})(?={_NUL})")
+_BATCH = 4096
 
 
 class Folders:
@@ -43,21 +49,16 @@ class Folders:
 
     def numbers(self) -> set[int]:
         """Numbers N of every ``version_N`` entry in ``checkpoints/`` and ``logs/``."""
-        skip = len(VERSION_PREFIX)
         found: set[int] = set()
-        # Streamed, one comprehension over bare names: this is the part of a listing that
-        # grows, and its memory holds the numbers, not a list of every name.
+        # This is the part of a listing that grows with the history, so the names are
+        # read in batches and each batch is matched by one regular expression over its
+        # names joined by NUL (which no name holds): no Python code runs per name, and
+        # memory holds the numbers and one batch of names.
         for folder in (self.layout.checkpoints, self.layout.logs):
             try:
                 with os.scandir(folder) as entries:
-                    found.update(
-                        int(name[skip:])
-                        for name in (entry.name for entry in entries)
-                        if name.startswith(VERSION_PREFIX)
-                        and name[skip:].isdigit()
-                        and name[skip:].isascii()
-                        and len(name) - skip <= _MAX_DIGITS
-                    )
+                    while names := [entry.name for entry in islice(entries, _BATCH)]:
+                        found.update(map(int, _NUMBERED.findall(_NUL + _NUL.join(names) + _NUL)))
             except (FileNotFoundError, NotADirectoryError):
                 continue
             except OSError as exc:

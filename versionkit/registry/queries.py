@@ -14,7 +14,7 @@ import dataclasses
 import os
 from collections.abc import Callable, Iterator, Mapping
 from itertools import islice
-from operator import attrgetter, itemgetter
+from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
@@ -39,7 +39,6 @@ __all__ = ["Queries", "untracked_record"]
 
 C = TypeVar("C", bound="ConfigModel")
 _T = TypeVar("_T")
-_version = attrgetter("version")
 _List = list  # ``Queries.list`` shadows the builtin inside the class body
 _UNTRACKED_KEY = "untracked_folders"
 _UNTRACKED_CACHE_MAX = 1000
@@ -82,10 +81,16 @@ def _check_limit(limit: Any) -> None:
         raise RegistryError(f"limit must be an integer >= 0, got {limit!r}")
 
 
-def _untracked_item(n: int) -> ListItem:
-    from versionkit.registry.summary import list_item
+#: The summary fields of an untracked folder (they do not depend on its number).
+_UNTRACKED_FIELDS: _List[str] = []
 
-    return list_item(n, untracked_record(n))
+
+def _untracked_row(n: int) -> tuple[int, _List[str]]:
+    if not _UNTRACKED_FIELDS:
+        from versionkit.registry.summary import record_fields
+
+        _UNTRACKED_FIELDS[:] = record_fields(untracked_record(0))
+    return n, _UNTRACKED_FIELDS.copy()
 
 
 def _safe(path: str) -> bool:
@@ -192,8 +197,18 @@ class Queries:
     ) -> Iterator[ListItem]:
         """:meth:`iter_records` as list summaries (:mod:`versionkit.registry.summary`):
         what a ``versionkit list`` table shows, without decoding whole records where the
-        backend keeps summaries (SQL)."""
-        from versionkit.registry.summary import list_item
+        backend keeps summaries (SQL, and the file backend's list cache)."""
+        from versionkit.registry.summary import item_of
+
+        for n, got in self.iter_summary_fields(limit=limit, newest_first=newest_first):
+            yield item_of(n, got)
+
+    def iter_summary_fields(
+        self, *, limit: int | None = None, newest_first: bool = False
+    ) -> Iterator[tuple[int, _List[str]]]:
+        """:meth:`iter_summaries` as ``(number, fields)``
+        (:func:`versionkit.registry.summary.fields`), the form ``versionkit list`` formats."""
+        from versionkit.registry.summary import record_fields
 
         _check_limit(limit)
         # A backend that keeps summaries in pages reads the newest ones in a few pages;
@@ -201,15 +216,16 @@ class Queries:
         keeps = self.backend.pages_summaries
         if newest_first and limit is not None and limit <= _WALK_LIMIT and not keeps:
             for record in self.iter_records(limit=limit, newest_first=True):
-                yield list_item(int(record["version"]), record)
+                n = int(record["version"])
+                yield n, record_fields(record)
             return
         if limit == 0:
             return
         folders = sorted(self.folders.numbers(), reverse=newest_first)
-        items = self.backend.iter_summaries(newest_first=newest_first)
+        rows = self.backend.iter_summary_fields(newest_first=newest_first)
         if folders:
-            items = _with_untracked(items, folders, newest_first, _version, _untracked_item)
-        yield from items if limit is None else islice(items, limit)
+            rows = _with_untracked(rows, folders, newest_first, itemgetter(0), _untracked_row)
+        yield from rows if limit is None else islice(rows, limit)
 
     def _walk_down(self, limit: int) -> Iterator[Record]:
         """The latest ``limit`` versions, read one number at a time from the top.

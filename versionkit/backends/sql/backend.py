@@ -15,26 +15,25 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-import sqlalchemy as sa
-from sqlalchemy import exc
-from sqlalchemy.engine import Connection, Engine
-
 from versionkit._faults import pause_point
 from versionkit.backends.base import MAX_NUMBER, Backend, Change, Record, encode_json, redact_uri
-from versionkit.backends.sql import engine as engines
-from versionkit.backends.sql import schema, statements
-from versionkit.backends.sql.errors import RETRY_SQLSTATES, driver_message, sqlstate, translate
-from versionkit.backends.sql.uri import parse_uri
+from versionkit.backends.sql import direct
+from versionkit.backends.sql.names import LOCK_TIMEOUT_S
 from versionkit.errors import BackendError, CorruptStateError, VersionkitError, VersionNotFoundError
 
 if TYPE_CHECKING:
-    from versionkit.registry.summary import ListItem
+    import sqlalchemy as sa
+    from sqlalchemy import exc
+    from sqlalchemy.engine import URL, Connection, Engine
+
+    from versionkit.registry.summary import Fields, ListItem
 
 __all__ = ["SQLBackend"]
 
@@ -71,35 +70,87 @@ class SQLBackend(Backend):
     pages_summaries: ClassVar[bool] = True
 
     def __init__(
-        self, uri: str, root: Path, experiment: str, *, lock_timeout: float = engines.LOCK_TIMEOUT_S
+        self, uri: str, root: Path, experiment: str, *, lock_timeout: float = LOCK_TIMEOUT_S
     ) -> None:
-        url, override = parse_uri(uri)
+        #: Where reads may go through the driver alone (see :mod:`.direct`), until this
+        #: backend uses SQLAlchemy's engine; None: always through the engine.
+        self._direct = direct.target(uri)
+        self._sa_url: URL | None = None
+        if self._direct is None:
+            from versionkit.backends.sql.uri import parse_uri
+
+            self._sa_url, override = parse_uri(uri)
+            self._dialect = self._sa_url.get_backend_name()
+        else:  # a URI parse_uri takes as it is: parsed by SQLAlchemy when first needed
+            override, self._dialect = self._direct.experiment, self._direct.dialect
         super().__init__(uri, root, override if override is not None else experiment)
-        self._url = url
-        self._dialect = url.get_backend_name()
         self._closed = False
         #: Seconds a write waits for another writer's lock before ``LockTimeout``
         #: (``Registry(lock_timeout=...)`` sets it); negative: wait forever.
         self.lock_timeout = lock_timeout
+        #: Whether the experiment metadata and the list summaries may be read through the
+        #: driver alone (:mod:`.direct`), without importing SQLAlchemy, while this backend
+        #: has not used its engine. For a process that reads nothing else (``versionkit
+        #: list``, which sets it): another one would open a second connection for nothing.
+        self.read_directly = False
 
     def describe(self) -> str:
         return f"SQL registry {redact_uri(self.uri)}"
 
+    @property
+    def _url(self) -> URL:
+        """The SQLAlchemy URL of the database (parsed on first use)."""
+        if self._sa_url is None:
+            from versionkit.backends.sql.uri import parse_uri
+
+            self._sa_url = parse_uri(self.uri)[0]
+        return self._sa_url
+
     # -- connection plumbing ---------------------------------------------------------
 
     def _engine(self) -> Engine:
-        if self._closed:
-            raise BackendError(f"{self.describe()} was closed; open a new Registry to use it")
+        from versionkit.backends.sql import engine as engines
+
+        self._check_open()
+        self._direct = None  # from now on this backend reads through the engine too
         key, engine = engines.engine_for(self._url)
         if key not in engines.ready:
             self._setup(engine)
             engines.ready.add(key)
         return engine
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BackendError(f"{self.describe()} was closed; open a new Registry to use it")
+
+    @contextmanager
+    def _direct_reader(self) -> Iterator[direct.Connection | None]:
+        """A connection through the driver alone, or ``None``: read through the engine.
+
+        Only with :attr:`read_directly`, and only while this backend has not used its
+        engine (one that writes keeps one pool of connections); a URI, database or
+        failure that the direct way does not take switches it to the engine for good."""
+        self._check_open()
+        where = self._direct if self.read_directly else None
+        if where is None:
+            yield None
+            return
+        stack = ExitStack()
+        try:
+            conn = stack.enter_context(direct.connect(where, self.describe()))
+        except direct.Unusable:
+            conn = None
+        if conn is None:
+            self._direct = None
+        with stack:
+            yield conn
+
     @contextmanager
     def _transaction(self, engine: Engine, *, write: bool) -> Iterator[Connection]:
+        import sqlalchemy as sa
+
         # Negative or huge (inf): wait as long as the database allows.
-        default = self.lock_timeout == engines.LOCK_TIMEOUT_S
+        default = self.lock_timeout == LOCK_TIMEOUT_S
         wait_ms = int(self.lock_timeout * 1000) if 0 <= self.lock_timeout < 1e6 else None
         with engine.connect() as conn:
             if write:
@@ -117,6 +168,8 @@ class SQLBackend(Backend):
                 yield conn
 
     def _error(self, err: exc.SQLAlchemyError, action: str) -> VersionkitError:
+        from versionkit.backends.sql.errors import translate
+
         return translate(
             err,
             dialect=self._dialect,
@@ -128,6 +181,10 @@ class SQLBackend(Backend):
 
     def _run(self, action: str, body: Callable[[Engine], _T], *, retry: bool = False) -> _T:
         """Run ``body``, retrying database conflicts when ``retry``; map errors to ours."""
+        from sqlalchemy import exc
+
+        from versionkit.backends.sql.errors import RETRY_SQLSTATES, driver_message, sqlstate
+
         last: exc.SQLAlchemyError | None = None
         for attempt in range(_ATTEMPTS if retry else 1):
             try:
@@ -148,6 +205,11 @@ class SQLBackend(Backend):
 
     def _setup(self, engine: Engine) -> None:
         """Create or upgrade the tables once per process; safe when many processes race."""
+        import sqlalchemy as sa
+        from sqlalchemy import exc
+
+        from versionkit.backends.sql import schema
+
         try:
             with self._transaction(engine, write=False) as conn:
                 if schema.read_schema_version(conn, self.describe()) == schema.SCHEMA_VERSION:
@@ -176,6 +238,8 @@ class SQLBackend(Backend):
 
     def _lock_counter(self, conn: Connection) -> int:
         """Lock this experiment's counter row (creating it at 0) and return its value."""
+        from versionkit.backends.sql import schema, statements
+
         select, params = statements.hot().lock_counter, {"p_experiment": self.experiment}
         value = conn.execute(select, params).scalar_one_or_none()
         if value is None:
@@ -185,12 +249,18 @@ class SQLBackend(Backend):
         return int(value)
 
     def _set_counter(self, conn: Connection, value: int) -> None:
+        from versionkit.backends.sql import statements
+
         conn.execute(
             statements.hot().set_counter, {"p_experiment": self.experiment, "p_value": value}
         )
 
     def _index_checkpoints(self, conn: Connection, number: int, items: Any, *, fresh: bool) -> None:
         """Make this version's ``versionkit_checkpoints`` rows match ``items``."""
+        import sqlalchemy as sa
+
+        from versionkit.backends.sql import schema
+
         c = schema.checkpoints.c
         if not fresh:
             conn.execute(
@@ -224,12 +294,19 @@ class SQLBackend(Backend):
         )
 
     def _where(self, number: int) -> tuple[Any, ...]:
+        from versionkit.backends.sql import schema
+
         v = schema.versions.c
         return (v.experiment == self.experiment, v.number == number)
 
     # -- the primitives --------------------------------------------------------------
 
     def allocate(self, floor: int, record: Mapping[str, Any]) -> int:
+        import sqlalchemy as sa
+        from sqlalchemy import exc
+
+        from versionkit.backends.sql import schema, statements
+
         _check_floor(floor, "allocate's floor")
         payload = dict(record)
         payload.pop("version", None)  # the number column is the truth; reads add it back
@@ -240,7 +317,7 @@ class SQLBackend(Backend):
 
         def body(engine: Engine) -> int:
             nonlocal skip_to
-            default = self.lock_timeout == engines.LOCK_TIMEOUT_S
+            default = self.lock_timeout == LOCK_TIMEOUT_S
             try:
                 if self._dialect == "postgresql" and default and not items:
                     return self._allocate_in_one_statement(
@@ -285,6 +362,8 @@ class SQLBackend(Backend):
         commits, never across a client round trip: with 16 writers queueing on that
         one row, this is what sets the throughput.
         """
+        from versionkit.backends.sql import statements
+
         params = {
             "p_experiment": self.experiment,
             "p_floor": floor,
@@ -296,6 +375,10 @@ class SQLBackend(Backend):
             return int(conn.execute(statements.pg_allocate(), params).scalar_one())
 
     def get(self, number: int) -> Record | None:
+        import sqlalchemy as sa
+
+        from versionkit.backends.sql import schema
+
         self.check_number(number)
 
         def body(engine: Engine) -> Record | None:
@@ -313,6 +396,10 @@ class SQLBackend(Backend):
     def iter_records(self, *, newest_first: bool = False) -> Iterator[Record]:
         """Every record in growing pages of rows (keyset pagination: each page is one
         index range scan), so memory stays bounded however long the history is."""
+        import sqlalchemy as sa
+
+        from versionkit.backends.sql import schema
+
         v = schema.versions.c
         after: int | None = None
         page = _FIRST_PAGE
@@ -336,12 +423,21 @@ class SQLBackend(Backend):
 
     def iter_summaries(self, *, newest_first: bool = False) -> Iterator[ListItem]:
         """Every version's list summary from the ``summary`` column (see
-        :func:`versionkit.backends.sql.listing.iter_summaries`)."""
-        from versionkit.backends.sql.listing import iter_summaries
+        :func:`versionkit.backends.sql.listing.iter_summary_fields`)."""
+        from versionkit.registry.summary import item_of
 
-        return iter_summaries(self, newest_first=newest_first)
+        for n, got in self.iter_summary_fields(newest_first=newest_first):
+            yield item_of(n, got)
+
+    def iter_summary_fields(self, *, newest_first: bool = False) -> Iterator[tuple[int, Fields]]:
+        """:meth:`iter_summaries` as the fields of each summary."""
+        from versionkit.backends.sql.listing import iter_summary_fields
+
+        return iter_summary_fields(self, newest_first=newest_first)
 
     def numbers(self) -> set[int]:
+        from versionkit.backends.sql import schema
+
         def body(engine: Engine) -> set[int]:
             with self._transaction(engine, write=False) as conn:
                 # The driver's cursor: SQLAlchemy's per-row work would be most of the cost.
@@ -357,6 +453,10 @@ class SQLBackend(Backend):
 
     def modify(self, number: int, change: Change) -> Record:
         """Read-modify-write one record under its row lock (one transaction)."""
+        import sqlalchemy as sa
+
+        from versionkit.backends.sql import schema
+
         self.check_number(number)
 
         from versionkit.registry.summary import summary_of
@@ -392,6 +492,10 @@ class SQLBackend(Backend):
         return self._run(f"update version {number}", body, retry=True)
 
     def next_number(self) -> int:
+        import sqlalchemy as sa
+
+        from versionkit.backends.sql import schema
+
         def body(engine: Engine) -> int:
             e = schema.experiments.c
             with self._transaction(engine, write=False) as conn:
@@ -415,9 +519,16 @@ class SQLBackend(Backend):
         return self._run("raise the next version number", body, retry=True)
 
     def _read_meta(self, conn: Connection, *, lock: bool) -> Record:
+        import sqlalchemy as sa
+
+        from versionkit.backends.sql import schema
+
         m = schema.experiment_meta.c
         query = sa.select(m.meta).where(m.experiment == self.experiment)
         text = conn.execute(query.with_for_update() if lock else query).scalar_one_or_none()
+        return self._meta_of(text)
+
+    def _meta_of(self, text: str | None) -> Record:
         if text is None:
             return {}
         try:
@@ -435,6 +546,13 @@ class SQLBackend(Backend):
         return value
 
     def get_meta(self) -> Record:
+        with self._direct_reader() as reader:
+            if reader is not None:
+                try:
+                    return self._meta_of(reader.meta(self.experiment))
+                except direct.Unusable:
+                    self._direct = None
+
         def body(engine: Engine) -> Record:
             with self._transaction(engine, write=False) as conn:
                 return self._read_meta(conn, lock=False)
@@ -442,6 +560,10 @@ class SQLBackend(Backend):
         return self._run("read the experiment metadata", body)
 
     def modify_meta(self, change: Change) -> Record:
+        import sqlalchemy as sa
+
+        from versionkit.backends.sql import schema
+
         def body(engine: Engine) -> Record:
             with self._transaction(engine, write=True) as conn:
                 row = {"experiment": self.experiment, "meta": "{}"}
@@ -462,6 +584,8 @@ class SQLBackend(Backend):
 
     def best_candidates(self, metric: str, mode: str) -> Iterator[tuple[int, Record]]:
         """Best first, straight from the checkpoint index (one index range scan per page)."""
+        from versionkit.backends.sql import statements
+
         offset, page = 0, _FIRST_PAGE
         while True:
 
@@ -491,4 +615,7 @@ class SQLBackend(Backend):
         """Dispose this URL's pooled connections in this process; later calls fail."""
         if not self._closed:
             self._closed = True
-            engines.dispose_engine(self._url.render_as_string(hide_password=False))
+            # A backend that never parsed its URL for SQLAlchemy never used an engine.
+            engines = sys.modules.get("versionkit.backends.sql.engine")
+            if engines is not None and self._sa_url is not None:
+                engines.dispose_engine(self._sa_url.render_as_string(hide_password=False))

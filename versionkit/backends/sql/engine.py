@@ -17,12 +17,11 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine
 
+from versionkit.backends.sql.names import CONNECT_TIMEOUT_S, LOCK_TIMEOUT_S, pg_connect_args
+
 __all__ = ["CONNECT_TIMEOUT_S", "LOCK_TIMEOUT_S", "dispose_engine", "engine_for", "ready"]
 
-LOCK_TIMEOUT_S = 60.0  # default wait for SQLite's write lock or a PostgreSQL row lock
-CONNECT_TIMEOUT_S = 10  # PostgreSQL: how long a connection attempt may take
 _LOCK_TIMEOUT_S = LOCK_TIMEOUT_S
-_CONNECT_TIMEOUT_S = CONNECT_TIMEOUT_S
 
 _engines: dict[str, tuple[Engine, int]] = {}
 #: Engine keys whose table layout this process has checked.
@@ -72,19 +71,7 @@ def _create_engine(url: URL) -> Engine:
         event.listen(engine, "connect", _on_sqlite_connect)
         event.listen(engine, "begin", _on_sqlite_begin)
         return engine
-    query = dict(url.query)
-    connect_args: dict[str, Any] = {}
-    if "connect_timeout" not in query:
-        connect_args["connect_timeout"] = _CONNECT_TIMEOUT_S
-    if "application_name" not in query:
-        connect_args["application_name"] = "versionkit"
-    # A stuck row lock (a client hung mid-transaction) becomes LockTimeout, not a hang.
-    options = query.get("options", "")
-    if isinstance(options, tuple):
-        options = " ".join(options)
-    if "lock_timeout" not in options:
-        lock_ms = int(_LOCK_TIMEOUT_S * 1000)
-        connect_args["options"] = f"{options} -c lock_timeout={lock_ms}".strip()
+    connect_args = pg_connect_args(url.query, _LOCK_TIMEOUT_S)
     return sa.create_engine(
         url, pool_pre_ping=True, pool_size=2, max_overflow=8, connect_args=connect_args
     )

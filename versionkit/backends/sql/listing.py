@@ -3,61 +3,84 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.engine import Engine
+from versionkit.backends.sql import direct
+from versionkit.backends.sql.names import VERSIONS_TABLE
+from versionkit.registry.summary import Fields, record_fields, split
 
-from versionkit.backends.sql import schema
-from versionkit.backends.sql.backend import SQLBackend
-from versionkit.registry.summary import ListItem, decode, list_item
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
-__all__ = ["iter_summaries"]
+    from versionkit.backends.sql.backend import SQLBackend
+
+__all__ = ["iter_summary_fields"]
 
 #: Rows per query: few first (``--limit 20`` reads one page), then a few thousand
 #: (a summary is ~100 bytes).
 FIRST_PAGE, PAGE = 32, 8192
 
 
-def iter_summaries(backend: SQLBackend, *, newest_first: bool = False) -> Iterator[ListItem]:
-    """Every version's list summary, from the ``summary`` column in keyset pages
-    through the driver's cursor; a row without one (or of another format) is
-    summarised from its record."""
-    table, mark = schema.versions.name, "?" if backend._dialect == "sqlite" else "%s"
-    # The record travels only for a row without a summary.
-    head = (
-        f"SELECT number, summary, CASE WHEN summary IS NULL THEN record END "
-        f"FROM {table} WHERE experiment = {mark}"
-    )
-    tail = f" ORDER BY number {'DESC' if newest_first else 'ASC'} LIMIT {mark}"
+def _pages(backend: SQLBackend, newest_first: bool) -> Iterator[list[Any]]:
+    """``(number, summary, record)`` rows in keyset pages (the record only where the
+    summary is NULL): through the driver alone while it can (:mod:`.direct`), else, from
+    where it stopped, through SQLAlchemy's engine."""
     after: int | None = None
     page = FIRST_PAGE
-    while True:
+    with backend._direct_reader() as reader:
+        while True:
+            rows: list[Any] | None = None
+            if reader is not None:
+                try:
+                    rows = reader.summaries(backend.experiment, after, newest_first, page)
+                except direct.Unusable:
+                    reader = None
+            if rows is None:
+                rows = backend._run("list versions", _engine_page(backend, after, newest_first,
+                                                                  page))
+            yield rows
+            if len(rows) < page:
+                return
+            after = int(rows[-1][0])
+            page = min(4 * page, PAGE)
 
-        def body(engine: Engine, after: int | None = after, page: int = page) -> list[Any]:
-            sql, params = head, list[Any]([backend.experiment])
-            if after is not None:
-                sql += f" AND number {'<' if newest_first else '>'} {mark}"
-                params.append(after)
-            params.append(page)
-            with backend._transaction(engine, write=False) as conn:
-                cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-                cursor.execute(sql + tail, params)
-                return list(cursor.fetchall())
 
-        rows = backend._run("list versions", body)
+def _engine_page(backend: SQLBackend, after: int | None, newest_first: bool,
+                 page: int) -> Any:
+    mark = "?" if backend._dialect == "sqlite" else "%s"
+    sql = (f"SELECT number, summary, CASE WHEN summary IS NULL THEN record END "
+           f"FROM {VERSIONS_TABLE} WHERE experiment = {mark}")
+    params: list[Any] = [backend.experiment]
+    if after is not None:
+        sql += f" AND number {'<' if newest_first else '>'} {mark}"
+        params.append(after)
+    sql += f" ORDER BY number {'DESC' if newest_first else 'ASC'} LIMIT {mark}"
+    params.append(page)
+
+    def body(engine: Engine) -> list[Any]:
+        with backend._transaction(engine, write=False) as conn:
+            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            cursor.execute(sql, params)
+            return list(cursor.fetchall())
+
+    return body
+
+
+def iter_summary_fields(
+    backend: SQLBackend, *, newest_first: bool = False
+) -> Iterator[tuple[int, Fields]]:
+    """Every version's list summary fields, from the ``summary`` column; a row without
+    one (or of another format) is summarised from its record."""
+    for rows in _pages(backend, newest_first):
         for number, summary, text in rows:
-            item = decode(number, summary) if summary is not None else None
-            if item is None:
+            got = split(summary) if summary is not None else None
+            if got is None:
+                n = int(number)
                 if text is None:  # a summary of another format: read the record
-                    found = backend.get(int(number))
+                    found = backend.get(n)
                     if found is None:
                         continue
-                    yield list_item(int(number), found)
+                    got = record_fields(found)
                 else:
-                    yield list_item(int(number), backend._decode(int(number), text))
-            else:
-                yield item
-        if len(rows) < page:
-            return
-        after = int(rows[-1][0])
-        page = min(4 * page, PAGE)
+                    got = record_fields(backend._decode(n, text))
+            yield number, got

@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from versionkit.backends.base import checkpoint_metric, checkpoint_step
+from versionkit.backends.sql.names import SCHEMA_VERSION, TABLE_PREFIX
 from versionkit.errors import BackendError, CorruptStateError
 
 __all__ = [
@@ -43,10 +44,6 @@ __all__ = [
     "versions",
 ]
 
-#: Version of the table layout this code writes; a database at a higher one is refused.
-SCHEMA_VERSION = 3
-#: Every table this backend owns starts with this.
-TABLE_PREFIX = "versionkit_"
 
 metadata = sa.MetaData()
 meta = sa.Table(

@@ -17,13 +17,14 @@ the tables in schema ``myschema``; ``?connect_timeout=5`` shortens the connect w
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
-
-from sqlalchemy import exc
-from sqlalchemy.engine import URL, make_url
 
 from versionkit.backends.base import redact_uri
 from versionkit.errors import BackendError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 __all__ = ["SQLURIError", "parse_uri"]
 
@@ -36,6 +37,9 @@ class SQLURIError(BackendError, ValueError):
 
 def parse_uri(uri: str) -> tuple[URL, str | None]:
     """Turn a registry URI into the SQLAlchemy URL to connect to and the experiment override."""
+    from sqlalchemy import exc
+    from sqlalchemy.engine import make_url
+
     shown = redact_uri(uri)
     expected = "expected sqlite:///path/registry.db or postgresql://user@host:port/dbname"
     try:
