@@ -57,6 +57,8 @@ _PG_TAKEN = [
     "postgresql:///db",
     "postgresql://u@h/d%20b?connect_timeout=3",
     "postgresql://u:@h:0/db",
+    "postgresql://u:p%3Fw%40x@h:5/d%2Fb",
+    "postgresql://:pw@h/db",
 ]
 _PG_LEFT = [  # SQLAlchemy's path reads (or refuses) these
     "postgresql://u@[::1]:5432/db",
@@ -73,6 +75,11 @@ _PG_LEFT = [  # SQLAlchemy's path reads (or refuses) these
     "postgresql://u@h:abc/db",
     "postgresql://u@h:/db",
     "mysql://u@h/db",
+    "postgresql://u@x@h/db",
+    "postgresql://u:p?w@h/db",
+    "postgresql://u@h/db?x=1\n",
+    "postgresql://u@h:1:2/db",
+    "postgresql+psycopg2+x://u@h/db",
 ]
 
 

@@ -22,7 +22,6 @@ closes it, so nothing is left open when a ``Registry`` is not closed, or across 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.util import find_spec
@@ -42,33 +41,49 @@ from versionkit.errors import BackendError
 
 __all__ = ["Target", "Unusable", "connect", "target"]
 
-#: SQLAlchemy's URL pattern (``sqlalchemy.engine.url._parse_url``), so that a URI means
-#: here what it means there.
-_URL = re.compile(
-    r"""
-        (?P<name>[\w\+]+)://
-        (?:
-            (?P<username>[^:/]*)
-            (?::(?P<password>[^@]*))?
-        @)?
-        (?:
-            (?:
-                \[(?P<ipv6host>[^/\?]+)\] |
-                (?P<ipv4host>[^/:\?]+)
-            )?
-            (?::(?P<port>[^/\?]*))?
-        )?
-        (?:/(?P<database>[^\?]*))?
-        (?:\?(?P<query>.*))?
-        """,
-    re.X,
-)
 _POSTGRES = ("postgresql", "postgres", "postgresql+psycopg", "postgres+psycopg")
 _SQLITE = ("sqlite", "sqlite+pysqlite")
 
 
 class Unusable(Exception):
     """The direct read cannot go on; read through SQLAlchemy instead."""
+
+
+class _Parts(NamedTuple):
+    name: str
+    username: str | None
+    password: str | None
+    host: str | None
+    port: str | None
+    database: str
+    query: str
+
+
+def _split(uri: str) -> _Parts | None:
+    """``scheme://[user[:password]@][host][:port]/database[?query]``, or ``None`` for
+    anything less plain (no database part, IPv6 brackets, two ``@``, a ``?`` before the
+    path, control characters), which this module then leaves to SQLAlchemy. The tests
+    check the split against SQLAlchemy's ``make_url`` on the URIs it accepts."""
+    if any(ord(c) < 32 for c in uri):
+        return None
+    name, sep, rest = uri.partition("://")
+    if not sep or not name or not all(c.isalnum() or c in "_+" for c in name):
+        return None
+    netloc, slash, path = rest.partition("/")
+    if not slash or "?" in netloc or "[" in netloc or netloc.count("@") > 1:
+        return None
+    userinfo, at, hostport = netloc.rpartition("@")
+    username: str | None = None
+    password: str | None = None
+    if at:
+        username, colon, secret = userinfo.partition(":")
+        password = secret if colon else None
+    host, colon, port = hostport.partition(":")
+    if ":" in port:
+        return None
+    database, _, query = path.partition("?")
+    return _Parts(name, username, password, host or None, port if colon else None, database,
+                  query)
 
 
 class Target(NamedTuple):
@@ -84,12 +99,12 @@ class Target(NamedTuple):
 def target(uri: str) -> Target | None:
     """Where ``uri`` connects, or ``None`` when this module does not take it (a URI
     SQLAlchemy reads in a way not repeated here, or one that would be refused)."""
-    m = _URL.match(uri)
-    if m is None or m.end() != len(uri) or m["ipv6host"] is not None:
+    m = _split(uri)
+    if m is None:
         return None
-    backend, _, driver = m["name"].partition("+")
+    backend, _, driver = m.name.partition("+")
     name = f"{backend.lower()}+{driver}" if driver else backend.lower()
-    pairs = parse_qsl(m["query"] or "", keep_blank_values=True)
+    pairs = parse_qsl(m.query, keep_blank_values=True)
     query = dict(pairs)
     if len(query) != len(pairs) or ("experiment" in query and not query["experiment"].strip()):
         return None  # a key given twice, or an empty experiment: SQLAlchemy's path says so
@@ -97,12 +112,12 @@ def target(uri: str) -> Target | None:
     if any(not value for value in query.values()):
         return None  # SQLAlchemy drops blank values
     username, password, database = (
-        None if m[k] is None else unquote(m[k]) for k in ("username", "password", "database")
+        None if v is None else unquote(v) for v in (m.username, m.password, m.database)
     )
     if name in _SQLITE:
         if query or not database or database == ":memory:" or database.startswith("file:"):
             return None
-        if m["ipv4host"] or m["port"] or username is not None:
+        if m.host or m.port or username is not None:
             return None
         path = Path(database).expanduser()
         if path.is_dir() or not path.parent.is_dir():
@@ -110,7 +125,7 @@ def target(uri: str) -> Target | None:
         return Target("sqlite", path, experiment, None)
     if name not in _POSTGRES or not database or "host" in query or "port" in query:
         return None
-    port = m["port"]
+    port = m.port
     if port is not None and not (port.isdigit() and port.isascii()):
         return None
     if find_spec("psycopg") is None:
@@ -118,7 +133,7 @@ def target(uri: str) -> Target | None:
     # As SQLAlchemy's psycopg dialect builds them: the URL's parts that are set, its
     # query, then what every versionkit connection adds.
     args: dict[str, Any] = {}
-    for key, value in (("host", m["ipv4host"]), ("dbname", database), ("user", username),
+    for key, value in (("host", m.host), ("dbname", database), ("user", username),
                        ("password", password), ("port", int(port) if port else None)):
         if value:
             args[key] = value
