@@ -35,6 +35,7 @@ from versionkit.registry.summary import (
     fields,
     item_of,
     list_item,
+    listed_status,
     split,
     summary_of,
 )
@@ -78,7 +79,7 @@ def test_the_summary_row_is_the_record_row(tmp_path: Path) -> None:
             assert split(text) == got, record
         tags = {n: ["best", "x"]} if n % 2 else {}
         info = VersionInfo.from_record(record, tmp_path, tmp_path)
-        summary = (n, _query._listed_status(got), got)
+        summary = (n, listed_status(got), got)
         from_summary = list(next(_query._summary_cells(iter([summary]), tags)))
         from_record = _query._cells(_query._row(dict(record), []), tags, [])
         assert from_summary == from_record == _cells_through_the_view(info, tags.get(n, []))

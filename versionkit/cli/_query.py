@@ -40,15 +40,15 @@ from versionkit.registry.summary import (
     F_LAST_VALUE,
     F_NOTE,
     F_PID,
-    F_PID_HOST,
     F_STATUS,
     Fields,
     ListItem,
     list_item,
+    listed_status,
     metric_cell,
     record_fields,
 )
-from versionkit.registry.views import display_status, process_gone, record_json
+from versionkit.registry.views import display_status, record_json
 from versionkit.sweep.records import record_in_sweep
 
 if TYPE_CHECKING:
@@ -213,22 +213,13 @@ def _summary_rows(reg: Registry, args: argparse.Namespace, flags: _Flags) -> Ite
     for n, got in sources:
         status = recorded = got[F_STATUS]
         if got[F_PID]:
-            status = _listed_status(got)
+            status = listed_status(got)
         if statuses is not None and status not in statuses and recorded not in statuses:
             continue
         if limit is not None and count >= limit:
             break
         count += 1
         yield n, status, got
-
-
-def _listed_status(got: Fields) -> str:
-    """``dead`` for a running version whose process on this host is gone, else the
-    recorded status (:func:`versionkit.registry.summary.display_status_of`)."""
-    pid = got[F_PID]
-    if pid and process_gone(int(pid), got[F_PID_HOST]):
-        return "dead"
-    return got[F_STATUS]
 
 
 def _summary_sort_value(row: _Summary, key: str) -> Any:

@@ -23,7 +23,8 @@ from versionkit.curate.listing import MetricAt, best_of, last_of
 from versionkit.registry.views import dead_candidate, process_gone
 
 __all__ = ["SEP", "TAG", "Fields", "ListItem", "decode", "display_status_of", "encode", "fields",
-           "item_of", "list_item", "metric_cell", "record_fields", "split", "summary_of"]
+           "item_of", "list_item", "listed_status", "metric_cell", "record_fields", "split",
+           "summary_of"]
 
 #: Between fields; a text field holding it means "no summary, read the record".
 SEP = "\x1f"
@@ -105,12 +106,19 @@ def list_item(number: int, record: Mapping[str, Any]) -> ListItem:
     return item_of(number, record_fields(record))
 
 
-def display_status_of(item: ListItem) -> str:
+def listed_status(got: Fields) -> str:
     """``dead`` for a running version whose process on this host is gone, else the
-    recorded status: :func:`versionkit.registry.views.display_status` of the record."""
-    if item.pid is not None and process_gone(item.pid, item.pid_host):
+    recorded status: :func:`versionkit.registry.views.display_status` of the record,
+    from its summary :func:`fields`."""
+    pid = got[F_PID]
+    if pid and process_gone(int(pid), got[F_PID_HOST]):
         return "dead"
-    return item.status
+    return got[F_STATUS]
+
+
+def display_status_of(item: ListItem) -> str:
+    """:func:`listed_status` of an item."""
+    return listed_status(fields(item))
 
 
 def fields(item: ListItem) -> list[str]:
@@ -122,17 +130,20 @@ def fields(item: ListItem) -> list[str]:
             "" if item.last_value is None else repr(item.last_value)]
 
 
+def _join(got: Fields) -> str | None:
+    text = SEP.join(got)
+    return text if text.count(SEP) == _FIELDS - 1 else None
+
+
 def encode(item: ListItem) -> str | None:
     """The stored text of ``item`` (its version is the row's number), or ``None`` when
     a field holds ``SEP``."""
-    text = SEP.join(fields(item))
-    return text if text.count(SEP) == _FIELDS - 1 else None
+    return _join(fields(item))
 
 
 def summary_of(number: int, record: Mapping[str, Any]) -> str | None:
     """The stored summary text of a record (``None``: the listing reads the record)."""
-    text = SEP.join(record_fields(record))
-    return text if text.count(SEP) == _FIELDS - 1 else None
+    return _join(record_fields(record))
 
 
 def split(text: str) -> list[str] | None:
