@@ -148,6 +148,20 @@ def _message(err: BaseException, password: str | None) -> str:
     return message.replace(password, "***") if password else message
 
 
+def summaries_query(experiment: str, after: int | None, newest_first: bool,
+                    page: int) -> tuple[str, tuple[Any, ...]]:
+    """The query of one keyset page of ``(number, summary, record)`` after number
+    ``after`` (the record only where the summary is NULL); ``?`` marks parameters."""
+    sql = (f"SELECT number, summary, CASE WHEN summary IS NULL THEN record END "
+           f"FROM {VERSIONS_TABLE} WHERE experiment = ?")
+    params: tuple[Any, ...] = (experiment,)
+    if after is not None:
+        sql += f" AND number {'<' if newest_first else '>'} ?"
+        params += (after,)
+    sql += f" ORDER BY number {'DESC' if newest_first else 'ASC'} LIMIT ?"
+    return sql, (*params, page)
+
+
 class Connection:
     """One open driver connection, at the layout version this code reads."""
 
@@ -177,16 +191,8 @@ class Connection:
 
     def summaries(self, experiment: str, after: int | None, newest_first: bool,
                   page: int) -> list[tuple[int, str | None, str | None]]:
-        """One keyset page of ``(number, summary, record)``; the record only where the
-        summary is NULL."""
-        sql = (f"SELECT number, summary, CASE WHEN summary IS NULL THEN record END "
-               f"FROM {VERSIONS_TABLE} WHERE experiment = ?")
-        params: tuple[Any, ...] = (experiment,)
-        if after is not None:
-            sql += f" AND number {'<' if newest_first else '>'} ?"
-            params += (after,)
-        sql += f" ORDER BY number {'DESC' if newest_first else 'ASC'} LIMIT ?"
-        return self.rows(sql, (*params, page))
+        """One keyset page of :func:`summaries_query`."""
+        return self.rows(*summaries_query(experiment, after, newest_first, page))
 
 
 def _open_sqlite(path: Path) -> Connection | None:

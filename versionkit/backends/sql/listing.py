@@ -6,7 +6,6 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from versionkit.backends.sql import direct
-from versionkit.backends.sql.names import VERSIONS_TABLE
 from versionkit.registry.summary import Fields, record_fields, split
 
 if TYPE_CHECKING:
@@ -47,15 +46,9 @@ def _pages(backend: SQLBackend, newest_first: bool) -> Iterator[list[Any]]:
 
 def _engine_page(backend: SQLBackend, after: int | None, newest_first: bool,
                  page: int) -> Any:
-    mark = "?" if backend._dialect == "sqlite" else "%s"
-    sql = (f"SELECT number, summary, CASE WHEN summary IS NULL THEN record END "
-           f"FROM {VERSIONS_TABLE} WHERE experiment = {mark}")
-    params: list[Any] = [backend.experiment]
-    if after is not None:
-        sql += f" AND number {'<' if newest_first else '>'} {mark}"
-        params.append(after)
-    sql += f" ORDER BY number {'DESC' if newest_first else 'ASC'} LIMIT {mark}"
-    params.append(page)
+    sql, params = direct.summaries_query(backend.experiment, after, newest_first, page)
+    if backend._dialect != "sqlite":
+        sql = sql.replace("?", "%s")
 
     def body(engine: Engine) -> list[Any]:
         with backend._transaction(engine, write=False) as conn:
