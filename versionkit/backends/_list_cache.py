@@ -47,7 +47,7 @@ from pathlib import Path
 
 from versionkit._atomic import write_atomic
 from versionkit.backends.base import Record
-from versionkit.backends.file import FileBackend
+from versionkit.backends.file import FileBackend, _read_fd
 from versionkit.errors import BackendError
 from versionkit.layout import LIST_CACHE
 from versionkit.registry.summary import SEP, TAG, Fields, record_fields, split
@@ -132,12 +132,7 @@ def _read_sized(fd: int, size: int) -> bytes:
     """The whole file, ``size`` long when it has not changed since its stat: then one
     read, without the read that finds the end."""
     data = os.read(fd, size + 1)
-    if len(data) == size:
-        return data
-    chunks = [data]
-    while chunk := os.read(fd, 65536):
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return data if len(data) == size else data + _read_fd(fd)
 
 
 def _read_record(
