@@ -18,6 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_list_summary import _FLAGS, _fill
 
+from versionkit import _names
 from versionkit.backends import _list_cache
 from versionkit.backends import file as filemod
 from versionkit.backends.base import Backend
@@ -336,7 +337,7 @@ def test_the_record_numbers_are_the_names_the_backend_counts(tmp_path: Path) -> 
     names = ["0.json", "007.json", "00.json", "12.json", "12.json.tmp", ".12.json", "x.json",
              "1e3.json", "-1.json", "\u0663.json", "9999999999999999999.json",
              "10000000000000000000.json", "5.JSON", "6.json ", "7", "json",
-             *[f"{n}.json" for n in range(100, 100 + 2 * _list_cache._BATCH)]]
+             *[f"{n}.json" for n in range(100, 100 + 2 * _names._BATCH)]]
     for name in names:
         (tmp_path / name).write_text("{}")
     fd = os.open(tmp_path, os.O_RDONLY)

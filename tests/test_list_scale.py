@@ -263,6 +263,7 @@ def test_table_rows_added_in_chunks_are_the_rows_added_one_by_one() -> None:
 
 def test_folder_numbers_are_the_names_a_folder_scan_counts(tmp_path: Path) -> None:
     """``version_N`` with N 1 to 19 ASCII digits, nothing else, in batches of names."""
+    from versionkit import _names
     from versionkit.layout import Layout
     from versionkit.registry import folders
 
@@ -270,7 +271,7 @@ def test_folder_numbers_are_the_names_a_folder_scan_counts(tmp_path: Path) -> No
     names = ["version_0", "version_007", "version_", "version_x1", "xversion_3", "version_4\n",
              "version_\u0663", "version_5 ", "version_9999999999999999999",
              "version_10000000000000000000", "version_-1", "Version_8", "version_6.bak",
-             *[f"version_{n}" for n in range(100, 100 + 3 * folders._BATCH)]]
+             *[f"version_{n}" for n in range(100, 100 + 3 * _names._BATCH)]]
     for i, name in enumerate(names):
         (layout.checkpoints if i % 2 else layout.logs).mkdir(exist_ok=True)
         ((layout.checkpoints if i % 2 else layout.logs) / name).mkdir()

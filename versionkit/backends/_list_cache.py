@@ -39,13 +39,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import time
 from collections.abc import Iterator
-from itertools import islice
 from pathlib import Path
 
 from versionkit._atomic import write_atomic
+from versionkit._names import numbered, numbers_in
 from versionkit.backends.base import Record
 from versionkit.backends.file import FileBackend, _read_fd
 from versionkit.errors import BackendError
@@ -61,11 +60,9 @@ _HEADER_1 = f"versionkit list cache 1 {TAG}"  # the layout before (see _load_1)
 RACY_NS = 3_000_000_000
 
 _Entry = tuple[str, str]  # the key, the summary
-_NUL = "\0"
 #: ``N.json`` as the file backend writes it (``file._record_number``: 1 to 19 ASCII
-#: digits, no leading zero) between NULs.
-_RECORD = re.compile(r"\0(0|[1-9][0-9]{0,18})\.json(?=\0)")
-_BATCH = 4096
+#: digits, no leading zero).
+_RECORD = numbered(r"(0|[1-9][0-9]{0,18})\.json")
 
 
 def _key(st: os.stat_result) -> str:
@@ -159,12 +156,7 @@ def _read_record(
 
 def _numbers(folder: int) -> list[int]:
     """The record numbers in the folder (open as ``folder``), in increasing order."""
-    found: list[int] = []
-    with os.scandir(folder) as entries:
-        while names := [entry.name for entry in islice(entries, _BATCH)]:
-            found += map(int, _RECORD.findall(_NUL + _NUL.join(names) + _NUL))
-    found.sort()
-    return found
+    return sorted(numbers_in(folder, _RECORD))
 
 
 def iter_summary_fields(

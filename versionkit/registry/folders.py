@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import os
 import re
-from itertools import islice
 from pathlib import Path
 
+from versionkit._names import numbered, numbers_in
 from versionkit.backends.base import MAX_NUMBER
 from versionkit.errors import RegistryError
 from versionkit.layout import CHECKPOINTS, LOGS, VERSION_PREFIX, Layout, version_dir_name
@@ -23,10 +23,8 @@ from versionkit.layout import CHECKPOINTS, LOGS, VERSION_PREFIX, Layout, version
 __all__ = ["Folders"]
 
 _MAX_DIGITS = 19  # 2**62 has 19 digits; longer names are refused, never parsed
-#: ``version_N`` (N: 1 to 19 ASCII digits) between NULs: a name ``numbers`` counts.
-_NUL = "\0"
-_NUMBERED = re.compile(f"{_NUL}{re.escape(VERSION_PREFIX)}([0-9]{{1,{_MAX_DIGITS}}})(?={_NUL})")
-_BATCH = 4096
+#: ``version_N`` (N: 1 to 19 ASCII digits): a name ``numbers`` counts.
+_NUMBERED = numbered(f"{re.escape(VERSION_PREFIX)}([0-9]{{1,{_MAX_DIGITS}}})")
 
 
 class Folders:
@@ -50,15 +48,9 @@ class Folders:
     def numbers(self) -> set[int]:
         """Numbers N of every ``version_N`` entry in ``checkpoints/`` and ``logs/``."""
         found: set[int] = set()
-        # This is the part of a listing that grows with the history, so the names are
-        # read in batches and each batch is matched by one regular expression over its
-        # names joined by NUL (which no name holds): no Python code runs per name, and
-        # memory holds the numbers and one batch of names.
         for folder in (self.layout.checkpoints, self.layout.logs):
             try:
-                with os.scandir(folder) as entries:
-                    while names := [entry.name for entry in islice(entries, _BATCH)]:
-                        found.update(map(int, _NUMBERED.findall(_NUL + _NUL.join(names) + _NUL)))
+                found.update(numbers_in(folder, _NUMBERED))
             except (FileNotFoundError, NotADirectoryError):
                 continue
             except OSError as exc:
