@@ -49,7 +49,7 @@ from versionkit.backends.base import Record
 from versionkit.backends.file import FileBackend, _read_fd
 from versionkit.errors import BackendError
 from versionkit.layout import LIST_CACHE
-from versionkit.registry.summary import SEP, TAG, Fields, record_fields, split
+from versionkit.registry.summary import TAG, Fields, join, record_fields, split
 
 __all__ = ["HEADER", "RACY_NS", "iter_summary_fields", "load"]
 
@@ -209,11 +209,10 @@ def iter_summary_fields(
                 continue
             record, st = read
             got = record_fields(record)
-            text = SEP.join(got)
+            text = join(got)
             # No summary (a field holds the separator), a line break in it, or a record
             # too recent to trust its stat: listed from the record every time, as SQL does.
-            if (text.count(SEP) == len(got) - 1 and "\n" not in text
-                    and st.st_ctime_ns < start - RACY_NS):
+            if text is not None and "\n" not in text and st.st_ctime_ns < start - RACY_NS:
                 numbers_out.append(n)
                 keys_out.append(_key(st))
                 summaries_out.append(text)

@@ -23,7 +23,7 @@ from versionkit.curate.listing import MetricAt, best_of, last_of
 from versionkit.registry.views import dead_candidate, process_gone
 
 __all__ = ["SEP", "TAG", "Fields", "ListItem", "decode", "display_status_of", "encode", "fields",
-           "item_of", "list_item", "listed_status", "metric_cell", "record_fields", "split",
+           "item_of", "join", "list_item", "listed_status", "metric_cell", "record_fields", "split",
            "summary_of"]
 
 #: Between fields; a text field holding it means "no summary, read the record".
@@ -130,7 +130,8 @@ def fields(item: ListItem) -> list[str]:
             "" if item.last_value is None else repr(item.last_value)]
 
 
-def _join(got: Fields) -> str | None:
+def join(got: Fields) -> str | None:
+    """The stored text of summary fields, or ``None`` when a field holds ``SEP``."""
     text = SEP.join(got)
     return text if text.count(SEP) == _FIELDS - 1 else None
 
@@ -138,12 +139,12 @@ def _join(got: Fields) -> str | None:
 def encode(item: ListItem) -> str | None:
     """The stored text of ``item`` (its version is the row's number), or ``None`` when
     a field holds ``SEP``."""
-    return _join(fields(item))
+    return join(fields(item))
 
 
 def summary_of(number: int, record: Mapping[str, Any]) -> str | None:
     """The stored summary text of a record (``None``: the listing reads the record)."""
-    return _join(record_fields(record))
+    return join(record_fields(record))
 
 
 def split(text: str) -> list[str] | None:
