@@ -155,22 +155,24 @@ def test_a_changed_record_lists_its_new_content(
 def _columns(data: bytes) -> tuple[list[bytes], list[bytes], list[bytes]]:
     """The numbers, keys and summaries of a cache file."""
     lines = data.split(b"\n")
-    n = int(lines[1])
-    assert lines[0] == _list_cache.HEADER.encode() and len(lines) == 3 * n + 3
-    return lines[2 : 2 + n], lines[2 + n : 2 + 2 * n], lines[2 + 2 * n : 2 + 3 * n]
+    n = int(lines[2])  # after the header and the journal mark
+    assert lines[0] == _list_cache.HEADER.encode() and len(lines) == 3 * n + 4
+    return lines[3 : 3 + n], lines[3 + n : 3 + 2 * n], lines[3 + 2 * n : 3 + 3 * n]
 
 
 def _file(header: bytes, numbers: list[bytes], keys: list[bytes],
-          summaries: list[bytes], count: int | None = None) -> bytes:
+          summaries: list[bytes], count: int | None = None, mark: bool = True) -> bytes:
     n = len(numbers) if count is None else count
-    return b"\n".join([header, b"%d" % n, *numbers, *keys, *summaries, b""])
+    return b"\n".join([header, *([b""] if mark else []), b"%d" % n, *numbers, *keys,
+                        *summaries, b""])
 
 
 _WRONG = b"s1\x1fWRONG" + b"\x1f" * 10  # a summary that would show a wrong row
 
 
-@pytest.mark.parametrize("case", ["empty", "binary", "header", "version 1", "tag", "truncated",
-                                  "count", "extra line", "number", "stale", "folder"])
+@pytest.mark.parametrize("case", ["empty", "binary", "header", "version 1", "version 2", "tag",
+                                  "truncated", "count", "extra line", "number", "stale",
+                                  "folder"])
 def test_a_bad_cache_lists_the_records_silently(
     root: Path, case: str, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -192,7 +194,8 @@ def test_a_bad_cache_lists_the_records_silently(
             [b"versionkit list cache 1 s0"]
             + [b"\t".join([n, *k.split(b":"), _WRONG]) for n, k in zip(numbers, keys, strict=True)]
         ) + b"\n",
-        "tag": _file(b"versionkit list cache 2 s0", numbers, keys, wrong),
+        "version 2": _file(b"versionkit list cache 2 s0", numbers, keys, wrong, mark=False),
+        "tag": _file(b"versionkit list cache 3 s0", numbers, keys, wrong),
         "truncated": good[: len(good) // 2 + 7],
         "count": _file(header, numbers, keys, [*summaries[1:], _WRONG], len(numbers) - 1),
         "extra line": _file(header, numbers, keys, [b"s1", *summaries]),
@@ -267,15 +270,43 @@ def test_a_cache_that_cannot_be_written_costs_time_only(
         state.chmod(0o755)
 
 
-def test_a_record_changed_just_now_is_not_cached(
+def _decodes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts every record the listing decodes, by version number."""
+    decoded: list[int] = []
+    real = _list_cache._decode
+
+    def decode(backend: FileBackend, n: int, data: bytes) -> Any:
+        decoded.append(n)
+        return real(backend, n, data)
+
+    monkeypatch.setattr(_list_cache, "_decode", decode)
+    return decoded
+
+
+def test_a_record_changed_just_now_is_cached_by_its_bytes_not_its_stat(
     root: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.undo()  # the real rule: the records were written just now
+    with Registry(root) as reg:
+        reg.update(9, note="aaaa")
     _list(root, capsys=capsys)
-    assert _list_cache.load(_cache(root)) == {}
+    cached = _list_cache.load(_cache(root))
+    assert len(cached) == 17 and all(key.startswith("#") for key, _ in cached.values())
+    # Changed in place in the same breath, the same size, its mtime set back: only its
+    # bytes say it changed, and they do.
+    path = root / STATE_DIR / "versions" / "9.json"
+    st = path.stat()
+    with open(path, "r+b") as f:
+        f.write(path.read_bytes().replace(b"aaaa", b"dddd"))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    decoded = _decodes(monkeypatch)
+    assert "dddd" in _list(root, capsys=capsys)
+    assert sorted(decoded) == [9, 10, 13, 16], "the others are vouched for by their bytes"
+    # Old enough, they are keyed by their stat.
     monkeypatch.setattr(_list_cache, "RACY_NS", -(10**12))
     _list(root, capsys=capsys)
-    assert len(_list_cache.load(_cache(root))) == 17
+    cached = _list_cache.load(_cache(root))
+    assert len(cached) == 17 and not any(key.startswith("#") for key, _ in cached.values())
     # Deleting the cache is harmless.
     expected = _expected(root, capsys, monkeypatch)
     _cache(root).unlink()

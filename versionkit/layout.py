@@ -49,6 +49,9 @@ CHECKPOINT_SUFFIX = ".ckpt"
 #: Inside the state folder: the file backend's list cache (each record's list summary,
 #: checked against a stat of the record; deleting it only costs the next listing time).
 LIST_CACHE = "list.cache"
+#: Inside the state folder: the file backend's list journal (each record's list summary
+#: as its writer made it, checked against a digest of the record; a cache too).
+LIST_JOURNAL = "list.journal"
 #: Inside the state folder: rank 0's hand-over files for the other ranks of a run.
 RENDEZVOUS = "rendezvous"
 #: ModelCheckpoint's file name pattern (``auto_insert_metric_name=False``), as the seed shows.

@@ -11,6 +11,8 @@ Layout::
     <root>/.versionkit/lock.holder        "host pid time" of the current (or last) holder
     <root>/.versionkit/list.cache         list summaries by record stat: a reader's cache,
                                           written without the lock (see _list_cache)
+    <root>/.versionkit/list.journal       list summaries as each record's writer made them,
+                                          appended under the lock (see _list_journal)
 
 Every write happens under the lock and every state file is replaced atomically (temp
 file in the same folder, ``os.replace``, which replaces a symlink rather than writing
@@ -42,7 +44,7 @@ from versionkit._faults import pause_point
 from versionkit.backends._best_index import BestIndex
 from versionkit.backends.base import Backend, Change, Record, encode_json
 from versionkit.errors import BackendError, CorruptStateError, LockTimeout, VersionNotFoundError
-from versionkit.layout import STATE_DIR
+from versionkit.layout import LIST_JOURNAL, STATE_DIR
 
 if TYPE_CHECKING:
     import filelock
@@ -307,9 +309,18 @@ class FileBackend(Backend):
     def _write_counter(self, number: int) -> None:
         write_atomic(self.counter_path, encode_json({"next": number}, "counter").encode())
 
-    def _write_record(self, number: int, record: Mapping[str, Any]) -> None:
+    def _write_record(self, number: int, record: Mapping[str, Any]) -> bytes:
         data = encode_json(record, f"record of version {number}").encode("utf-8")
         write_atomic(Path(self._record_path(number)), data)
+        return data
+
+    def _journal(self, number: int, data: bytes, record: Mapping[str, Any]) -> None:
+        """The record's list summary into the list journal (see _list_journal): under the
+        lock, once the record is in place; best effort."""
+        from versionkit.backends import _list_journal
+
+        pause_point("journal:before-append")
+        _list_journal.append(self.state_dir / LIST_JOURNAL, number, data, record)
 
     def _wrap_os(self, exc: OSError) -> BackendError:
         where = exc.filename or self.state_dir
@@ -331,8 +342,9 @@ class FileBackend(Backend):
                 pause_point("allocate:after-counter")
                 if not has_counter:
                     self.best_index.create_empty()
-                self._write_record(number, data)
+                written = self._write_record(number, data)
                 fsync_dir(self.records_dir)
+                self._journal(number, written, data)
                 if data.get("checkpoints"):
                     self.best_index.change(number, [], data["checkpoints"])
             except OSError as exc:
@@ -400,6 +412,7 @@ class FileBackend(Backend):
                     self.best_index.change(number, old_items, new_items, removals=False)
                 write_atomic(Path(path), data)
                 fsync_dir(self.records_dir)
+                self._journal(number, data, new)
                 pause_point("modify:after-record")
                 if old_items != new_items:
                     self.best_index.change(number, old_items, new_items, additions=False)
