@@ -389,14 +389,17 @@ class SamplingConfig(ConfigSection):
         0,
         ge=0,
         le=65536,
-        description="The top level's first this many steps (AR: patches in raster order; "
-        "MAR: unmasking steps) sample at opening_temperature instead of temperature: the "
-        "first patches decide which digit or object is drawn, so a higher temperature there "
-        "keeps every mode and a lower one after it keeps strokes sharp. 0: never (the "
-        "reference).",
+        description="Unconditional samples: the top level's first this many steps (AR: "
+        "patches in raster order; MAR: unmasking steps) sample at opening_temperature "
+        "instead of temperature. Without a class the first patches decide which digit or "
+        "object is drawn, so a higher temperature there keeps every mode and a lower one "
+        "after it keeps strokes sharp. A class-conditional sample has its class to decide "
+        "that, and never opens. 0: never (the reference).",
     )
     opening_temperature: float = Field(
-        1.0, gt=0.0, description="Temperature of the top level's first opening_steps steps."
+        1.0,
+        gt=0.0,
+        description="Temperature of an unconditional sample's first opening_steps steps.",
     )
     filter_threshold: float = Field(
         1e-4,
@@ -410,9 +413,17 @@ class SamplingConfig(ConfigSection):
     num_images: PositiveInt = Field(16, description="Images in the validation grid.")
 
     def opening_overrides(
-        self, steps: int | None = None, temperature: float | None = None
+        self,
+        steps: int | None = None,
+        temperature: float | None = None,
+        *,
+        conditional: bool = False,
     ) -> dict[str, Any]:
-        """``FractalGen.sample``'s opening keywords: these, else the section's values."""
+        """``FractalGen.sample``'s opening keywords: these, else the section's values; for
+        ``conditional`` samples (with class labels) none, since their class decides what
+        is drawn (measured: opening them only costs cfg-3 accuracy, 0.98 -> 0.97)."""
+        if conditional:
+            return {"opening_steps": 0, "opening_temperature": 1.0}
         return {
             "opening_steps": int(self.opening_steps if steps is None else steps),
             "opening_temperature": float(

@@ -86,14 +86,16 @@ def _parser() -> argparse.ArgumentParser:
         "--opening_steps",
         type=int,
         default=None,
-        help="the top level's first N steps sample at --opening_temperature "
-        "(default: the config's sampling.opening_steps)",
+        help="the unconditional samples' first N top-level steps sample at "
+        "--opening_temperature; class-conditional samples never open (default: the "
+        "config's sampling.opening_steps)",
     )
     p.add_argument(
         "--opening_temperature",
         type=float,
         default=None,
-        help="temperature of those opening steps (default: the config's)",
+        help="temperature of the unconditional samples' opening steps (default: the "
+        "config's)",
     )
     p.add_argument(
         "--num_iter",

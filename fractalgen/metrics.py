@@ -153,7 +153,9 @@ def _sample(
             temperature=temperature,
             generator=generator,
             filter_threshold=float(sampling.filter_threshold),
-            **sampling.opening_overrides(settings.opening_steps, settings.opening_temperature),
+            **sampling.opening_overrides(
+                settings.opening_steps, settings.opening_temperature, conditional=part is not None
+            ),
         )
         out.append(imgs.cpu().numpy())
         progress()
@@ -315,7 +317,10 @@ def _opening(settings: dict[str, Any]) -> str:
     steps = int(settings.get("opening_steps", 0))
     if steps == 0:
         return ""
-    return f" (the first {steps} top-level steps at {settings['opening_temperature']:g})"
+    return (
+        f" (unconditional: the first {steps} top-level steps at "
+        f"{settings['opening_temperature']:g})"
+    )
 
 
 def format_table(result: dict[str, Any]) -> str:

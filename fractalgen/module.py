@@ -320,7 +320,7 @@ class FractalGenModule(pl.LightningModule):
                         temperature=sampling.temperature,
                         generator=generator,
                         filter_threshold=float(sampling.filter_threshold),
-                        **sampling.opening_overrides(),
+                        **sampling.opening_overrides(conditional=part is not None),
                     ).cpu()
                 )
         model.train(was_training)

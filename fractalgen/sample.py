@@ -109,15 +109,17 @@ def _parser() -> argparse.ArgumentParser:
         "--opening_steps",
         type=int,
         default=None,
-        help="sample the top level's first N steps (AR: patches; MAR: unmasking steps) at "
-        "--opening_temperature: they decide which digit is drawn (default: the config's "
-        "sampling.opening_steps; 0: never)",
+        help="--mode unconditional: sample the top level's first N steps (AR: patches; MAR: "
+        "unmasking steps) at --opening_temperature: without a class they decide which digit "
+        "is drawn (default: the config's sampling.opening_steps; 0: never). Class-"
+        "conditional samples never open",
     )
     p.add_argument(
         "--opening_temperature",
         type=limits.finite_float,
         default=None,
-        help="temperature of those opening steps (default: the config's)",
+        help="--mode unconditional: temperature of those opening steps (default: the "
+        "config's)",
     )
     p.add_argument(
         "--num_iter",
@@ -326,6 +328,16 @@ def _run(args: argparse.Namespace) -> int:
             raise SampleError(f"{flag} {value}: must be above 0 (it divides logits)", 2)
     if args.opening_steps is not None and args.opening_steps < 0:
         raise SampleError(f"--opening_steps {args.opening_steps}: must be at least 0", 2)
+    if args.mode == "class":
+        for flag, value in (
+            ("--opening_steps", args.opening_steps),
+            ("--opening_temperature", args.opening_temperature),
+        ):
+            if value is not None:
+                raise SampleError(
+                    f"{flag} applies to --mode unconditional only: a class-conditional "
+                    f"sample's class decides what is drawn, so it never opens", 2
+                )
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SampleError("--device cuda: no CUDA device is available here", 2)
     device = (
@@ -350,8 +362,6 @@ def _run(args: argparse.Namespace) -> int:
     cfg = float(args.cfg if args.cfg is not None else sampling.cfg)
     schedule = str(args.cfg_schedule or sampling.cfg_schedule)
     temperature = float(args.temperature if args.temperature is not None else sampling.temperature)
-    opening = sampling.opening_overrides(args.opening_steps, args.opening_temperature)
-
     labels: list[int] | None = None
     if args.mode == "class":
         if loaded.num_classes < 1:
@@ -362,6 +372,9 @@ def _run(args: argparse.Namespace) -> int:
         labels = sorted(classes[i * len(classes) // num_images] for i in range(num_images))
     elif args.classes is not None:
         raise SampleError("--classes only applies to --mode class", 2)
+    opening = sampling.opening_overrides(
+        args.opening_steps, args.opening_temperature, conditional=labels is not None
+    )
 
     generator = torch.Generator(device=device)
     generator.manual_seed(int(args.seed))

@@ -113,6 +113,27 @@ def test_the_judge_scores_what_the_samples_are(
     assert wrong["digits"]["conditional"]["cfg1"]["accuracy"] <= 0.1
 
 
+def test_only_the_unconditional_samples_open(
+    trained: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loaded = load_checkpoint(next((trained / "checkpoints" / "version_0").glob("step_*.ckpt")))
+    calls: set[tuple[bool, int, float]] = set()
+
+    def fake_sample(n: int, labels: Any, **kwargs: Any) -> torch.Tensor:
+        calls.add((labels is None, kwargs["opening_steps"], kwargs["opening_temperature"]))
+        return torch.zeros((n, 1, 8, 8), dtype=torch.uint8)
+
+    monkeypatch.setattr(loaded.model, "sample", fake_sample)
+    settings = fg_eval.EvalSettings(nll_draws=0, samples=10, cfgs=[1.0, 3.0],
+                                    opening_steps=3, opening_temperature=1.5)
+    result = fg_eval.evaluate(loaded, settings)
+    assert calls == {(False, 0, 1.0), (True, 3, 1.5)}
+    assert (result["settings"]["opening_steps"], result["settings"]["opening_temperature"]) == (
+        3, 1.5)
+    table = fg_eval.format_table({**result, "checkpoint": "c.ckpt", "version": 0, "step": 2})
+    assert "unconditional: the first 3 top-level steps at 1.5" in table
+
+
 def test_image_folders_get_the_nll_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from fractalgen.config import TrainConfig
     from fractalgen.module import FractalGenModule

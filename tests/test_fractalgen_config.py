@@ -281,6 +281,37 @@ def test_the_validation_grid_samples_with_the_configs_filter_threshold(
     assert seen == [0.003]
 
 
+@pytest.mark.parametrize(("classes", "opened"), [(10, (0, 1.0)), (0, (4, 1.3))])
+def test_the_validation_grid_opens_only_unconditional_samples(
+    monkeypatch: pytest.MonkeyPatch, classes: int, opened: tuple[int, float]
+) -> None:
+    import torch
+
+    from fractalgen.module import FractalGenModule
+
+    config = TrainConfig.model_validate(
+        {"model": {"embed_dim_list": [16, 8, 8], "num_blocks_list": [1, 1, 1],
+                   "num_heads_list": [2, 1, 1]},
+         "sampling": {"opening_steps": 4, "opening_temperature": 1.3, "num_images": 2,
+                      "num_iter_list": [1, 1]}}
+    )
+    module = FractalGenModule(config.model_dump(mode="json"), in_channels=1, num_classes=classes)
+    seen: list[tuple[object, ...]] = []
+
+    def fake(n: int, labels: object, **kwargs: float) -> torch.Tensor:
+        seen.append((labels is None, kwargs["opening_steps"], kwargs["opening_temperature"]))
+        return torch.zeros(n, 1, 8, 8, dtype=torch.uint8)
+
+    monkeypatch.setattr(module.model, "sample", fake)
+    module.sample_grid()
+    assert seen == [(classes == 0, *opened)]
+    assert config.sampling.opening_overrides(conditional=True) == {
+        "opening_steps": 0, "opening_temperature": 1.0}
+    assert config.sampling.opening_overrides(2, conditional=True)["opening_steps"] == 0
+    assert config.sampling.opening_overrides(2) == {"opening_steps": 2,
+                                                    "opening_temperature": 1.3}
+
+
 def test_model_settings_are_defined_and_validated_once() -> None:
     """ModelConfig is the model's one list of settings: the model takes exactly its fields,
     its defaults, and its validation (a CLI user and a Python caller get the same rule)."""

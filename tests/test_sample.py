@@ -247,6 +247,9 @@ def test_sampling_imports_no_lightning(trained: Path, tmp_path: Path) -> None:
         (["--temperature", "0"], "must be above 0"),
         (["--opening_temperature", "0"], "--opening_temperature 0.0: must be above 0"),
         (["--opening_steps", "-1"], "--opening_steps -1: must be at least 0"),
+        (["--opening_steps", "2"], "--opening_steps applies to --mode unconditional only"),
+        (["--mode", "class", "--opening_temperature", "1.2"],
+         "--opening_temperature applies to --mode unconditional only"),
     ],
 )
 def test_bad_arguments_exit_2(
