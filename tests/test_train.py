@@ -289,12 +289,15 @@ def test_train_fidelity_is_the_specs_reference_run_and_train_small_its_ar_varian
 
     small = load_yaml_config(TrainConfig, configs / "train_small.yaml")
     assert small.experiment.name == "fractalgen_small" and small.data.dataset == "digits"
-    # the same sizes and recipe, with AR levels and more null-class training (README)
+    # The same sizes, with AR levels, more null-class training, and lr 2e-3 with dropout
+    # 0.25 for 4,000 steps (README: "Unconditional samples").
     assert small.model.generator_type_list == ["ar", "ar"] and small.model.label_drop_prob == 0.3
-    same = {"generator_type_list", "label_drop_prob"}
+    assert small.model.attn_dropout == small.model.proj_dropout == 0.25
+    same = {"generator_type_list", "label_drop_prob", "attn_dropout", "proj_dropout"}
     assert {k: v for k, v in small.model.model_dump().items() if k not in same} == {
         k: v for k, v in m.model_dump().items() if k not in same}
-    assert small.optim == fidelity.optim and small.trainer == fidelity.trainer
+    assert small.optim == fidelity.optim.model_copy(update={"lr": 2e-3})
+    assert small.trainer == fidelity.trainer.model_copy(update={"max_steps": 4000})
     assert small.trainer.accelerator == "cpu"
 
 
