@@ -16,24 +16,25 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_file_list_cache import _ALL_FLAGS, _decodes, _expected, _list
+from test_file_list_cache import (  # noqa: F401 - the autouse fixture applies here too
+    _ALL_FLAGS,
+    _cache,
+    _decodes,
+    _expected,
+    _list,
+    _trust_fresh_records,
+)
 from test_list_summary import _fill
 from test_registry_crash_points import kill_at
 
 from versionkit.backends import _list_cache, _list_journal
 from versionkit.backends.file import FileBackend
-from versionkit.layout import LIST_CACHE, LIST_JOURNAL, STATE_DIR
+from versionkit.layout import LIST_JOURNAL, STATE_DIR
 from versionkit.registry import Registry
 from versionkit.registry.summary import join, record_fields
 
 REPO = Path(__file__).resolve().parents[1]
 NO_SUMMARY = [10, 13, 16]  # _fill's records whose fields hold the summary separator
-
-
-@pytest.fixture(autouse=True)
-def _trust_fresh_records(monkeypatch: pytest.MonkeyPatch) -> None:
-    # As in test_file_list_cache: stat keys for seconds-old records.
-    monkeypatch.setattr(_list_cache, "RACY_NS", -(10**12))
 
 
 @pytest.fixture
@@ -45,10 +46,6 @@ def root(tmp_path: Path) -> Path:
 
 def _journal(root: Path) -> Path:
     return root / STATE_DIR / LIST_JOURNAL
-
-
-def _cache(root: Path) -> Path:
-    return root / STATE_DIR / LIST_CACHE
 
 
 def _lines(root: Path) -> list[str]:
