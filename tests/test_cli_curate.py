@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from curate_support import checkpoint, cli, one_error_line, uri_fixture
 
+from versionkit.errors import BackendError
 from versionkit.registry import Registry
 
 vk_uri = uri_fixture()
@@ -144,6 +145,13 @@ def test_note_and_status(vk_uri: str, tmp_path: Path, capsys: pytest.CaptureFixt
     assert code == 2 and "at most 10000" in one_error_line(err)
     code, _, err = run("note", root, "1", "\x1b[31mred")
     assert code == 2 and "control characters" in one_error_line(err)
+    before = reg.get(1).record
+    # Bytes that were not UTF-8 on the command line arrive as lone surrogates.
+    code, _, err = run("note", root, "1", b"bad\xffnote".decode("utf-8", "surrogateescape"))
+    assert code == 2 and "must be UTF-8 text" in one_error_line(err)
+    with pytest.raises(BackendError, match="cannot be stored as UTF-8"):
+        reg.update(1, note="a\ud800b")  # the same through the API, for any text field
+    assert reg.get(1).record == before, "a refusal changes nothing"
     assert run("note", root, "1", "two\nlines")[0] == 0
     assert "two lines" in run("list", root)[1].splitlines()[2], "one line per version"
 

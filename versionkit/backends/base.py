@@ -77,9 +77,19 @@ def encode_json(value: Mapping[str, Any], what: str) -> str:
     metric that diverged is recorded as it was, not refused.
     """
     try:
-        return json.dumps(dict(value), ensure_ascii=False, separators=(",", ":"))
+        text = json.dumps(dict(value), ensure_ascii=False, separators=(",", ":"))
     except (TypeError, ValueError, RecursionError) as exc:
         raise BackendError(f"{what} is not JSON-able: {exc}") from exc
+    if not text.isascii():
+        try:  # a lone surrogate (bytes that were not UTF-8, e.g. from argv) cannot be stored
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise BackendError(
+                f"{what} holds text that cannot be stored as UTF-8: "
+                f"{text[exc.start : exc.end]!r}, a lone surrogate (a byte that was not "
+                f"UTF-8, e.g. on a command line); nothing was written"
+            ) from exc
+    return text
 
 
 def decode_json(text: str | bytes) -> Any:

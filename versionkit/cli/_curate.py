@@ -110,6 +110,10 @@ def cmd_note(reg: Registry, args: argparse.Namespace, out: TextIO) -> int:
     if bad is not None:
         raise ConfigError(f"a note cannot contain control characters (found {bad!r}); "
                           f"newlines and tabs are fine")
+    undecoded = next((c for c in text if 0xD800 <= ord(c) <= 0xDFFF), None)
+    if undecoded is not None:
+        raise ConfigError(f"a note must be UTF-8 text; it holds {undecoded!r}, a byte that "
+                          f"is not UTF-8 (check the terminal's or the script's encoding)")
     n = resolve(reg, ref)
     reg.update(n, note=text or None)
     if args.json:
