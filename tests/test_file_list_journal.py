@@ -30,7 +30,7 @@ from test_registry_crash_points import kill_at
 from versionkit.backends import _list_cache, _list_journal
 from versionkit.backends.file import FileBackend
 from versionkit.layout import LIST_JOURNAL, STATE_DIR
-from versionkit.registry import Registry
+from versionkit.registry import Registry, summary
 from versionkit.registry.summary import join, record_fields
 
 REPO = Path(__file__).resolve().parents[1]
@@ -222,6 +222,18 @@ def test_a_journal_that_cannot_be_written_never_fails_a_write(
     monkeypatch.setattr(os, "write", full)
     with Registry(root) as reg:
         assert reg.allocate().version == 3
+    monkeypatch.undo()
+    # A summary that fails (a bug) does not fail the write either: no line, the record in.
+    lines = _lines(root)
+
+    def broken(record: Any) -> Any:
+        raise RuntimeError("a bug in the summary")
+
+    monkeypatch.setattr(summary, "record_fields", broken)
+    with Registry(root) as reg:
+        reg.update(3, note="kept")
+        assert reg.get(3).record["note"] == "kept"
+    assert _lines(root) == lines
     monkeypatch.undo()
     monkeypatch.setattr(_list_cache, "RACY_NS", -(10**12))
     out = _list(root, capsys=capsys)

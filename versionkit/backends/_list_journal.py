@@ -81,7 +81,10 @@ def line(number: int, data: bytes, record: Mapping[str, Any]) -> bytes | None:
 def append(path: Path, number: int, data: bytes, record: Mapping[str, Any]) -> None:
     """Journal record ``number`` as just written (``data``, its file's bytes): called
     under the registry lock, after the record is in place. Best effort (see above)."""
-    entry = line(number, data, record)
+    try:
+        entry = line(number, data, record)
+    except Exception:  # a summary that fails must not fail the write; a listing decodes it
+        return
     if entry is None:
         return
     flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
