@@ -92,6 +92,10 @@ def append(path: Path, number: int, data: bytes, record: Mapping[str, Any]) -> N
         fd = os.open(path, flags, 0o644)
         try:
             size = os.fstat(fd).st_size
+            if size and _base(os.pread(fd, 256, 0)) is None:
+                # Another format, or a damaged header: no listing reads it, so start anew.
+                write_atomic(path, header(len(entry)) + entry, sync=False)
+                return
             os.write(fd, entry if size else header(0) + entry)
             size += len(entry)
             if size > COMPACT_AT:
@@ -149,6 +153,8 @@ def load(path: Path, mark: str) -> tuple[Journal, str]:
         marked, _, end = mark.rpartition(" ")
         if marked == head_text and end.isdigit() and end.isascii():
             start = max(start, int(end))
+            if start > os.fstat(fd).st_size:  # cut shorter since: read it whole
+                start = len(header_bytes) + 1
         data = _read_from(fd, start)
     except OSError:
         return {}, ""
