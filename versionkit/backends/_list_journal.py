@@ -28,9 +28,10 @@ after that). Bounded: when an append takes the file past :data:`COMPACT_AT` byte
 twice BASE, the writer rewrites it with the last line per version (under the same
 lock), so it holds about one line per version and each line is copied a bounded number
 of times; a file whose header is not one (another format, a damaged start) is started
-anew by the next append, since no listing reads it. Best effort: the journal is a cache, so failing to append or rewrite it
-(a full disk, a read-only folder, a symlink planted in its place) never fails the write
-and says nothing; the listing then reads those records.
+anew by the next append, since no listing reads it. Best effort: the journal is a
+cache, so failing to append or rewrite it (a full disk, a read-only folder, a symlink
+planted in its place, a summary that raises) never fails the write and says nothing;
+the listing then reads those records.
 """
 
 from __future__ import annotations
