@@ -234,7 +234,7 @@ def iter_summary_fields(
             if read is None:  # removed since the folder was listed
                 continue
             data, st = read
-            got, text = _vouched(data, journal.get(n), entry)
+            got, text, digest = _vouched(data, journal.get(n), entry)
             if got is None:
                 got = record_fields(_decode(backend, n, data))
                 text = join(got)
@@ -246,7 +246,7 @@ def iter_summary_fields(
                 if st.st_ctime_ns < start - RACY_NS:
                     key = _key(st)
                 else:
-                    key = "#" + _list_journal.digest(data, text)
+                    key = "#" + (digest or _list_journal.digest(data, text))
                 numbers_out.append(n)
                 keys_out.append(key)
                 summaries_out.append(text)
@@ -265,9 +265,9 @@ def iter_summary_fields(
 
 def _vouched(
     data: bytes, line: tuple[str, str] | None, entry: _Entry | None
-) -> tuple[Fields | None, str | None]:
-    """The summary (fields, text) that the journal's line or a digest entry of the cache
-    gives for a record file's bytes, where one matches them; else ``(None, None)``."""
+) -> tuple[Fields | None, str | None, str | None]:
+    """The summary (fields, text) and digest that the journal's line or a digest entry of
+    the cache gives for a record file's bytes, where one matches them; else Nones."""
     candidates = [line] if line is not None else []
     if entry is not None and entry[0][:1] == "#":
         candidates.append((entry[0][1:], entry[1]))
@@ -275,5 +275,5 @@ def _vouched(
         if _list_journal.digest(data, text) == digest:
             got = split(text)
             if got is not None:
-                return got, text
-    return None, None
+                return got, text, digest
+    return None, None, None

@@ -39,11 +39,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from versionkit._atomic import write_atomic
+from versionkit.backends.file import _read_fd
 
 __all__ = ["COMPACT_AT", "PREFIX", "Journal", "append", "digest", "header", "line", "load"]
 
@@ -94,16 +95,15 @@ def append(path: Path, number: int, data: bytes, record: Mapping[str, Any]) -> N
         fd = os.open(path, flags, 0o644)
         try:
             size = os.fstat(fd).st_size
-            if size and _base(os.pread(fd, 256, 0)) is None:
+            base = _base(os.pread(fd, 256, 0)) if size else 0
+            if base is None:
                 # Another format, or a damaged header: no listing reads it, so start anew.
                 write_atomic(path, header(len(entry)) + entry, sync=False)
                 return
             os.write(fd, entry if size else header(0) + entry)
             size += len(entry)
-            if size > COMPACT_AT:
-                base = _base(os.pread(fd, 256, 0))
-                if base is None or size > 2 * base:
-                    _compact(path, fd)
+            if size > COMPACT_AT and size > 2 * base:
+                _compact(path, fd)
         finally:
             os.close(fd)
 
@@ -117,24 +117,25 @@ def _base(head: bytes) -> int | None:
     return int(base) if base.isdigit() and base.isascii() else None
 
 
-def _compact(path: Path, fd: int) -> None:
-    """Rewrite the journal with the last line per version (lines that do not parse go)."""
-    text = _read_from(fd, 0).decode("utf-8", "replace")
-    last: dict[str, str] = {}
-    for text_line in text.split("\n")[1:-1]:
+def _lines(text: str) -> Iterator[tuple[str, str, str]]:
+    """(N, DIGEST, SUMMARY) of each whole line of ``text`` that parses as one."""
+    for text_line in text.split("\n")[:-1]:
         n, _, rest = text_line.partition(" ")
-        if n.isdigit() and n.isascii() and len(rest) > _DIGEST_LEN and rest[_DIGEST_LEN] == " ":
-            last[n] = text_line
-    body = "".join(f"{kept}\n" for kept in last.values()).encode("utf-8")
-    write_atomic(path, header(len(body)) + body, sync=False)
+        if len(rest) > _DIGEST_LEN and rest[_DIGEST_LEN] == " " and n.isdigit() and n.isascii():
+            yield n, rest[:_DIGEST_LEN], rest[_DIGEST_LEN + 1 :]
 
 
 def _read_from(fd: int, offset: int) -> bytes:
-    chunks = []
-    while chunk := os.pread(fd, 1 << 20, offset):
-        chunks.append(chunk)
-        offset += len(chunk)
-    return b"".join(chunks)
+    os.lseek(fd, offset, os.SEEK_SET)
+    return _read_fd(fd)
+
+
+def _compact(path: Path, fd: int) -> None:
+    """Rewrite the journal with the last line per version (lines that do not parse go)."""
+    text = _read_from(fd, 0).decode("utf-8", "replace").partition("\n")[2]
+    last = {n: f"{n} {digest} {summary}\n" for n, digest, summary in _lines(text)}
+    body = "".join(last.values()).encode("utf-8")
+    write_atomic(path, header(len(body)) + body, sync=False)
 
 
 def load(path: Path, mark: str) -> tuple[Journal, str]:
@@ -164,9 +165,5 @@ def load(path: Path, mark: str) -> tuple[Journal, str]:
         os.close(fd)
     whole = data.rfind(b"\n") + 1  # a line still being written waits for the next listing
     text = data[:whole].decode("utf-8", "replace")
-    journal: Journal = {}
-    for text_line in text.split("\n")[:-1]:
-        n, _, rest = text_line.partition(" ")
-        if len(rest) > _DIGEST_LEN and rest[_DIGEST_LEN] == " " and n.isdigit() and n.isascii():
-            journal[int(n)] = (rest[:_DIGEST_LEN], rest[_DIGEST_LEN + 1 :])
+    journal: Journal = {int(n): (digest, summary) for n, digest, summary in _lines(text)}
     return journal, f"{head_text} {start + whole}"
