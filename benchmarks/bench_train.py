@@ -15,6 +15,10 @@ Figures (one JSON line each):
   ``lightning_overhead_cpu_pct``;
 - ``train_small_wall_s``: ``python main.py --config config/train_small.yaml`` from start
   to exit, as a user runs it (target <= 300 s); skipped with ``--quick``.
+- with ``--malloc-ab N``, ``train_malloc_kept_s`` / ``train_malloc_default_s`` /
+  ``train_malloc_saved_pct``: ``main.py`` for N steps as it runs (it keeps freed memory,
+  ``fractalgen._memory``) and with glibc's defaults, alternating ``--repeats`` times;
+  the saving is the median of the per-pair ratios.
 
 Both step timings exclude validation and start-up: they time steps ``warmup..steps`` of
 each run; plain and Lightning runs alternate ``--repeats`` times; step times are medians
@@ -197,6 +201,50 @@ def train_small_wall(config_path: Path) -> float:
     return wall
 
 
+# main.py as it is, or with fractalgen._memory's call made a no-op (glibc's defaults).
+_MAIN_DEFAULT_MALLOC = (
+    "import sys, fractalgen._memory as m; m.keep_freed_memory = lambda: False; "
+    "from fractalgen.train import main; sys.argv[0] = 'main.py'; raise SystemExit(main())"
+)
+
+
+def train_wall(config_path: Path, steps: int, *, keep: bool) -> float:
+    """Seconds for a ``steps``-step ``main.py`` run, with or without kept freed memory."""
+    head = [str(REPO / "main.py")] if keep else ["-c", _MAIN_DEFAULT_MALLOC]
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        env.pop("VERSIONKIT_RUN", None)
+        start = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, *head, "--config", str(config_path), "--max_steps", str(steps)],
+            cwd=tmp,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"main.py run failed:\n{proc.stderr[-3000:]}")
+    return wall
+
+
+def malloc_ab(config_path: Path, steps: int, repeats: int, machine: str) -> None:
+    """Emit the ``train_malloc_*`` figures (ABBA order, like the step timings)."""
+    kept: list[float] = []
+    default: list[float] = []
+    for i in range(repeats):
+        order = (True, False) if i % 2 == 0 else (False, True)
+        for keep in order:
+            (kept if keep else default).append(train_wall(config_path, steps, keep=keep))
+    for name, runs in (("kept", kept), ("default", default)):
+        _emit(f"train_malloc_{name}_s", statistics.median(runs), "s", "reference", machine,
+              runs=[round(r, 2) for r in runs], steps=steps)
+    saved = [(1.0 - k / d) * 100.0 for k, d in zip(kept, default, strict=True)]
+    _emit("train_malloc_saved_pct", statistics.median(saved), "%", "reference", machine,
+          pairs=[round(r, 2) for r in saved], steps=steps)
+
+
 def main() -> int:
     """Run the benchmark; prints JSON lines."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -205,6 +253,13 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps at the start")
     parser.add_argument("--repeats", type=int, default=5, help="alternating runs of each")
     parser.add_argument("--quick", action="store_true", help="skip the full train_small run")
+    parser.add_argument(
+        "--malloc-ab",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="also time main.py for STEPS steps with and without kept freed memory",
+    )
     parser.add_argument(
         "--breakdown",
         action="store_true",
@@ -284,6 +339,8 @@ def main() -> int:
                 clock=what,
                 note="Lightning's loop alone: lightning_step - this is versionkit's share",
             )
+    if args.malloc_ab > 0:
+        malloc_ab(Path(args.config), args.malloc_ab, args.repeats, machine)
     if not args.quick:
         _emit("train_small_wall_s", train_small_wall(Path(args.config)), "s", "<= 300", machine)
     return 0

@@ -160,7 +160,10 @@ def _parse(argv: list[str]) -> LoadedConfig[TrainConfig]:
 
 def _objective(ctx: TrialContext) -> TrainResult:
     """Train one trial: one version, the trial's callbacks in its trainer."""
+    from fractalgen._memory import keep_freed_memory
     from fractalgen.train import train
+
+    keep_freed_memory()  # a sweep's own process (or worker): see fractalgen._memory
 
     command = ["fractalgen-train", *ctx.loaded.flags]
     if ctx.loaded.config_file is not None:

@@ -133,6 +133,7 @@ def _quiet_lightning() -> Iterator[None]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Train; returns the exit code (0 done, 2 bad input, 3 not found, 130 interrupted)."""
     from fractalgen._cli import run_cli
+    from fractalgen._memory import keep_freed_memory
     from fractalgen.config import parse_train_args
 
     args = list(sys.argv[1:] if argv is None else argv)
@@ -145,6 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             sys.stdout.write(dump_config(_resume_plan(loaded)[2]))
             return 0
+        keep_freed_memory()  # this command's own process: see fractalgen._memory
         result = train(loaded, command=[prog, *args])
         return {"completed": 0, "interrupted": 130}.get(result.status, 1)
 
