@@ -170,6 +170,12 @@ class ModelConfig(ConfigSection):
     num_conds: PositiveInt | None = Field(
         None, description="Condition tokens per MAR level; null: 1 for ar, 5 for mar."
     )
+    ar_order: Literal["raster", "center"] = Field(
+        "raster",
+        description="Order in which AR levels generate their patches: raster (the "
+        "reference's, row by row) or center (nearest the centre first, ties in raster "
+        "order; the first patches are then the ones that tell digits apart).",
+    )
     guiding_pixel: bool = Field(
         False, description="Predict each patch's mean colour first (levels above 0)."
     )
@@ -390,7 +396,7 @@ class SamplingConfig(ConfigSection):
         ge=0,
         le=65536,
         description="Unconditional samples: the top level's first this many steps (AR: "
-        "patches in raster order; MAR: unmasking steps) sample at opening_temperature "
+        "patches in model.ar_order; MAR: unmasking steps) sample at opening_temperature "
         "instead of temperature. Without a class the first patches decide which digit or "
         "object is drawn, so a higher temperature there keeps every mode and a lower one "
         "after it keeps strokes sharp. A class-conditional sample has its class to decide "

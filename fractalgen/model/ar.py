@@ -1,9 +1,10 @@
 """Autoregressive (AR) FractalGen level: a causal LlamaGen-style transformer over patches.
 
 The sequence is ``[condition, patch_0, ..., patch_{L-2}]``; the output at position ``i``
-is the condition handed to the next level for patch ``i`` (raster order). Positions carry
-a learned embedding plus a 2D rotary embedding; the condition token's entry is all zeros,
-as in the reference (see ``rope_2d_table``).
+is the condition handed to the next level for patch ``i``. Patches go in raster order, as
+in the reference, or centre first (``order="center"``, see :func:`patch_order`). Positions
+carry a learned embedding plus a 2D rotary embedding of the patch's place on the grid; the
+condition token's entry is all zeros, as in the reference (see ``rope_2d_table``).
 
 Sampling embeds each new token once and extends a per-block key/value cache, instead of
 re-embedding and re-attending the whole prefix at every step as the reference does.
@@ -19,13 +20,33 @@ from fractalgen.model.blocks import KVCache, LlamaBlock, init_weights, rope_2d_t
 from fractalgen.model.common import NextLevel, patchify, unpatchify
 from fractalgen.model.pixel import channel_stats, normalize_channels
 
-__all__ = ["ARLevel"]
+__all__ = ["AR_ORDERS", "ARLevel", "patch_order"]
+
+
+AR_ORDERS = ("raster", "center")
+
+
+def patch_order(grid: int, order: str) -> Tensor:
+    """Raster indices of a ``grid`` x ``grid`` level's patches, in generation order.
+
+    ``"raster"``: row by row, as the reference. ``"center"``: by distance from the grid's
+    centre, nearest first, ties in raster order (a 4 x 4 grid starts with its four middle
+    patches). On a 2 x 2 grid every patch is as near as the others, so both are raster.
+    """
+    cells = list(range(grid * grid))
+    if order == "center":
+        mid = (grid - 1) / 2
+        cells.sort(key=lambda k: ((k // grid - mid) ** 2 + (k % grid - mid) ** 2, k))
+    elif order != "raster":
+        raise ValueError(f"order must be one of {AR_ORDERS}, got {order!r}")
+    return torch.tensor(cells, dtype=torch.long)
 
 
 class ARLevel(nn.Module):
     """One causal level over a square grid of ``seq_len`` patches."""
 
     rope: Tensor
+    order_index: Tensor
     pix_mean: Tensor
     pix_std: Tensor
 
@@ -41,6 +62,7 @@ class ARLevel(nn.Module):
         num_heads: int,
         dropout: float = 0.1,
         grad_checkpointing: bool = False,
+        order: str = "raster",
     ) -> None:
         """Create the level.
 
@@ -55,6 +77,8 @@ class ARLevel(nn.Module):
             dropout: Residual and feed-forward dropout (the reference's 0.1; no dropout on
                 attention probabilities, as in the reference).
             grad_checkpointing: Recompute block activations in backward to save memory.
+            order: ``"raster"`` (the reference's) or ``"center"``: the order in which
+                patches are generated (see :func:`patch_order`).
         """
         super().__init__()
         self.seq_len = seq_len
@@ -71,9 +95,15 @@ class ARLevel(nn.Module):
         )
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         grid = round(seq_len**0.5)
-        self.register_buffer(
-            "rope", rope_2d_table(grid, embed_dim // num_heads, num_prefix=1), persistent=False
-        )
+        self.order = order
+        order_index = patch_order(grid, order)
+        # Sequence position i + 1 holds the i-th patch generated: its RoPE entry is that
+        # patch's place on the grid (entry 0, the condition token's, stays first).
+        rope = rope_2d_table(grid, embed_dim // num_heads, num_prefix=1)
+        rope = rope[torch.cat([torch.zeros(1, dtype=torch.long), order_index + 1])]
+        self.register_buffer("rope", rope, persistent=False)
+        self.register_buffer("order_index", order_index, persistent=False)
+        self._raster = order == "raster"
         mean, std = channel_stats(in_channels)
         self.register_buffer("pix_mean", mean, persistent=False)
         self.register_buffer("pix_std", std, persistent=False)
@@ -121,6 +151,8 @@ class ARLevel(nn.Module):
         """
         del generator, out_conds
         patches = patchify(imgs, self.patch_size)
+        if not self._raster:
+            patches = patches[:, self.order_index]  # children in generation order
         n = patches.shape[0]
         # The last patch's token would only feed a position past the end: skip it.
         x = self._run(self._embed(cond[:, 0], patches[:, :-1]))
@@ -144,7 +176,7 @@ class ARLevel(nn.Module):
         opening_steps: int = 0,
         opening_temperature: float = 1.0,
     ) -> Tensor:
-        """Generate patches in raster order, one per step (``num_iter`` is ignored).
+        """Generate patches in the level's order, one per step (``num_iter`` is ignored).
 
         Args:
             cond: Conditions (N2, k, cond_dim); doubled [class; null] when ``guided``.
@@ -204,4 +236,8 @@ class ARLevel(nn.Module):
             temp = opening_temperature if step < opening_steps else temperature
             sampled = next_level(h.unsqueeze(1), cfg_iter, temp)
             patches[:, step] = sampled.reshape(n, dim).to(patches.dtype)
+        if not self._raster:
+            placed = torch.empty_like(patches)
+            placed[:, self.order_index] = patches
+            patches = placed
         return unpatchify(patches, self.patch_size, self.in_channels)

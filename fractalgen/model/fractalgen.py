@@ -65,8 +65,8 @@ class FractalGen(nn.Module):
         The model's settings are defined, documented and validated in one place,
         :class:`fractalgen.config.ModelConfig` (the ``model`` section of the training
         config): ``img_size_list``, ``embed_dim_list``, ``num_blocks_list``,
-        ``num_heads_list``, ``generator_type_list``, ``num_conds``, ``guiding_pixel``,
-        ``label_drop_prob``, ``attn_dropout``, ``proj_dropout``, ``r_weight`` and
+        ``num_heads_list``, ``generator_type_list``, ``num_conds``, ``ar_order``,
+        ``guiding_pixel``, ``label_drop_prob``, ``attn_dropout``, ``proj_dropout``, ``r_weight`` and
         ``grad_checkpointing``. Pass them as a validated ``ModelConfig`` (used as is), a
         mapping, or keywords (each overrides the mapping); a setting left out takes
         ``ModelConfig``'s default.
@@ -125,7 +125,7 @@ class FractalGen(nn.Module):
                 "grad_checkpointing": grad_checkpointing,
             }
             if types[i] == "ar":
-                levels.append(ARLevel(dropout=proj_dropout, **common))
+                levels.append(ARLevel(dropout=proj_dropout, order=cfg.ar_order, **common))
             else:
                 levels.append(
                     MARLevel(
@@ -285,8 +285,8 @@ class FractalGen(nn.Module):
                 filter; its evaluation commands use 1e-4, the default). 0 disables it; it
                 must lie in [0, 1].
             generator: Optional RNG on the model's device, for reproducible samples.
-            opening_steps: The top level's first this many steps (AR: patches in raster
-                order; MAR: unmasking steps) sample their pixels at ``opening_temperature``
+            opening_steps: The top level's first this many steps (AR: patches in the
+                level's order; MAR: unmasking steps) sample their pixels at ``opening_temperature``
                 instead of ``temperature``. 0 (the default, and the reference) never.
             opening_temperature: See ``opening_steps``; must be > 0.
 
