@@ -36,8 +36,8 @@ def test_design_shape_and_defaults() -> None:
     assert plain["model"]["generator_type_list"] == ["mar", "mar"]
     assert list(plain["model"]) == [
         "img_size_list", "embed_dim_list", "num_blocks_list", "num_heads_list",
-        "generator_type_list", "num_conds", "guiding_pixel", "label_drop_prob", "attn_dropout",
-        "proj_dropout", "r_weight", "grad_checkpointing"]
+        "generator_type_list", "num_conds", "ar_order", "guiding_pixel", "label_drop_prob",
+        "attn_dropout", "proj_dropout", "r_weight", "grad_checkpointing"]
     # lr: a fixed 1e-3 (not DESIGN's null) so a flags-only digits run trains; null = paper rule
     assert plain["optim"] == {"lr": 1e-3, "base_lr": 5e-05, "weight_decay": 0.05,
                               "betas": [0.9, 0.95], "warmup_steps": 100, "min_lr": 0.0,

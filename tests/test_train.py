@@ -289,11 +289,13 @@ def test_train_fidelity_is_the_specs_reference_run_and_train_small_its_ar_varian
 
     small = load_yaml_config(TrainConfig, configs / "train_small.yaml")
     assert small.experiment.name == "fractalgen_small" and small.data.dataset == "digits"
-    # The same sizes, with AR levels, more null-class training, and lr 2e-3 with dropout
-    # 0.25 for 4,000 steps (README: "Unconditional samples").
+    # The same sizes, with AR levels drawing the middle patches first, more null-class
+    # training, and lr 2e-3 with dropout 0.25 for 4,000 steps (README: "Unconditional
+    # samples").
     assert small.model.generator_type_list == ["ar", "ar"] and small.model.label_drop_prob == 0.3
+    assert small.model.ar_order == "center" and fidelity.model.ar_order == "raster"
     assert small.model.attn_dropout == small.model.proj_dropout == 0.25
-    same = {"generator_type_list", "label_drop_prob", "attn_dropout", "proj_dropout"}
+    same = {"generator_type_list", "ar_order", "label_drop_prob", "attn_dropout", "proj_dropout"}
     assert {k: v for k, v in small.model.model_dump().items() if k not in same} == {
         k: v for k, v in m.model_dump().items() if k not in same}
     assert small.optim == fidelity.optim.model_copy(update={"lr": 2e-3})
