@@ -178,29 +178,6 @@ def lightning_loop(
     return _per_step(marks, warmup)
 
 
-def train_small_wall(config_path: Path) -> float:
-    """Seconds for ``python main.py --config config/train_small.yaml`` in a fresh folder."""
-    with tempfile.TemporaryDirectory() as tmp:
-        env = dict(os.environ, PYTHONPATH=str(REPO))
-        env.pop("VERSIONKIT_RUN", None)
-        start = time.perf_counter()
-        proc = subprocess.run(
-            [sys.executable, str(REPO / "main.py"), "--config", str(config_path)],
-            cwd=tmp,
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        wall = time.perf_counter() - start
-        if proc.returncode != 0:
-            raise SystemExit(f"train_small run failed:\n{proc.stderr[-3000:]}")
-        best = [line for line in proc.stdout.splitlines() if "Best checkpoint" in line]
-        if best:
-            print(f"# {best[-1]}", file=sys.stderr)
-    return wall
-
-
 # main.py as it is, or with fractalgen._memory's call made a no-op (glibc's defaults).
 _MAIN_DEFAULT_MALLOC = (
     "import sys, fractalgen._memory as m; m.keep_freed_memory = lambda: False; "
@@ -208,15 +185,16 @@ _MAIN_DEFAULT_MALLOC = (
 )
 
 
-def train_wall(config_path: Path, steps: int, *, keep: bool) -> float:
-    """Seconds for a ``steps``-step ``main.py`` run, with or without kept freed memory."""
+def _main_wall(args: list[str], *, keep: bool = True) -> tuple[float, str]:
+    """(seconds, stdout) of ``python main.py ARGS`` in a fresh folder; ``keep=False`` runs it
+    with glibc's default malloc thresholds instead of the ones main.py sets."""
     head = [str(REPO / "main.py")] if keep else ["-c", _MAIN_DEFAULT_MALLOC]
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, PYTHONPATH=str(REPO))
         env.pop("VERSIONKIT_RUN", None)
         start = time.perf_counter()
         proc = subprocess.run(
-            [sys.executable, *head, "--config", str(config_path), "--max_steps", str(steps)],
+            [sys.executable, *head, *args],
             cwd=tmp,
             env=env,
             capture_output=True,
@@ -225,8 +203,22 @@ def train_wall(config_path: Path, steps: int, *, keep: bool) -> float:
         )
         wall = time.perf_counter() - start
     if proc.returncode != 0:
-        raise SystemExit(f"main.py run failed:\n{proc.stderr[-3000:]}")
+        raise SystemExit(f"main.py {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
+    return wall, proc.stdout
+
+
+def train_small_wall(config_path: Path) -> float:
+    """Seconds for ``python main.py --config config/train_small.yaml`` in a fresh folder."""
+    wall, out = _main_wall(["--config", str(config_path)])
+    best = [line for line in out.splitlines() if "Best checkpoint" in line]
+    if best:
+        print(f"# {best[-1]}", file=sys.stderr)
     return wall
+
+
+def train_wall(config_path: Path, steps: int, *, keep: bool) -> float:
+    """Seconds for a ``steps``-step ``main.py`` run, with or without kept freed memory."""
+    return _main_wall(["--config", str(config_path), "--max_steps", str(steps)], keep=keep)[0]
 
 
 def malloc_ab(config_path: Path, steps: int, repeats: int, machine: str) -> None:

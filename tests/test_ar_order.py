@@ -108,22 +108,6 @@ def test_a_patch_conditions_only_the_patches_generated_after_it() -> None:
     assert not torch.allclose(r_after.view(16, -1)[2], r_before.view(16, -1)[2])
 
 
-@pytest.mark.parametrize("cfg", [1.0, 3.0])
-def test_center_sampling_with_kv_cache_equals_sampling_without(cfg: float) -> None:
-    model = _digits_model(ar_order="center")
-    labels = torch.tensor([4, 7])
-
-    def run(cache: bool) -> torch.Tensor:
-        for level in model.levels:
-            assert isinstance(level, ARLevel)
-            level.use_kv_cache = cache
-        g = torch.Generator().manual_seed(5)
-        return model.sample(2, labels, num_iter_list=(1, 1), cfg=cfg, generator=g,
-                            opening_steps=0)
-
-    assert torch.equal(run(True), run(False))
-
-
 def test_the_order_changes_the_model_not_its_weights() -> None:
     """Same weights, other function: checkpoints of either order have the same keys, and a
     config without the field (every checkpoint before it) builds the reference's raster."""

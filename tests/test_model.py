@@ -606,10 +606,11 @@ def test_sampling_is_deterministic_under_a_seed(gen: str, channels: int) -> None
     assert a.float().std() > 30
 
 
-@pytest.mark.parametrize("cfg", [1.0, 3.0])
-def test_ar_sampling_with_kv_cache_equals_sampling_without(cfg: float) -> None:
+@pytest.mark.parametrize(("cfg", "order"), [(1.0, "raster"), (3.0, "raster"), (3.0, "center")])
+def test_ar_sampling_with_kv_cache_equals_sampling_without(cfg: float, order: str) -> None:
     torch.manual_seed(0)
-    model = small("ar", 3, 10)
+    # small(): a 2x2 top grid, where both orders are raster; tiny(): 4x4.
+    model = small("ar", 3, 10) if order == "raster" else tiny("ar", 3, 10, ar_order=order)
     labels = torch.tensor([4, 7])
 
     def run(cache: bool) -> torch.Tensor:
