@@ -273,6 +273,14 @@ class ModelConfig(ConfigSection):
                     "num_heads_list",
                     "embed_dim_list",
                 )
+        if self.ar_order != "raster" and "ar" not in self.generator_type_list:
+            raise FieldError(
+                f"ar_order {self.ar_order!r} orders the patches of AR levels, but "
+                f"generator_type_list has none: {self.generator_type_list} (MAR levels "
+                "draw a random order); set an 'ar' level or leave ar_order raster",
+                "ar_order",
+                "generator_type_list",
+            )
         return self
 
 

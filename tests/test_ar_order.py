@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -128,10 +129,29 @@ def test_the_order_changes_the_model_not_its_weights() -> None:
     assert torch.isfinite(a) and torch.isfinite(b) and not torch.equal(a, b)
 
 
-def test_an_unknown_order_is_refused_naming_the_field() -> None:
+def test_an_unknown_order_or_one_without_ar_levels_is_refused_naming_the_field() -> None:
     with pytest.raises(ModelError, match="ar_order"):
         _digits_model(ar_order="spiral")
     assert ModelConfig().ar_order == "raster"
+    # MAR levels draw a random order: a centre order there would do nothing.
+    with pytest.raises(ModelError, match="ar_order 'center' orders the patches of AR levels"):
+        _digits_model(ar_order="center", generator_type_list=("mar", "mar"))
+    mixed = _digits_model(ar_order="center", generator_type_list=("ar", "mar"))
+    assert isinstance(mixed.levels[0], ARLevel) and mixed.levels[0].order == "center"
+
+
+def test_the_training_command_refuses_it_before_writing_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fractalgen.train import main
+
+    code = main(["--ar_order", "center", "--output_root", str(tmp_path / "out"),
+                 "--max_steps", "1"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "error: model: ar_order 'center' orders the patches of AR levels" in err
+    assert "generator_type_list has none: ['mar', 'mar']" in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_each_token_keeps_the_rotary_position_of_its_place_on_the_grid() -> None:
