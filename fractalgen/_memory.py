@@ -4,7 +4,8 @@ A CPU training step allocates and frees the same few-MB buffers every step. By d
 glibc serves blocks over its mmap threshold with fresh ``mmap`` calls and hands freed
 memory at the top of the heap back to the system, so every step pays page faults on
 memory it had a moment ago. Raising both thresholds keeps that memory in the process:
-``config/train_small.yaml`` runs about 5 % faster, with the very same numbers.
+``main.py`` runs about 8 % faster on ``config/train_small.yaml``, with the very same
+numbers (``benchmarks/bench_train.py --malloc-ab``).
 
 Only raising the trim threshold would be worse than nothing: any ``mallopt`` call turns
 off glibc's own raising of the mmap threshold, and every large block then goes to
