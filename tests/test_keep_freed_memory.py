@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -59,8 +60,12 @@ _PROBE = textwrap.dedent(
 
 
 def _probe(mode: str) -> dict[str, int]:
+    # glibc's defaults: no malloc settings from this environment, no other allocator.
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("MALLOC_") and k not in ("GLIBC_TUNABLES", "LD_PRELOAD")}
     out = subprocess.run(
-        [sys.executable, "-c", _PROBE, mode], capture_output=True, text=True, check=True
+        [sys.executable, "-c", _PROBE, mode], capture_output=True, text=True, check=True,
+        env=env,
     )
     result: dict[str, int] = json.loads(out.stdout)
     return result
