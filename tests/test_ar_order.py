@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 from fractalgen.config import ModelConfig
 from fractalgen.model import FractalGen, ModelError
 from fractalgen.model.ar import ARLevel, patch_order
-from fractalgen.model.common import patchify
 
 
 def _level(order: str, seq_len: int = 16) -> ARLevel:
@@ -60,30 +59,6 @@ def test_center_order_is_a_permutation_moving_outwards(grid: int) -> None:
     mid = (grid - 1) / 2
     dist = [(k // grid - mid) ** 2 + (k % grid - mid) ** 2 for k in order]
     assert dist == sorted(dist)
-
-
-def test_sampling_visits_the_patches_in_order_and_matches_the_teacher_forced_pass() -> None:
-    """Step i is handed the condition of the patch at ``order[i]``; with each step given the
-    real patch, the sample is the image and every condition is the training pass's."""
-    level = _level("center")
-    cond = torch.randn(2, 1, 8)
-    x = torch.rand(2, 3, 4, 4)
-    patches = patchify(x, 1)
-    order = patch_order(4, "center")
-    seen: list[torch.Tensor] = []
-
-    def next_level(c: torch.Tensor, cfg: float, temperature: float) -> torch.Tensor:
-        seen.append(c[:, 0])
-        return patches[:, order[len(seen) - 1]].reshape(2, 3, 1, 1)
-
-    with torch.no_grad():
-        out = level.sample(cond, num_iter=1, cfg=1.0, cfg_schedule="constant", guided=False,
-                           temperature=1.0, generator=None, next_level=next_level)
-        children, full, _ = level(x, cond)
-    torch.testing.assert_close(out, x)
-    torch.testing.assert_close(torch.stack(seen, 1), full.view(2, 16, -1), atol=1e-5, rtol=1e-4)
-    # The training pass hands its children down in the same order as their conditions.
-    torch.testing.assert_close(children.view(2, 16, 3), patches[:, order])
 
 
 def test_a_patch_conditions_only_the_patches_generated_after_it() -> None:
