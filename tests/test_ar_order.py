@@ -13,12 +13,13 @@ from hypothesis import strategies as st
 from fractalgen.config import ModelConfig
 from fractalgen.model import FractalGen, ModelError
 from fractalgen.model.ar import ARLevel, patch_order
+from fractalgen.model.common import patchify
 
 
-def _level(order: str, seq_len: int = 16) -> ARLevel:
+def _level(order: str) -> ARLevel:
     torch.manual_seed(0)
     return ARLevel(
-        seq_len=seq_len,
+        seq_len=16,
         patch_size=1,
         in_channels=3,
         cond_dim=8,
@@ -59,6 +60,40 @@ def test_center_order_is_a_permutation_moving_outwards(grid: int) -> None:
     mid = (grid - 1) / 2
     dist = [(k // grid - mid) ** 2 + (k % grid - mid) ** 2 for k in order]
     assert dist == sorted(dist)
+
+
+@pytest.mark.parametrize("order", ["raster", "center"])
+def test_ar_cached_conditions_match_the_full_causal_pass(order: str) -> None:
+    """Step i is handed the condition of the patch at ``patch_order[i]``; with each step given
+    the real patch, the sample is the image and every condition is the training pass's,
+    whose children come in the same order."""
+    level = _level(order)
+    cond = torch.randn(2, 1, 8)
+    # 8-bit values, as images are.
+    x = torch.randint(0, 256, (2, 3, 4, 4), generator=torch.Generator().manual_seed(0)) / 255
+    patches = patchify(x, 1)
+    index = patch_order(4, order)
+    seen: list[torch.Tensor] = []
+
+    def next_level(c: torch.Tensor, cfg: float, temperature: float) -> torch.Tensor:
+        seen.append(c[:, 0])
+        return patches[:, index[len(seen) - 1]].reshape(2, 3, 1, 1)  # teacher forcing
+
+    with torch.no_grad():
+        out = level.sample(
+            cond,
+            num_iter=1,
+            cfg=1.0,
+            cfg_schedule="constant",
+            guided=False,
+            temperature=1.0,
+            generator=None,
+            next_level=next_level,
+        )
+        children, full, _ = level(x, cond)
+    torch.testing.assert_close(out, x)
+    torch.testing.assert_close(torch.stack(seen, 1), full.view(2, 16, -1), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(children.view(2, 16, 3), patches[:, index])
 
 
 def test_a_patch_conditions_only_the_patches_generated_after_it() -> None:

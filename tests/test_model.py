@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fractalgen.model import FACTORIES, FractalGen, ModelError, build_model
-from fractalgen.model.ar import ARLevel, patch_order
+from fractalgen.model.ar import ARLevel
 from fractalgen.model.blocks import apply_rope, rope_2d_table, swiglu_hidden_dim
 from fractalgen.model.common import patchify, unpatchify
 from fractalgen.model.mar import MARLevel, neighbour_index, truncated_normal_mask_counts
@@ -621,49 +621,6 @@ def test_ar_sampling_with_kv_cache_equals_sampling_without(cfg: float, order: st
         return model.sample(2, labels, num_iter_list=(4, 16), cfg=cfg, generator=g)
 
     assert torch.equal(run(True), run(False))
-
-
-@pytest.mark.parametrize("order", ["raster", "center"])
-def test_ar_cached_conditions_match_the_full_causal_pass(order: str) -> None:
-    """Step i is handed the condition of the patch at ``patch_order[i]``; with each step given
-    the real patch, the sample is the image and every condition is the training pass's,
-    whose children come in the same order."""
-    torch.manual_seed(0)
-    level = ARLevel(
-        seq_len=16,
-        patch_size=1,
-        in_channels=3,
-        cond_dim=8,
-        embed_dim=32,
-        num_blocks=2,
-        num_heads=2,
-        order=order,
-    ).eval()
-    cond = torch.randn(2, 1, 8)
-    x = images(2, 3, 4)
-    patches = patchify(x, 1)
-    index = patch_order(4, order)
-    seen: list[torch.Tensor] = []
-
-    def next_level(c: torch.Tensor, cfg: float, temperature: float) -> torch.Tensor:
-        seen.append(c[:, 0])
-        return patches[:, index[len(seen) - 1]].reshape(2, 3, 1, 1)  # teacher forcing
-
-    with torch.no_grad():
-        out = level.sample(
-            cond,
-            num_iter=1,
-            cfg=1.0,
-            cfg_schedule="constant",
-            guided=False,
-            temperature=1.0,
-            generator=None,
-            next_level=next_level,
-        )
-        children, full, _ = level(x, cond)
-    torch.testing.assert_close(out, x)
-    torch.testing.assert_close(torch.stack(seen, 1), full.view(2, 16, -1), atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(children.view(2, 16, 3), patches[:, index])
 
 
 def test_unconditional_sampling_and_cfg_and_temperature_paths() -> None:
